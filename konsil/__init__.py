@@ -1,0 +1,3 @@
+"""Konsil: secure messaging and clinical-workflow server (shared kernel)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""The composition root: ``create_app(config)`` wires every component and feature package."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import jinja2
+from aiohttp import web
+
+import templates as templates_pkg
+from konsil import appkeys as K
+from konsil.audit.service import AuditLog
+from konsil.auth.passwords import INTERACTIVE, PasswordHasher
+from konsil.auth.service import AuthService
+from konsil.clock import Clock, SystemClock, local
+from konsil.config import Config
+from konsil.db import Database, check_migrated
+from konsil.i18n import Translator
+from konsil.identity.service import IdentityService
+from konsil.identity.specialties import BY_CODE
+from konsil.metrics import Metrics
+from konsil.web import admin_pages, api, auth_pages, ops
+from konsil.web.middleware import (
+    error_middleware,
+    metrics_middleware,
+    security_middleware,
+    session_middleware,
+)
+
+TEMPLATES_DIR = Path(next(iter(templates_pkg.__path__)))
+
+FeatureSetup = Callable[[web.Application], None]
+
+
+def feature_setups() -> list[FeatureSetup]:
+    """Each feature package's ``web.setup(app)``: routes, app keys, cleanup contexts, panels."""
+    return []
+
+
+def make_jinja(translator: Translator) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR / "pages")),
+        autoescape=jinja2.select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["local"] = lambda dt, fmt="%d/%m/%Y %H:%M": local(dt).strftime(fmt) if dt else ""
+    env.filters["specialty"] = lambda code, lang="fr": (
+        getattr(BY_CODE[code], lang) if code in BY_CODE else (code or "")
+    )
+    return env
+
+
+def create_app(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    hasher: PasswordHasher | None = None,
+    features: list[FeatureSetup] | None = None,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[security_middleware, metrics_middleware, error_middleware, session_middleware],
+        client_max_size=max(config.matrix.max_upload_bytes, 1024**2) + 64 * 1024,
+    )
+    clock = clock or SystemClock()
+    translator = Translator()
+    app[K.CONFIG] = config
+    app[K.CLOCK] = clock
+    app[K.TRANSLATOR] = translator
+    app[K.JINJA] = make_jinja(translator)
+    app[K.METRICS] = Metrics()
+    app[K.HASHER] = hasher or PasswordHasher(INTERACTIVE)
+    app[K.AUDIT] = AuditLog(clock)
+    app[K.PANELS] = []
+    app[K.CSRF_EXEMPT] = []
+    app[ops.OPENAPI] = api.base_document()
+
+    async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+        db = Database(config.effective_database_url)
+        try:
+            await check_migrated(db)
+        except BaseException:
+            await db.dispose()
+            raise
+        app[K.DB] = db
+        app[K.AUTH] = AuthService(db, clock, app[K.HASHER], app[K.AUDIT], config.auth)
+        app[K.IDENTITY] = IdentityService(db, clock, app[K.HASHER], app[K.AUDIT])
+        yield
+        await db.dispose()
+
+    app.cleanup_ctx.append(database_ctx)
+    for routes in (ops.routes, auth_pages.routes, admin_pages.routes, api.routes):
+        app.router.add_routes(routes)
+    app.router.add_static("/static", TEMPLATES_DIR / "static", name="static")
+    for setup in feature_setups() if features is None else features:
+        setup(app)
+    return app

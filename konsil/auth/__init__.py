@@ -1,0 +1,1 @@
+"""Authentication: passwords (Argon2id), TOTP, web sessions, API tokens, lockout."""

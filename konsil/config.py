@@ -1,0 +1,215 @@
+"""Configuration: a TOML file, overridden by ``KONSIL_*`` environment variables, overridden by flags.
+
+Top-level keys map to ``KONSIL_<KEY>``; keys of a section ``[turn]`` map to ``KONSIL_TURN_<KEY>``.
+Every value is checked here so that a bad setting stops startup with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from konsil.errors import ConfigError
+
+ENV_PREFIX = "KONSIL_"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    lockout_threshold: int = 5
+    lockout_seconds: int = 300
+    session_hours: int = 12
+    totp_required_roles: tuple[str, ...] = ()
+    cookie_secure: bool = False
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    registration_enabled: bool = False
+    max_upload_bytes: int = 50 * 1024 * 1024
+    sync_timeout_max_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    secret: str = ""
+    urls: tuple[str, ...] = ()
+    ttl_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = ""
+    port: int = 25
+    sender: str = "konsil@localhost"
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    dsp_url: str = ""
+    dsp_transport: str = "xds"
+    cns_url: str = ""
+    signing_key_secret: str = ""
+    worker_enabled: bool = True
+    max_attempts: int = 8
+    client_cert: str = ""
+    client_key: str = ""
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str = ""
+    server_name: str = "localhost"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "var"
+    public_base_url: str = ""
+    secret_key: str = ""
+    log_level: str = "INFO"
+    log_format: str = "json"
+    default_language: str = "fr"
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    matrix: MatrixConfig = field(default_factory=MatrixConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_path / 'konsil.db').as_posix()}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+
+T = TypeVar("T")
+
+
+def _coerce(name: str, raw: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(raw, str) and raw.lower() in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+    if typ is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if typ is float:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if typ is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{name}: expected a string, got {raw!r}")
+        return raw
+    if origin is tuple:
+        if isinstance(raw, str):
+            items = [p.strip() for p in raw.split(",") if p.strip()]
+        elif isinstance(raw, list | tuple):
+            items = list(raw)
+        else:
+            raise ConfigError(f"{name}: expected a list, got {raw!r}")
+        return tuple(_coerce(name, i, str) for i in items)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{name}: unsupported type")  # pragma: no cover - not used
+    raise ConfigError(f"{name}: unsupported type {typ!r}")  # pragma: no cover
+
+
+def _build(cls: type[T], values: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(values) - known
+    if unknown:
+        where = prefix.removeprefix(ENV_PREFIX).rstrip("_").lower() or "top level"
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        typ = hints[f.name]
+        env_name = f"{prefix}{f.name.upper()}"
+        if dataclasses.is_dataclass(typ):
+            sub = values.get(f.name, {})
+            if not isinstance(sub, Mapping):
+                raise ConfigError(f"[{f.name}] must be a table")
+            kwargs[f.name] = _build(typ, sub, env, f"{env_name}_")  # type: ignore[arg-type]
+            continue
+        if env_name in env:
+            kwargs[f.name] = _coerce(env_name, env[env_name], typ)
+        elif f.name in values:
+            kwargs[f.name] = _coerce(f.name, values[f.name], typ)
+    return cls(**kwargs)
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """File, then environment, then explicit overrides (CLI flags); checked as a whole."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = path or env.get("KONSIL_CONFIG")
+    if path:
+        p = Path(path)
+        try:
+            values = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    config = _build(Config, values, env, ENV_PREFIX)
+    if overrides:
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        config = dataclasses.replace(config, **clean)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    if not (0 < config.port < 65536):
+        raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
+    url = config.effective_database_url
+    if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://, "
+            f"got {url.split('://')[0]}://…"
+        )
+    if not config.server_name or any(c in config.server_name for c in "/@ "):
+        raise ConfigError(f"server_name is not a valid Matrix server name: {config.server_name!r}")
+    if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(
+            f"log_level must be DEBUG, INFO, WARNING or ERROR, got {config.log_level}"
+        )
+    if config.log_format not in {"json", "text"}:
+        raise ConfigError(f"log_format must be json or text, got {config.log_format}")
+    if config.default_language not in {"fr", "en"}:
+        raise ConfigError(f"default_language must be fr or en, got {config.default_language}")
+    if config.workflow.dsp_transport not in {"xds", "mhd"}:
+        raise ConfigError("workflow.dsp_transport must be xds or mhd")
+    if config.auth.lockout_threshold < 1:
+        raise ConfigError("auth.lockout_threshold must be at least 1")

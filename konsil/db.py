@@ -1,0 +1,204 @@
+"""Database: SQLAlchemy 2 async engine, declarative base, transactions and migrations.
+
+SQLite (aiosqlite) is the embedded default: WAL, foreign keys on, and writes serialised in this
+process (``BEGIN IMMEDIATE`` under one lock) so that concurrent requests queue instead of failing
+with "database is locked". PostgreSQL (asyncpg) is the production store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from konsil.clock import to_utc
+from konsil.errors import ConfigError
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Packages whose ``migrations/`` folder holds an Alembic branch of its own.
+MIGRATION_PACKAGES = ("konsil", "messaging", "workflow", "rcp", "video")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on both SQLite (which drops tzinfo) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = to_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else to_utc(value)
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    if is_sqlite(url):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the driver, decide when transactions begin.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    if url.startswith("postgresql+asyncpg"):
+        return create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+    raise ConfigError(f"unsupported database URL scheme: {url.split('://')[0]}")
+
+
+class Database:
+    """Owns the engine. ``transaction()`` for changes, ``session()`` for reads."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.sqlite = is_sqlite(url)
+        writer_bind = (
+            self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.sqlite else self.engine
+        )
+        self._writer = async_sessionmaker(writer_bind, expire_on_commit=False)
+        self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock() if self.sqlite else None
+        self._after_commit: list[Any] = []
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One database transaction: committed on success, rolled back on any exception."""
+        if self._write_lock is not None:
+            async with self._write_lock, self._writer() as session, session.begin():
+                yield session
+        else:
+            async with self._writer() as session, session.begin():
+                yield session
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A read-only unit of work (nothing is committed)."""
+        async with self._reader() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    kernel = _package_dir("konsil")
+    assert kernel is not None
+    cfg.set_main_option("script_location", str(kernel / "migrations"))
+    locations = []
+    for pkg in MIGRATION_PACKAGES:
+        d = _package_dir(pkg)
+        if d is not None and (d / "migrations" / "versions").is_dir():
+            locations.append(str(d / "migrations" / "versions"))
+    cfg.set_main_option("version_locations", " ".join(locations))
+    cfg.set_main_option("path_separator", "space")
+    cfg.attributes["database_url"] = url
+    return cfg
+
+
+def script_heads(url: str) -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+
+
+async def current_heads(engine: AsyncEngine) -> set[str]:
+    def _heads(conn: Connection) -> Sequence[str]:
+        return MigrationContext.configure(conn).get_current_heads()
+
+    async with engine.connect() as conn:
+        return set(await conn.run_sync(_heads))
+
+
+async def upgrade(url: str) -> None:
+    """Bring the schema to the newest revision of every branch (``alembic upgrade heads``)."""
+    from alembic import command
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+
+            def _run(sync_conn: Connection) -> None:
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = sync_conn
+                command.upgrade(cfg, "heads")
+
+            await conn.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
+async def check_migrated(db: Database) -> None:
+    """Refuse to serve an unmigrated or outdated schema."""
+    have = await current_heads(db.engine)
+    want = script_heads(db.url)
+    if have != want:
+        missing = "none" if not have else ", ".join(sorted(have))
+        raise ConfigError(
+            f"the database is not migrated (at {missing}, need {', '.join(sorted(want))}): "
+            "run `konsil db upgrade` first"
+        )

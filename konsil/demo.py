@@ -1,0 +1,132 @@
+"""``konsil demo``: migrate, seed demo data once, start the server (and simulators), print logins.
+
+Demo passwords are generated on first run and kept in ``<data_dir>/demo-logins.txt`` (mode 0600),
+so no password lives in the repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from konsil.app import create_app
+from konsil.audit.service import SYSTEM, AuditLog
+from konsil.auth.passwords import PasswordHasher
+from konsil.clock import SystemClock
+from konsil.config import Config
+from konsil.db import Database, upgrade
+from konsil.identity.matricule import make_matricule
+from konsil.identity.service import IdentityService, NewAccount, NewPatient
+from konsil.logs import setup_logging
+
+DEMO_ACCOUNTS = (
+    # username, role, display name, specialty
+    ("admin", "admin", "Administrateur Konsil", None),
+    ("coordinatrice", "coordinator", "Claire Coordinatrice", None),
+    ("dr.weber", "practitioner", "Anne Weber", "general-practice"),
+    ("dr.muller", "practitioner", "Marc Muller", "surgery"),
+    ("dr.schmit", "practitioner", "Sophie Schmit", "medical-oncology"),
+    ("dr.hoffmann", "practitioner", "Paul Hoffmann", "radiation-oncology"),
+    ("dr.klein", "practitioner", "Lea Klein", "pathology"),
+)
+
+DEMO_PATIENTS = (
+    ("19650312", 1, "Jean", "Reuter", "M"),
+    ("19781124", 2, "Marie", "Wagner", "F"),
+    ("19900507", 3, "Luc", "Thill", "M"),
+)
+
+
+async def seed(config: Config) -> dict[str, str]:
+    """Create the demo organisation, accounts and patients once; return username → password."""
+    logins_file = config.data_path / "demo-logins.txt"
+    if logins_file.exists():
+        data: dict[str, str] = json.loads(logins_file.read_text())
+        return data
+    db = Database(config.effective_database_url)
+    clock = SystemClock()
+    identity = IdentityService(db, clock, PasswordHasher(), AuditLog(clock))
+    logins: dict[str, str] = {}
+    try:
+        org = await identity.do_create_organisation(SYSTEM, "Centre Hospitalier Demo", "hospital")
+        for username, role, name, specialty in DEMO_ACCOUNTS:
+            password = secrets.token_urlsafe(9)
+            await identity.do_create_account(
+                SYSTEM,
+                NewAccount(
+                    username=username,
+                    password=password,
+                    role=role,
+                    display_name=name,
+                    specialty=specialty,
+                    organisation_id=org.id,
+                ),
+            )
+            logins[username] = password
+        for birth, seq, given, family, sex in DEMO_PATIENTS:
+            await identity.do_create_patient(
+                SYSTEM,
+                NewPatient(
+                    matricule=make_matricule(birth, seq),
+                    given_name=given,
+                    family_name=family,
+                    birth_date=date(int(birth[:4]), int(birth[4:6]), int(birth[6:])),
+                    sex=sex,
+                ),
+            )
+    finally:
+        await db.dispose()
+    fd = os.open(logins_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(logins, f, indent=1)
+    return logins
+
+
+def demo_sidecars(config: Config) -> list[tuple[str, web.Application, int]]:
+    """Other services the demo runs beside Konsil (the DSP and CNS simulators, once they exist)."""
+    return []
+
+
+async def _main(config: Config) -> None:
+    await upgrade(config.effective_database_url)
+    logins = await seed(config)
+    runners: list[web.AppRunner] = []
+    app = create_app(config)
+    for title, side_app, port in [("Konsil", app, config.port), *demo_sidecars(config)]:
+        runner = web.AppRunner(side_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, config.host, port).start()
+        runners.append(runner)
+        print(f"{title}: http://{config.host}:{port}/", flush=True)
+    print(
+        f"Matrix homeserver: http://{config.host}:{config.port} (server name {config.server_name})"
+    )
+    print("Demo logins (also in " + str(config.data_path / "demo-logins.txt") + "):")
+    for username, password in logins.items():
+        print(f"  {username:15s} {password}")
+    print("Press Ctrl+C to stop.", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for r in reversed(runners):
+            await r.cleanup()
+
+
+def run_demo(config: Config) -> int:
+    setup_logging("WARNING", config.log_format)
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(_main(config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+__all__: list[Any] = ["run_demo", "seed"]

@@ -1,0 +1,108 @@
+"""UI text in French (default) and English.
+
+Templates and code write the English text; each package contributes a catalog of French
+translations. A missing translation falls back to English rather than failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+LANGUAGES = ("fr", "en")
+
+KERNEL_FR: dict[str, str] = {
+    "Sign in": "Se connecter",
+    "Sign out": "Se déconnecter",
+    "Username": "Identifiant",
+    "Password": "Mot de passe",
+    "Authentication code": "Code d'authentification",
+    "Enter the 6-digit code from your authenticator app.": "Saisissez le code à 6 chiffres de votre application d'authentification.",
+    "Verify": "Vérifier",
+    "Dashboard": "Tableau de bord",
+    "Administration": "Administration",
+    "Organisations": "Organisations",
+    "Accounts": "Comptes",
+    "Patients": "Patients",
+    "Name": "Nom",
+    "Kind": "Type",
+    "Identifier": "Identifiant",
+    "Create": "Créer",
+    "Role": "Rôle",
+    "Display name": "Nom affiché",
+    "Specialty": "Spécialité",
+    "Organisation": "Organisation",
+    "Active": "Actif",
+    "Given name": "Prénom",
+    "Family name": "Nom de famille",
+    "Birth date": "Date de naissance",
+    "Sex": "Sexe",
+    "Matricule": "Matricule",
+    "E-mail": "Courriel",
+    "Phone": "Téléphone",
+    "Address": "Adresse",
+    "Search": "Rechercher",
+    "Welcome": "Bienvenue",
+    "Nothing yet.": "Rien pour le moment.",
+    "Security": "Sécurité",
+    "Two-factor authentication": "Authentification à deux facteurs",
+    "Scan this key into your authenticator app, then enter the code it shows.": "Ajoutez cette clé dans votre application d'authentification, puis saisissez le code affiché.",
+    "Two-factor authentication is on.": "L'authentification à deux facteurs est activée.",
+    "Enable": "Activer",
+    "Deactivate": "Désactiver",
+    "Activate": "Activer",
+    "Back to the dashboard": "Retour au tableau de bord",
+    "Something went wrong": "Une erreur est survenue",
+    "Page not found": "Page introuvable",
+    "You are not allowed to see this page.": "Vous n'êtes pas autorisé·e à voir cette page.",
+    "Please correct the highlighted fields.": "Veuillez corriger les champs signalés.",
+    "Saved.": "Enregistré.",
+    "none": "aucun",
+    "Secure messaging and clinical workflows": "Messagerie sécurisée et parcours cliniques",
+    "Language": "Langue",
+    "Skip to content": "Aller au contenu",
+    "Practitioners": "Professionnels",
+    "Patient": "Patient",
+    "hospital": "hôpital",
+    "practice": "cabinet",
+    "lab": "laboratoire",
+    "pharmacy": "pharmacie",
+    "other": "autre",
+    "admin": "administrateur",
+    "practitioner": "praticien",
+    "coordinator": "coordinateur",
+    "Female": "Féminin",
+    "Male": "Masculin",
+    "Unknown": "Inconnu",
+    "Profession": "Profession",
+    "Audit trail": "Journal d'audit",
+    "When": "Quand",
+    "Who": "Qui",
+    "Action": "Action",
+    "Outcome": "Résultat",
+    "Chain verified": "Chaîne vérifiée",
+    "Chain broken": "Chaîne rompue",
+    "wrong username or password": "identifiant ou mot de passe incorrect",
+    "too many failed attempts: this account is locked for a while": "trop d'échecs : ce compte est verrouillé pour un moment",
+    "that code is not valid": "ce code n'est pas valide",
+    "that code is not valid: check the time on your phone": "ce code n'est pas valide : vérifiez l'heure de votre téléphone",
+    "your session has expired: sign in again": "votre session a expiré : reconnectez-vous",
+    "the form has expired or did not come from this site: reload the page": "le formulaire a expiré ou ne provient pas de ce site : rechargez la page",
+    "page not found": "page introuvable",
+    "internal error: the incident was logged": "erreur interne : l'incident a été journalisé",
+}
+
+
+class Translator:
+    def __init__(self) -> None:
+        self._fr: dict[str, str] = dict(KERNEL_FR)
+
+    def add(self, french: Mapping[str, str]) -> None:
+        self._fr.update(french)
+
+    def gettext(self, lang: str, text: str) -> str:
+        if lang == "fr":
+            return self._fr.get(text, text)
+        return text
+
+    def missing_fr(self, texts: list[str]) -> list[str]:
+        return [t for t in texts if t not in self._fr]

@@ -1,0 +1,1 @@
+"""Organisations, practitioners, patients and accounts."""

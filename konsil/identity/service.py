@@ -1,0 +1,310 @@
+"""Identity domain: check_* validates, do_* changes; every read or change of a patient is audited."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from konsil.audit.service import Actor, AuditLog
+from konsil.auth.passwords import PasswordHasher, check_password_strength
+from konsil.clock import Clock
+from konsil.db import Database
+from konsil.errors import Conflict, NotFound, ValidationError
+from konsil.identity.matricule import check_matricule
+from konsil.identity.models import ROLES, Account, Organisation, Patient, Practitioner
+from konsil.identity.specialties import PROFESSIONS, is_specialty
+
+USERNAME_RE = re.compile(r"^[a-z0-9._=\-/]{1,64}$")  # Matrix user id localpart grammar
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+ORG_KINDS = ("hospital", "practice", "lab", "pharmacy", "other")
+
+
+@dataclass(frozen=True)
+class NewPatient:
+    matricule: str
+    given_name: str
+    family_name: str
+    birth_date: date
+    sex: str = "U"
+    email: str | None = None
+    phone: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    username: str
+    password: str
+    role: str
+    display_name: str | None = None
+    specialty: str | None = None
+    profession: str = "physician"
+    organisation_id: str | None = None
+    email: str | None = None
+    cns_provider_code: str | None = None
+
+
+def _name(value: str, field: str, errors: dict[str, str]) -> str:
+    v = " ".join(value.split())
+    if not v:
+        errors[field] = "required"
+    elif len(v) > 100:
+        errors[field] = "at most 100 characters"
+    return v
+
+
+def check_new_patient(p: NewPatient, today: date) -> NewPatient:
+    errors: dict[str, str] = {}
+    matricule = p.matricule
+    try:
+        matricule = check_matricule(p.matricule, birth_date=p.birth_date, today=today)
+    except ValidationError as exc:
+        errors.update(exc.fields)
+    given = _name(p.given_name, "given_name", errors)
+    family = _name(p.family_name, "family_name", errors)
+    if p.birth_date > today:
+        errors["birth_date"] = "is in the future"
+    if p.sex not in ("F", "M", "U"):
+        errors["sex"] = "must be F, M or U"
+    if p.email and not EMAIL_RE.match(p.email):
+        errors["email"] = "is not an e-mail address"
+    if errors:
+        raise ValidationError("the patient record is not valid", fields=errors)
+    return NewPatient(
+        matricule,
+        given,
+        family,
+        p.birth_date,
+        p.sex,
+        p.email or None,
+        p.phone or None,
+        p.address or None,
+    )
+
+
+def check_new_account(a: NewAccount) -> None:
+    errors: dict[str, str] = {}
+    if not USERNAME_RE.match(a.username):
+        errors["username"] = "lower-case letters, digits and . _ = - / only (max 64)"
+    if a.role not in ROLES:
+        errors["role"] = f"must be one of {', '.join(ROLES)}"
+    reason = check_password_strength(a.password)
+    if reason:
+        errors["password"] = reason
+    if a.specialty is not None and not is_specialty(a.specialty):
+        errors["specialty"] = "unknown specialty code"
+    if a.profession not in PROFESSIONS:
+        errors["profession"] = "unknown profession"
+    if a.email and not EMAIL_RE.match(a.email):
+        errors["email"] = "is not an e-mail address"
+    if errors:
+        raise ValidationError("the account is not valid", fields=errors)
+
+
+class IdentityService:
+    def __init__(self, db: Database, clock: Clock, hasher: PasswordHasher, audit: AuditLog) -> None:
+        self.db = db
+        self.clock = clock
+        self.hasher = hasher
+        self.audit = audit
+
+    # ------------------------------------------------------------------ organisations
+
+    async def do_create_organisation(
+        self, actor: Actor, name: str, kind: str, identifier: str | None = None
+    ) -> Organisation:
+        errors: dict[str, str] = {}
+        name = " ".join(name.split())
+        if not name or len(name) > 200:
+            errors["name"] = "required, at most 200 characters"
+        if kind not in ORG_KINDS:
+            errors["kind"] = f"must be one of {', '.join(ORG_KINDS)}"
+        if errors:
+            raise ValidationError("the organisation is not valid", fields=errors)
+        try:
+            async with self.db.transaction() as s:
+                org = Organisation(
+                    name=name, kind=kind, identifier=identifier or None, created_at=self.clock.now()
+                )
+                s.add(org)
+                await s.flush()
+                await self.audit.record(
+                    s, actor, "organisation.create", resource=f"organisation/{org.id}"
+                )
+        except IntegrityError:
+            raise Conflict(
+                f"an organisation named {name!r} exists already", fields={"name": "already exists"}
+            ) from None
+        return org
+
+    async def organisations(self) -> Sequence[Organisation]:
+        async with self.db.session() as s:
+            return (
+                (await s.execute(select(Organisation).order_by(Organisation.name))).scalars().all()
+            )
+
+    # ------------------------------------------------------------------ accounts
+
+    async def do_create_account(self, actor: Actor, new: NewAccount) -> Account:
+        check_new_account(new)
+        pw_hash = await self.hasher.hash(new.password)
+        now = self.clock.now()
+        display = (new.display_name or new.username).strip()
+        try:
+            async with self.db.transaction() as s:
+                if new.organisation_id and await s.get(Organisation, new.organisation_id) is None:
+                    raise ValidationError(
+                        "unknown organisation", fields={"organisation_id": "unknown organisation"}
+                    )
+                practitioner_id = None
+                if new.role in ("practitioner", "coordinator"):
+                    given, _, family = display.partition(" ")
+                    pr = Practitioner(
+                        given_name=given or display,
+                        family_name=family or display,
+                        profession=new.profession if new.role == "practitioner" else "coordinator",
+                        specialty=new.specialty,
+                        cns_provider_code=new.cns_provider_code,
+                        organisation_id=new.organisation_id,
+                        email=new.email,
+                        created_at=now,
+                    )
+                    s.add(pr)
+                    await s.flush()
+                    practitioner_id = pr.id
+                account = Account(
+                    username=new.username,
+                    password_hash=pw_hash,
+                    role=new.role,
+                    display_name=display,
+                    practitioner_id=practitioner_id,
+                    organisation_id=new.organisation_id,
+                    is_active=True,
+                    is_guest=False,
+                    failed_logins=0,
+                    created_at=now,
+                )
+                s.add(account)
+                await s.flush()
+                await self.audit.record(
+                    s,
+                    actor,
+                    "account.create",
+                    resource=f"account/{account.id}",
+                    details={"role": new.role},
+                )
+        except IntegrityError:
+            raise Conflict(
+                f"the username {new.username!r} is taken", fields={"username": "already taken"}
+            ) from None
+        return account
+
+    async def accounts(self) -> Sequence[tuple[Account, Practitioner | None]]:
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(Account, Practitioner)
+                .outerjoin(Practitioner, Practitioner.id == Account.practitioner_id)
+                .order_by(Account.username)
+            )
+            return [(a, p) for a, p in rows.all()]
+
+    async def account_by_username(self, username: str) -> Account | None:
+        async with self.db.session() as s:
+            return (
+                await s.execute(select(Account).where(Account.username == username))
+            ).scalar_one_or_none()
+
+    async def do_set_active(self, actor: Actor, account_id: str, active: bool) -> None:
+        async with self.db.transaction() as s:
+            account = await s.get(Account, account_id, with_for_update=True)
+            if account is None:
+                raise NotFound("no such account")
+            account.is_active = active
+            await self.audit.record(
+                s,
+                actor,
+                "account.activate" if active else "account.deactivate",
+                resource=f"account/{account_id}",
+            )
+
+    # ------------------------------------------------------------------ patients
+
+    async def do_create_patient(self, actor: Actor, new: NewPatient) -> Patient:
+        clean = check_new_patient(new, self.clock.now().date())
+        try:
+            async with self.db.transaction() as s:
+                patient = Patient(
+                    matricule=clean.matricule,
+                    given_name=clean.given_name,
+                    family_name=clean.family_name,
+                    birth_date=clean.birth_date,
+                    sex=clean.sex,
+                    email=clean.email,
+                    phone=clean.phone,
+                    address=clean.address,
+                    created_at=self.clock.now(),
+                )
+                s.add(patient)
+                await s.flush()
+                await self.audit.record(
+                    s,
+                    actor,
+                    "patient.create",
+                    patient_id=patient.id,
+                    resource=f"patient/{patient.id}",
+                )
+        except IntegrityError:
+            raise Conflict(
+                "a patient with this matricule exists already",
+                fields={"matricule": "already registered"},
+            ) from None
+        return patient
+
+    async def get_patient(self, actor: Actor, patient_id: str, *, purpose: str = "view") -> Patient:
+        async with self.db.transaction() as s:
+            patient = await s.get(Patient, patient_id)
+            if patient is None:
+                raise NotFound("no such patient")
+            await self.audit.record(
+                s,
+                actor,
+                "patient.read",
+                patient_id=patient.id,
+                resource=f"patient/{patient.id}",
+                details={"purpose": purpose},
+            )
+            return patient
+
+    async def patient_by_matricule(self, session: AsyncSession, matricule: str) -> Patient | None:
+        return (
+            await session.execute(select(Patient).where(Patient.matricule == matricule))
+        ).scalar_one_or_none()
+
+    async def search_patients(
+        self, actor: Actor, query: str, *, limit: int = 50
+    ) -> Sequence[Patient]:
+        q = " ".join(query.split())
+        async with self.db.transaction() as s:
+            stmt = select(Patient).order_by(Patient.family_name, Patient.given_name).limit(limit)
+            if q:
+                like = f"%{q.lower()}%"
+                stmt = stmt.where(
+                    or_(
+                        func.lower(Patient.family_name).like(like),
+                        func.lower(Patient.given_name).like(like),
+                        Patient.matricule == q.replace(" ", ""),
+                    )
+                )
+            patients = (await s.execute(stmt)).scalars().all()
+            # A listing shows patient data: each patient shown is an audited read.
+            for p in patients:
+                await self.audit.record(
+                    s, actor, "patient.list", patient_id=p.id, resource=f"patient/{p.id}"
+                )
+            return patients

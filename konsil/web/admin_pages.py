@@ -1,0 +1,180 @@
+"""Dashboard and the administration pages (organisations, accounts, patients, audit)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from konsil import appkeys as K
+from konsil.audit.models import AuditEvent
+from konsil.audit.service import verify_chain
+from konsil.errors import KonsilError, ValidationError
+from konsil.identity.models import ROLES
+from konsil.identity.service import ORG_KINDS, NewAccount, NewPatient
+from konsil.identity.specialties import PROFESSIONS, SPECIALTIES
+from konsil.web.request import actor_of, read_form, render, require_login, require_role
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/", name="dashboard")
+async def dashboard(request: web.Request) -> web.Response:
+    principal = require_login(request)
+    panels = []
+    for panel in request.app[K.PANELS]:
+        if principal.role in panel.roles:
+            panels.append(
+                {"title": panel.title, "link": panel.link, "rows": await panel.load(principal)}
+            )
+    return render(request, "dashboard.html", {"panels": panels})
+
+
+@routes.get("/admin/organisations", name="admin_orgs")
+async def organisations(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    orgs = await request.app[K.IDENTITY].organisations()
+    return render(request, "admin/organisations.html", {"orgs": orgs, "kinds": ORG_KINDS})
+
+
+@routes.post("/admin/organisations")
+async def organisation_create(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    form = await read_form(request)
+    identity = request.app[K.IDENTITY]
+    ctx: dict[str, Any] = {"kinds": ORG_KINDS, "form": form}
+    try:
+        await identity.do_create_organisation(
+            actor_of(request), form.get("name", ""), form.get("kind", ""), form.get("identifier")
+        )
+        ctx["saved"] = True
+        ctx["form"] = {}
+        status = 201
+    except KonsilError as exc:
+        ctx["error"] = exc
+        status = exc.status
+    ctx["orgs"] = await identity.organisations()
+    return render(request, "admin/organisations.html", ctx, status=status)
+
+
+def _account_ctx() -> dict[str, Any]:
+    return {"roles": ROLES, "specialties": SPECIALTIES, "professions": PROFESSIONS}
+
+
+@routes.get("/admin/accounts", name="admin_accounts")
+async def accounts(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    identity = request.app[K.IDENTITY]
+    return render(
+        request,
+        "admin/accounts.html",
+        {
+            **_account_ctx(),
+            "accounts": await identity.accounts(),
+            "orgs": await identity.organisations(),
+        },
+    )
+
+
+@routes.post("/admin/accounts")
+async def account_create(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    form = await read_form(request)
+    identity = request.app[K.IDENTITY]
+    ctx: dict[str, Any] = {**_account_ctx(), "form": form}
+    status = 201
+    try:
+        await identity.do_create_account(
+            actor_of(request),
+            NewAccount(
+                username=form.get("username", "").strip(),
+                password=form.get("password", ""),
+                role=form.get("role", ""),
+                display_name=form.get("display_name") or None,
+                specialty=form.get("specialty") or None,
+                profession=form.get("profession") or "physician",
+                organisation_id=form.get("organisation_id") or None,
+                email=form.get("email") or None,
+                cns_provider_code=form.get("cns_provider_code") or None,
+            ),
+        )
+        ctx["saved"] = True
+        ctx["form"] = {}
+    except KonsilError as exc:
+        ctx["error"] = exc
+        status = exc.status
+    ctx["accounts"] = await identity.accounts()
+    ctx["orgs"] = await identity.organisations()
+    return render(request, "admin/accounts.html", ctx, status=status)
+
+
+@routes.post("/admin/accounts/{id}/active", name="admin_account_active")
+async def account_active(request: web.Request) -> web.StreamResponse:
+    require_role(request, "admin")
+    form = await read_form(request)
+    await request.app[K.IDENTITY].do_set_active(
+        actor_of(request), request.match_info["id"], form.get("active") == "1"
+    )
+    raise web.HTTPSeeOther("/admin/accounts")
+
+
+@routes.get("/patients", name="patients")
+async def patients(request: web.Request) -> web.Response:
+    require_role(request, "admin", "practitioner", "coordinator")
+    q = request.query.get("q", "")
+    found = await request.app[K.IDENTITY].search_patients(actor_of(request), q) if q else []
+    return render(request, "patients.html", {"q": q, "patients": found, "searched": bool(q)})
+
+
+def _parse_date(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            "the patient record is not valid", fields={field: "expected a date (YYYY-MM-DD)"}
+        ) from None
+
+
+@routes.post("/patients")
+async def patient_create(request: web.Request) -> web.Response:
+    require_role(request, "admin", "practitioner", "coordinator")
+    form = await read_form(request)
+    ctx: dict[str, Any] = {"form": form, "q": "", "patients": [], "searched": False}
+    status = 201
+    try:
+        patient = await request.app[K.IDENTITY].do_create_patient(
+            actor_of(request),
+            NewPatient(
+                matricule=form.get("matricule", ""),
+                given_name=form.get("given_name", ""),
+                family_name=form.get("family_name", ""),
+                birth_date=_parse_date(form.get("birth_date", ""), "birth_date"),
+                sex=form.get("sex", "U"),
+                email=form.get("email") or None,
+                phone=form.get("phone") or None,
+                address=form.get("address") or None,
+            ),
+        )
+        ctx["saved"] = True
+        ctx["form"] = {}
+        ctx["patients"] = [patient]
+    except KonsilError as exc:
+        ctx["error"] = exc
+        status = exc.status
+    return render(request, "patients.html", ctx, status=status)
+
+
+@routes.get("/admin/audit", name="admin_audit")
+async def audit(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    db = request.app[K.DB]
+    async with db.session() as s:
+        rows = (
+            (await s.execute(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(200)))
+            .scalars()
+            .all()
+        )
+    result = await verify_chain(db)
+    return render(request, "admin/audit.html", {"events": rows, "verify": result})

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pyotp
+from aiohttp import web
+
+from konsil import appkeys as K
+from konsil.auth import totp
+from konsil.clock import FakeClock
+from konsil.config import AuthConfig
+from tests.conftest import Client, Person, csrf_from, web_login
+
+CreateUser = Callable[..., Awaitable[Person]]
+
+
+async def _post_login(client: Client, username: str, password: str) -> tuple[int, str]:
+    token = await csrf_from(client, "/login")
+    resp = await client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token, "next": "/"},
+        allow_redirects=False,
+    )
+    return resp.status, resp.headers.get("Location", "") or await resp.text()
+
+
+async def test_login_success_opens_dashboard(client: Client, create_user: CreateUser) -> None:
+    doc = await create_user("dr.weber", display_name="Anne Weber")
+    token = await csrf_from(client, "/login")
+    resp = await client.post(
+        "/login",
+        data={"username": doc.username, "password": doc.password, "csrf_token": token, "next": "/"},
+        allow_redirects=False,
+    )
+    assert (resp.status, resp.headers["Location"]) == (303, "/")
+    set_cookie = resp.headers["Set-Cookie"]
+    assert set_cookie.startswith("konsil_session=")
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    page = await client.get("/")
+    assert page.status == 200
+    assert "Anne Weber" in await page.text()
+
+
+async def test_login_failure_and_unknown_user(client: Client, create_user: CreateUser) -> None:
+    doc = await create_user("dr.weber")
+    status, body = await _post_login(client, doc.username, "not-the-password")
+    assert status == 401 and "identifiant ou mot de passe incorrect" in body
+    status, body = await _post_login(client, "nobody", "whatever-password")
+    assert status == 401 and "identifiant ou mot de passe incorrect" in body
+    assert (await client.get("/", allow_redirects=False)).status == 303
+
+
+async def test_lockout_and_backoff(
+    client: Client, create_user: CreateUser, clock: FakeClock
+) -> None:
+    doc = await create_user("dr.weber")
+    threshold = client.app[K.CONFIG].auth.lockout_threshold
+    for _ in range(threshold):
+        status, _ = await _post_login(client, doc.username, "wrong-password-x")
+        assert status == 401
+    # Locked now: even the right password is refused, with a retry hint.
+    status, body = await _post_login(client, doc.username, doc.password)
+    assert status == 429 and "verrouillé" in body
+    clock.advance(client.app[K.CONFIG].auth.lockout_seconds + 1)
+    # One more failure after the lock doubles the wait.
+    status, _ = await _post_login(client, doc.username, "wrong-password-x")
+    assert status == 401
+    clock.advance(client.app[K.CONFIG].auth.lockout_seconds + 1)
+    status, _ = await _post_login(client, doc.username, doc.password)
+    assert status == 429
+    clock.advance(client.app[K.CONFIG].auth.lockout_seconds * 2)
+    status, location = await _post_login(client, doc.username, doc.password)
+    assert (status, location) == (303, "/")
+
+
+async def test_totp_enrol_then_required(
+    client: Client, create_user: CreateUser, clock: FakeClock
+) -> None:
+    doc = await create_user("dr.weber")
+    csrf = await web_login(client, doc)
+    page = await (await client.get("/account/security")).text()
+    secret = page.split('name="secret" value="')[1].split('"')[0]
+    # A wrong code is refused, the right one enrols.
+    bad = await client.post(
+        "/account/security", data={"csrf_token": csrf, "secret": secret, "code": "000000"}
+    )
+    assert bad.status == 401
+    code = pyotp.TOTP(secret).at(clock.now())  # an independent implementation agrees with ours
+    assert code == totp.code_at(secret, clock.now())
+    ok = await client.post(
+        "/account/security",
+        data={"csrf_token": csrf, "secret": secret, "code": code},
+        allow_redirects=False,
+    )
+    assert ok.status == 303
+    # Sign out and in again: the password alone no longer opens the dashboard.
+    await client.post("/logout", data={"csrf_token": csrf})
+    status, location = await _post_login(client, doc.username, doc.password)
+    assert (status, location) == (303, "/login/totp?next=/")
+    assert (await client.get("/", allow_redirects=False)).status == 303
+    csrf2 = await csrf_from(client, "/login/totp")
+    wrong = await client.post(
+        "/login/totp", data={"csrf_token": csrf2, "code": "123456", "next": "/"}
+    )
+    assert wrong.status == 401
+    clock.advance(30)
+    good = await client.post(
+        "/login/totp",
+        data={"csrf_token": csrf2, "next": "/", "code": pyotp.TOTP(secret).at(clock.now())},
+        allow_redirects=False,
+    )
+    assert good.status == 303
+    assert (await client.get("/")).status == 200
+
+
+async def test_totp_required_by_role_forces_enrolment(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    make_app: Callable[..., web.Application],
+    clock: FakeClock,
+) -> None:
+    from konsil.audit.service import SYSTEM
+    from konsil.identity.service import NewAccount
+
+    app = make_app(auth=AuthConfig(totp_required_roles=("admin",)))
+    client = await aiohttp_client(app)
+    await client.app[K.IDENTITY].do_create_account(
+        SYSTEM, NewAccount("root", "root-password-123", "admin")
+    )
+    _status, location = await _post_login(client, "root", "root-password-123")
+    assert location == "/login/totp?next=/"
+    page = await (await client.get("/login/totp")).text()
+    assert 'name="secret"' in page  # enrolment, not just a code prompt
+    assert (await client.get("/admin/accounts", allow_redirects=False)).status == 303
+
+
+async def test_csrf_rejected(client: Client, create_user: CreateUser, admin: Person) -> None:
+    # Login form without a token
+    resp = await client.post("/login", data={"username": "admin", "password": admin.password})
+    assert resp.status == 403
+    csrf = await web_login(client, admin)
+    # A form post with a wrong token changes nothing
+    resp = await client.post(
+        "/admin/organisations", data={"csrf_token": "forged", "name": "Evil", "kind": "lab"}
+    )
+    assert resp.status == 403
+    assert "Evil" not in await (await client.get("/admin/organisations")).text()
+    # JSON API with the session cookie needs the header
+    resp = await client.post("/api/v1/patients", json={})
+    assert resp.status == 403
+    resp = await client.post(
+        "/admin/organisations", data={"csrf_token": csrf, "name": "CHL", "kind": "hospital"}
+    )
+    assert resp.status == 201
+
+
+async def test_role_checks_on_admin_pages(client: Client, create_user: CreateUser) -> None:
+    doc = await create_user("dr.weber")
+    await web_login(client, doc)
+    for path in ("/admin/accounts", "/admin/organisations", "/admin/audit"):
+        resp = await client.get(path)
+        assert resp.status == 403, path
+    # Not signed in at all: sent to the login page
+    client.session.cookie_jar.clear()
+    resp = await client.get("/admin/accounts", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/login?next=/admin/accounts")
+
+
+async def test_admin_creates_account_and_patient(client: Client, admin: Person) -> None:
+    csrf = await web_login(client, admin)
+    resp = await client.post(
+        "/admin/accounts",
+        data={
+            "csrf_token": csrf,
+            "username": "dr.new",
+            "password": "long-enough-pw",
+            "role": "practitioner",
+            "display_name": "Nina New",
+            "specialty": "pathology",
+            "profession": "physician",
+        },
+    )
+    assert resp.status == 201
+    assert "Nina New" in await resp.text()
+    bad = await client.post(
+        "/admin/accounts",
+        data={
+            "csrf_token": csrf,
+            "username": "Bad User",
+            "password": "short",
+            "role": "king",
+        },
+    )
+    assert bad.status == 400
+    text = await bad.text()
+    assert "aria-invalid" in text and "at least 10 characters" in text
+    dup = await client.post(
+        "/admin/accounts",
+        data={
+            "csrf_token": csrf,
+            "username": "dr.new",
+            "password": "long-enough-pw",
+            "role": "practitioner",
+        },
+    )
+    assert dup.status == 409

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from konsil.cli import main
+from konsil.config import load_config
+from konsil.errors import ConfigError
+
+
+def test_layers_file_env_flags(tmp_path: Path) -> None:
+    f = tmp_path / "konsil.toml"
+    f.write_text('server_name = "file.lu"\nport = 9000\n[auth]\nlockout_threshold = 3\n')
+    cfg = load_config(f, env={})
+    assert (cfg.server_name, cfg.port, cfg.auth.lockout_threshold) == ("file.lu", 9000, 3)
+    cfg = load_config(f, env={"KONSIL_PORT": "9100", "KONSIL_AUTH_LOCKOUT_THRESHOLD": "7"})
+    assert (cfg.port, cfg.auth.lockout_threshold) == (9100, 7)
+    cfg = load_config(f, env={"KONSIL_PORT": "9100"}, overrides={"port": 9200})
+    assert cfg.port == 9200
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("port = 70000", {}, "port must be between"),
+        ("", {"KONSIL_PORT": "eighty"}, "expected an integer"),
+        ('database_url = "mysql://x"', {}, "database_url must start with"),
+        ('colour = "blue"', {}, "unknown setting(s) in top level: colour"),
+        ("[auth]\nlockout = 1", {}, "unknown setting(s) in auth: lockout"),
+        ("port = [", {}, "not valid TOML"),
+        ('server_name = "a b"', {}, "not a valid Matrix server name"),
+        ("", {"KONSIL_AUTH_COOKIE_SECURE": "maybe"}, "expected true or false"),
+    ],
+)
+def test_bad_config_is_one_clear_error(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    f = tmp_path / "konsil.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(f, env=env)
+    assert message in str(err.value)
+
+
+def test_cli_reports_bad_config_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "konsil.toml"
+    f.write_text("port = 0\n")
+    assert main(["serve", "--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("konsil: error: port must be between")
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "upgrade", "--config", "/nonexistent/konsil.toml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
