@@ -61,6 +61,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_revision(args: argparse.Namespace) -> int:
+    from konsil.db import revision
+
+    url = args.database_url or "sqlite+aiosqlite:///var/revision-scratch.db"
+    asyncio.run(revision(url, args.branch, args.message))
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from konsil.db import upgrade
 
@@ -206,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = db.add_parser("upgrade", help="apply all migrations")
     _add_common(p)
     p.set_defaults(func=cmd_db_upgrade)
+    p = db.add_parser("revision", help="(developers) autogenerate a package's next migration")
+    _add_common(p)
+    p.add_argument(
+        "--branch", required=True, help="package: konsil, messaging, workflow, rcp, video"
+    )
+    p.add_argument("-m", "--message", required=True)
+    p.set_defaults(func=cmd_db_revision)
 
     user = sub.add_parser("user", help="accounts").add_subparsers(
         dest="user_command", required=True

@@ -192,6 +192,57 @@ async def upgrade(url: str) -> None:
         await engine.dispose()
 
 
+async def revision(url: str, branch: str, message: str) -> None:
+    """Autogenerate the next migration of one package's branch (developers' tool).
+
+    The database is first brought up to date, so the new revision holds only what the models
+    changed since.
+    """
+    from alembic import command
+
+    await upgrade(url)
+    engine = make_engine(url, pool_size=1)
+    heads = script_heads(url)
+    pkg_dir = _package_dir(branch)
+    if pkg_dir is None:
+        raise ConfigError(f"no package named {branch}")
+    versions = pkg_dir / "migrations" / "versions"
+    script = ScriptDirectory.from_config(alembic_config(url))
+    branch_heads = [h for h in heads if branch in (script.get_revision(h).branch_labels or ())]
+    existing = sorted(p.name for p in versions.glob(f"{branch}_*.py")) if versions.is_dir() else []
+    rev_id = f"{branch}_{len(existing) + 1:04d}"
+    versions.mkdir(parents=True, exist_ok=True)
+    try:
+        async with engine.begin() as conn:
+
+            def _run(sync_conn: Connection) -> None:
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = sync_conn
+                if branch_heads:
+                    command.revision(
+                        cfg,
+                        message=message,
+                        autogenerate=True,
+                        rev_id=rev_id,
+                        head=f"{branch}@head",
+                    )
+                else:
+                    command.revision(
+                        cfg,
+                        message=message,
+                        autogenerate=True,
+                        rev_id=rev_id,
+                        head="base",
+                        branch_label=branch,
+                        version_path=str(versions),
+                        depends_on="konsil_0001",
+                    )
+
+            await conn.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
 async def check_migrated(db: Database) -> None:
     """Refuse to serve an unmigrated or outdated schema."""
     have = await current_heads(db.engine)
