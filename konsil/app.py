@@ -19,6 +19,7 @@ from konsil.db import Database, check_migrated
 from konsil.i18n import Translator
 from konsil.identity.service import IdentityService
 from konsil.identity.specialties import BY_CODE
+from konsil.logs import silence_aiohttp_access_log
 from konsil.metrics import Metrics
 from konsil.web import admin_pages, api, auth_pages, ops
 from konsil.web.middleware import (
@@ -64,6 +65,7 @@ def create_app(
         client_max_size=max(config.matrix.max_upload_bytes, 1024**2) + 64 * 1024,
     )
     clock = clock or SystemClock()
+    silence_aiohttp_access_log()
     translator = Translator()
     app[K.CONFIG] = config
     app[K.CLOCK] = clock

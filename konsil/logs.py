@@ -37,6 +37,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class _DropAiohttpAccess(logging.Filter):
+    """aiohttp's access log prints full URLs (search terms, tokens); Konsil writes its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+_DROP_ACCESS = _DropAiohttpAccess()
+
+
+def silence_aiohttp_access_log() -> None:
+    """Drop aiohttp's access log, and keep drivers that log SQL parameters (patient data) at
+    DEBUG from ever doing so."""
+    logger = logging.getLogger("aiohttp.access")
+    if _DROP_ACCESS not in logger.filters:
+        logger.addFilter(_DROP_ACCESS)
+    for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -46,5 +66,4 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log prints full URLs; ours (in konsil.web.middleware) is redacted.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    silence_aiohttp_access_log()
