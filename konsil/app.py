@@ -15,7 +15,9 @@ from konsil.auth.passwords import INTERACTIVE, PasswordHasher
 from konsil.auth.service import AuthService
 from konsil.clock import Clock, SystemClock, local
 from konsil.config import Config
+from konsil.crypto import Sealer
 from konsil.db import Database, check_migrated
+from konsil.errors import ConfigError
 from konsil.i18n import Translator
 from konsil.identity.service import IdentityService
 from konsil.identity.specialties import BY_CODE
@@ -60,6 +62,8 @@ def create_app(
     hasher: PasswordHasher | None = None,
     features: list[FeatureSetup] | None = None,
 ) -> web.Application:
+    if not config.secret_key:
+        raise ConfigError("secret_key is not set: set KONSIL_SECRET_KEY (konsil serve creates one)")
     app = web.Application(
         middlewares=[security_middleware, metrics_middleware, error_middleware, session_middleware],
         client_max_size=max(config.matrix.max_upload_bytes, 1024**2) + 64 * 1024,
@@ -86,7 +90,14 @@ def create_app(
             await db.dispose()
             raise
         app[K.DB] = db
-        app[K.AUTH] = AuthService(db, clock, app[K.HASHER], app[K.AUDIT], config.auth)
+        app[K.AUTH] = AuthService(
+            db,
+            clock,
+            app[K.HASHER],
+            app[K.AUDIT],
+            config.auth,
+            Sealer(config.secret_key, "konsil.totp"),
+        )
         app[K.IDENTITY] = IdentityService(db, clock, app[K.HASHER], app[K.AUDIT])
         yield
         await db.dispose()

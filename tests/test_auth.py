@@ -203,3 +203,43 @@ async def test_admin_creates_account_and_patient(client: Client, admin: Person) 
         },
     )
     assert dup.status == 409
+
+
+async def test_totp_seed_sealed_at_rest(
+    client: Client, create_user: CreateUser, clock: FakeClock
+) -> None:
+    from sqlalchemy import select
+
+    from konsil.identity.models import Account
+
+    doc = await create_user("dr.weber")
+    await client.app[K.AUTH].do_enrol_totp(
+        doc.account_id,
+        "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
+        totp.code_at("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP", clock.now()),
+        ip=None,
+    )
+    async with client.app[K.DB].session() as s:
+        stored = (
+            await s.execute(select(Account.totp_secret).where(Account.id == doc.account_id))
+        ).scalar_one()
+    assert stored and "JBSWY3DP" not in stored
+    assert client.app[K.AUTH].totp_sealer.open_text(stored) == "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+
+
+async def test_deactivation(client: Client, create_user: CreateUser, admin: Person) -> None:
+    doc = await create_user("dr.weber")
+    csrf = await web_login(client, admin)
+    own = await client.post(
+        f"/admin/accounts/{admin.account_id}/active", data={"csrf_token": csrf, "active": "0"}
+    )
+    assert own.status == 403
+    resp = await client.post(
+        f"/admin/accounts/{doc.account_id}/active",
+        data={"csrf_token": csrf, "active": "0"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    client.session.cookie_jar.clear()
+    status, _ = await _post_login(client, doc.username, doc.password)
+    assert status == 401

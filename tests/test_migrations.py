@@ -48,7 +48,9 @@ async def test_server_refuses_unmigrated_database(tmp_path: Path) -> None:
     from aiohttp.test_utils import TestServer
 
     cfg = Config(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", data_dir=str(tmp_path)
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}",
+        data_dir=str(tmp_path),
+        secret_key="k" * 40,
     )
     server = TestServer(create_app(cfg))
     with pytest.raises(ConfigError) as err:

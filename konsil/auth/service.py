@@ -20,6 +20,7 @@ from konsil.auth.models import ApiToken, WebSession
 from konsil.auth.passwords import PasswordHasher
 from konsil.clock import Clock, to_utc
 from konsil.config import AuthConfig
+from konsil.crypto import Sealer
 from konsil.db import Database
 from konsil.errors import Forbidden, RateLimited, Unauthorized
 from konsil.identity.models import Account
@@ -70,7 +71,13 @@ class LoginResult:
 
 class AuthService:
     def __init__(
-        self, db: Database, clock: Clock, hasher: PasswordHasher, audit: AuditLog, cfg: AuthConfig
+        self,
+        db: Database,
+        clock: Clock,
+        hasher: PasswordHasher,
+        audit: AuditLog,
+        cfg: AuthConfig,
+        totp_sealer: Sealer,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -78,6 +85,8 @@ class AuthService:
         self.audit = audit
         self.cfg = cfg
         self._dummy_hash: str | None = None
+        # TOTP seeds are sealed at rest: a copy of the database alone does not yield codes.
+        self.totp_sealer = totp_sealer
 
     # ------------------------------------------------------------------ passwords
 
@@ -203,7 +212,8 @@ class AuthService:
             assert account is not None
             if account.totp_secret is None:
                 raise Forbidden("no second factor is enrolled for this account")
-            if not totp.verify(account.totp_secret, code, self.clock.now()):
+            seed = self.totp_sealer.open_text(account.totp_secret)
+            if not totp.verify(seed, code, self.clock.now()):
                 await self.audit.record(s, Actor(account.id, ip), "login.totp", outcome="failure")
                 ok = False
             else:
@@ -224,7 +234,7 @@ class AuthService:
         async with self.db.transaction() as s:
             account = await s.get(Account, account_id, with_for_update=True)
             assert account is not None
-            account.totp_secret = secret
+            account.totp_secret = self.totp_sealer.seal_text(secret)
             await s.execute(
                 update(WebSession)
                 .where(WebSession.account_id == account_id)

@@ -79,7 +79,7 @@ class Account(Base):
     organisation_id: Mapped[str | None] = mapped_column(ForeignKey("organisations.id"))
     is_active: Mapped[bool] = mapped_column(Boolean(), default=True)
     is_guest: Mapped[bool] = mapped_column(Boolean(), default=False)
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_secret: Mapped[str | None] = mapped_column(String(255))  # sealed (konsil.crypto)
     failed_logins: Mapped[int] = mapped_column(Integer(), default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -15,7 +15,7 @@ from konsil.audit.service import Actor, AuditLog
 from konsil.auth.passwords import PasswordHasher, check_password_strength
 from konsil.clock import Clock
 from konsil.db import Database
-from konsil.errors import Conflict, NotFound, ValidationError
+from konsil.errors import Conflict, Forbidden, NotFound, ValidationError
 from konsil.identity.matricule import check_matricule
 from konsil.identity.models import ROLES, Account, Organisation, Patient, Practitioner
 from konsil.identity.specialties import PROFESSIONS, is_specialty
@@ -221,6 +221,9 @@ class IdentityService:
             ).scalar_one_or_none()
 
     async def do_set_active(self, actor: Actor, account_id: str, active: bool) -> None:
+        if actor.id == account_id and not active:
+            # An administrator locking themselves out could leave nobody able to administer.
+            raise Forbidden("you cannot deactivate your own account")
         async with self.db.transaction() as s:
             account = await s.get(Account, account_id, with_for_update=True)
             if account is None:
