@@ -88,6 +88,14 @@ KERNEL_FR: dict[str, str] = {
     "your session has expired: sign in again": "votre session a expiré : reconnectez-vous",
     "the form has expired or did not come from this site: reload the page": "le formulaire a expiré ou ne provient pas de ce site : rechargez la page",
     "page not found": "page introuvable",
+    "API tokens": "Jetons d'API",
+    "Bearer tokens let a hospital's record system use /api/v1 as one account.": "Les jetons permettent au dossier patient informatisé d'un hôpital d'utiliser /api/v1 au nom d'un compte.",
+    "Copy this token now: it is shown only once.": "Copiez ce jeton maintenant : il n'est affiché qu'une fois.",
+    "Created": "Créé",
+    "Expires": "Expire",
+    "never": "jamais",
+    "Revoke": "Révoquer",
+    "Valid for (days)": "Validité (jours)",
     "internal error: the incident was logged": "erreur interne : l'incident a été journalisé",
 }
 

@@ -118,3 +118,37 @@ async def test_patient_pages(client: Client, admin: Person) -> None:
     assert bad.status == 400
     text = await bad.text()
     assert "must be 13 digits" in text and "required" in text
+
+
+async def test_admin_issues_and_revokes_api_token(client: Client, admin: Person) -> None:
+    import re
+
+    from konsil import appkeys as K
+    from konsil.audit.service import SYSTEM
+    from konsil.identity.service import NewAccount
+
+    await client.app[K.IDENTITY].do_create_account(
+        SYSTEM, NewAccount("dpi.chl", "dpi-password-0123", "practitioner")
+    )
+    csrf = await web_login(client, admin)
+    bad = await client.post(
+        "/admin/tokens", data={"csrf_token": csrf, "name": "", "username": "nobody"}
+    )
+    assert bad.status == 400 and "no active account" in await bad.text()
+    resp = await client.post(
+        "/admin/tokens",
+        data={"csrf_token": csrf, "name": "DPI CHL", "username": "dpi.chl", "days": "30"},
+    )
+    assert resp.status == 201
+    m = re.search(r'id="new-token">(ksl_[^<]+)<', await resp.text())
+    assert m
+    token = m.group(1)
+    me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert (await me.json())["username"] == "dpi.chl"
+    listing = await (await client.get("/admin/tokens")).text()
+    assert token not in listing  # shown once, stored hashed
+    hashed = re.search(r"/admin/tokens/([0-9a-f]{64})/revoke", listing)
+    assert hashed
+    await client.post(f"/admin/tokens/{hashed.group(1)}/revoke", data={"csrf_token": csrf})
+    me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status == 401

@@ -22,7 +22,7 @@ from konsil.clock import Clock, to_utc
 from konsil.config import AuthConfig
 from konsil.crypto import Sealer
 from konsil.db import Database
-from konsil.errors import Forbidden, RateLimited, Unauthorized
+from konsil.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationError
 from konsil.identity.models import Account
 
 # Verified against when the username is unknown, so that timing does not reveal which exist.
@@ -263,6 +263,58 @@ class AuthService:
             )
         )
         return token
+
+    async def api_tokens(self) -> list[tuple[ApiToken, Account]]:
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(ApiToken, Account)
+                .join(Account, Account.id == ApiToken.account_id)
+                .order_by(ApiToken.created_at.desc())
+            )
+            return [(t, a) for t, a in rows.all()]
+
+    async def do_issue_api_token(
+        self, actor: Actor, username: str, name: str, days: int | None
+    ) -> str:
+        """Create a bearer token for a machine client acting as ``username``; shown once."""
+        errors: dict[str, str] = {}
+        name = " ".join(name.split())
+        if not name or len(name) > 100:
+            errors["name"] = "required, at most 100 characters"
+        if days is not None and not (1 <= days <= 730):
+            errors["days"] = "between 1 and 730"
+        async with self.db.transaction() as s:
+            account = (
+                await s.execute(select(Account).where(Account.username == username))
+            ).scalar_one_or_none()
+            if account is None or not account.is_active:
+                errors["username"] = "no active account with this username"
+            if errors:
+                raise ValidationError("the API token request is not valid", fields=errors)
+            assert account is not None
+            token = await self.do_create_api_token(s, account.id, name, days=days)
+            await self.audit.record(
+                s,
+                actor,
+                "api_token.create",
+                resource=f"account/{account.id}",
+                details={"name": name},
+            )
+        return token
+
+    async def do_revoke_api_token(self, actor: Actor, hashed: str) -> None:
+        async with self.db.transaction() as s:
+            row = await s.get(ApiToken, hashed)
+            if row is None:
+                raise NotFound("no such API token")
+            await s.delete(row)
+            await self.audit.record(
+                s,
+                actor,
+                "api_token.revoke",
+                resource=f"account/{row.account_id}",
+                details={"name": row.name},
+            )
 
     async def api_principal(self, token: str) -> Principal | None:
         now = self.clock.now()

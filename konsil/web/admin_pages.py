@@ -166,6 +166,42 @@ async def patient_create(request: web.Request) -> web.Response:
     return render(request, "patients.html", ctx, status=status)
 
 
+@routes.get("/admin/tokens", name="admin_tokens")
+async def api_tokens(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    return render(request, "admin/tokens.html", {"tokens": await request.app[K.AUTH].api_tokens()})
+
+
+@routes.post("/admin/tokens")
+async def api_token_create(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    form = await read_form(request)
+    auth = request.app[K.AUTH]
+    ctx: dict[str, Any] = {"form": form}
+    status = 201
+    try:
+        days = int(form["days"]) if form.get("days") else None
+    except ValueError:
+        days = -1
+    try:
+        ctx["new_token"] = await auth.do_issue_api_token(
+            actor_of(request), form.get("username", "").strip(), form.get("name", ""), days
+        )
+        ctx["form"] = {}
+    except KonsilError as exc:
+        ctx["error"] = exc
+        status = exc.status
+    ctx["tokens"] = await auth.api_tokens()
+    return render(request, "admin/tokens.html", ctx, status=status)
+
+
+@routes.post("/admin/tokens/{hash}/revoke", name="admin_token_revoke")
+async def api_token_revoke(request: web.Request) -> web.StreamResponse:
+    require_role(request, "admin")
+    await request.app[K.AUTH].do_revoke_api_token(actor_of(request), request.match_info["hash"])
+    raise web.HTTPSeeOther("/admin/tokens")
+
+
 @routes.get("/admin/audit", name="admin_audit")
 async def audit(request: web.Request) -> web.Response:
     require_role(request, "admin")
