@@ -95,6 +95,8 @@ KERNEL_FR: dict[str, str] = {
     "Expires": "Expire",
     "never": "jamais",
     "Revoke": "Révoquer",
+    "Save": "Enregistrer",
+    "CNS provider code": "Code prestataire CNS",
     "Valid for (days)": "Validité (jours)",
     "internal error: the incident was logged": "erreur interne : l'incident a été journalisé",
 }

@@ -243,3 +243,48 @@ async def test_deactivation(client: Client, create_user: CreateUser, admin: Pers
     client.session.cookie_jar.clear()
     status, _ = await _post_login(client, doc.username, doc.password)
     assert status == 401
+
+
+async def test_admin_edits_practitioner(
+    client: Client, create_user: CreateUser, admin: Person
+) -> None:
+    from konsil.identity.models import Practitioner
+
+    doc = await create_user("dr.weber", specialty="general-practice")
+    csrf = await web_login(client, admin)
+    page = await client.get(f"/admin/accounts/{doc.account_id}")
+    assert page.status == 200 and 'value="general-practice" selected' in await page.text()
+    resp = await client.post(
+        f"/admin/accounts/{doc.account_id}",
+        data={
+            "csrf_token": csrf,
+            "display_name": "Anne Weber",
+            "role": "practitioner",
+            "profession": "physician",
+            "specialty": "medical-oncology",
+            "cns_provider_code": "123456-78",
+        },
+    )
+    assert resp.status == 200
+    _account, pr = await client.app[K.IDENTITY].account_detail(doc.account_id)
+    assert isinstance(pr, Practitioner)
+    assert (pr.specialty, pr.cns_provider_code, pr.family_name) == (
+        "medical-oncology",
+        "123456-78",
+        "Weber",
+    )
+    bad = await client.post(
+        f"/admin/accounts/{doc.account_id}",
+        data={
+            "csrf_token": csrf,
+            "display_name": "",
+            "role": "practitioner",
+            "specialty": "astrology",
+        },
+    )
+    assert bad.status == 400 and "unknown specialty code" in await bad.text()
+    demote = await client.post(
+        f"/admin/accounts/{admin.account_id}",
+        data={"csrf_token": csrf, "display_name": "Admin", "role": "practitioner"},
+    )
+    assert demote.status == 400

@@ -38,6 +38,17 @@ class NewPatient:
 
 
 @dataclass(frozen=True)
+class PractitionerUpdate:
+    display_name: str
+    role: str
+    profession: str = "physician"
+    specialty: str | None = None
+    organisation_id: str | None = None
+    email: str | None = None
+    cns_provider_code: str | None = None
+
+
+@dataclass(frozen=True)
 class NewAccount:
     username: str
     password: str
@@ -219,6 +230,71 @@ class IdentityService:
             return (
                 await s.execute(select(Account).where(Account.username == username))
             ).scalar_one_or_none()
+
+    async def account_detail(self, account_id: str) -> tuple[Account, Practitioner | None]:
+        async with self.db.session() as s:
+            account = await s.get(Account, account_id)
+            if account is None:
+                raise NotFound("no such account")
+            pr = (
+                await s.get(Practitioner, account.practitioner_id)
+                if account.practitioner_id
+                else None
+            )
+            return account, pr
+
+    async def do_update_practitioner(
+        self, actor: Actor, account_id: str, upd: PractitionerUpdate
+    ) -> None:
+        errors: dict[str, str] = {}
+        display = " ".join(upd.display_name.split())
+        if not display or len(display) > 200:
+            errors["display_name"] = "required, at most 200 characters"
+        if upd.specialty is not None and not is_specialty(upd.specialty):
+            errors["specialty"] = "unknown specialty code"
+        if upd.profession not in PROFESSIONS:
+            errors["profession"] = "unknown profession"
+        if upd.email and not EMAIL_RE.match(upd.email):
+            errors["email"] = "is not an e-mail address"
+        if upd.role not in ROLES:
+            errors["role"] = f"must be one of {', '.join(ROLES)}"
+        if actor.id == account_id and upd.role != "admin":
+            errors["role"] = "you cannot remove your own administrator role"
+        async with self.db.transaction() as s:
+            account = await s.get(Account, account_id, with_for_update=True)
+            if account is None:
+                raise NotFound("no such account")
+            if upd.organisation_id and await s.get(Organisation, upd.organisation_id) is None:
+                errors["organisation_id"] = "unknown organisation"
+            if errors:
+                raise ValidationError("the account is not valid", fields=errors)
+            account.display_name = display
+            account.role = upd.role
+            account.organisation_id = upd.organisation_id
+            pr = (
+                await s.get(Practitioner, account.practitioner_id)
+                if account.practitioner_id
+                else None
+            )
+            if pr is None and upd.role in ("practitioner", "coordinator"):
+                pr = Practitioner(
+                    given_name=display,
+                    family_name="",
+                    profession=upd.profession,
+                    created_at=self.clock.now(),
+                )
+                s.add(pr)
+                await s.flush()
+                account.practitioner_id = pr.id
+            if pr is not None:
+                given, _, family = display.partition(" ")
+                pr.given_name, pr.family_name = given or display, family or display
+                pr.profession = upd.profession
+                pr.specialty = upd.specialty
+                pr.organisation_id = upd.organisation_id
+                pr.email = upd.email
+                pr.cns_provider_code = upd.cns_provider_code
+            await self.audit.record(s, actor, "account.update", resource=f"account/{account_id}")
 
     async def do_set_active(self, actor: Actor, account_id: str, active: bool) -> None:
         if actor.id == account_id and not active:

@@ -13,7 +13,7 @@ from konsil.audit.models import AuditEvent
 from konsil.audit.service import verify_chain
 from konsil.errors import KonsilError, ValidationError
 from konsil.identity.models import ROLES
-from konsil.identity.service import ORG_KINDS, NewAccount, NewPatient
+from konsil.identity.service import ORG_KINDS, NewAccount, NewPatient, PractitionerUpdate
 from konsil.identity.specialties import PROFESSIONS, SPECIALTIES
 from konsil.web.request import actor_of, read_form, render, require_login, require_role
 
@@ -108,6 +108,60 @@ async def account_create(request: web.Request) -> web.Response:
     ctx["accounts"] = await identity.accounts()
     ctx["orgs"] = await identity.organisations()
     return render(request, "admin/accounts.html", ctx, status=status)
+
+
+async def _edit_ctx(request: web.Request, account_id: str) -> dict[str, Any]:
+    identity = request.app[K.IDENTITY]
+    account, pr = await identity.account_detail(account_id)
+    form = {
+        "display_name": account.display_name,
+        "role": account.role,
+        "organisation_id": account.organisation_id or "",
+        "profession": pr.profession if pr else "physician",
+        "specialty": (pr.specialty if pr else None) or "",
+        "email": (pr.email if pr else None) or "",
+        "cns_provider_code": (pr.cns_provider_code if pr else None) or "",
+    }
+    return {
+        **_account_ctx(),
+        "account": account,
+        "form": form,
+        "orgs": await identity.organisations(),
+    }
+
+
+@routes.get("/admin/accounts/{id}", name="admin_account")
+async def account_page(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    return render(request, "admin/account.html", await _edit_ctx(request, request.match_info["id"]))
+
+
+@routes.post("/admin/accounts/{id}")
+async def account_update(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    account_id = request.match_info["id"]
+    form = await read_form(request)
+    try:
+        await request.app[K.IDENTITY].do_update_practitioner(
+            actor_of(request),
+            account_id,
+            PractitionerUpdate(
+                display_name=form.get("display_name", ""),
+                role=form.get("role", ""),
+                profession=form.get("profession") or "physician",
+                specialty=form.get("specialty") or None,
+                organisation_id=form.get("organisation_id") or None,
+                email=form.get("email") or None,
+                cns_provider_code=form.get("cns_provider_code") or None,
+            ),
+        )
+    except KonsilError as exc:
+        ctx = await _edit_ctx(request, account_id)
+        ctx.update({"form": form, "error": exc})
+        return render(request, "admin/account.html", ctx, status=exc.status)
+    ctx = await _edit_ctx(request, account_id)
+    ctx["saved"] = True
+    return render(request, "admin/account.html", ctx)
 
 
 @routes.post("/admin/accounts/{id}/active", name="admin_account_active")
