@@ -125,6 +125,41 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_password(args: argparse.Namespace) -> int:
+    from konsil.audit.service import SYSTEM
+
+    config = _config(args)
+    password = args.password or sys.stdin.readline().rstrip("\n")
+
+    async def run() -> None:
+        db, identity = await _services(config)
+        try:
+            await identity.do_set_password(SYSTEM, args.username, password)
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    print(f"password changed for {args.username}; lock lifted, sessions ended")
+    return 0
+
+
+def cmd_user_unlock(args: argparse.Namespace) -> int:
+    from konsil.audit.service import SYSTEM
+
+    config = _config(args)
+
+    async def run() -> None:
+        db, identity = await _services(config)
+        try:
+            await identity.do_unlock(SYSTEM, args.username)
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    print(f"unlocked {args.username}")
+    return 0
+
+
 def cmd_patient_create(args: argparse.Namespace) -> int:
     from konsil.audit.service import SYSTEM
     from konsil.identity.service import NewPatient
@@ -235,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profession", default="physician")
     p.add_argument("--email")
     p.set_defaults(func=cmd_user_create)
+    p = user.add_parser("password", help="set a new password (read from stdin without --password)")
+    _add_common(p)
+    p.add_argument("--username", required=True)
+    p.add_argument("--password")
+    p.set_defaults(func=cmd_user_password)
+    p = user.add_parser("unlock", help="lift a login lockout")
+    _add_common(p)
+    p.add_argument("--username", required=True)
+    p.set_defaults(func=cmd_user_unlock)
 
     patient = sub.add_parser("patient", help="patients").add_subparsers(
         dest="patient_command", required=True

@@ -113,8 +113,17 @@ def test_user_patient_audit_commands(db_url: str, capsys: pytest.CaptureFixture[
         == 2
     )
     assert "Verhoeff" in capsys.readouterr().err
+    assert main(["user", "password", *base, "--username", "dr.cli", "--password", "short"]) == 2
+    assert "at least 10 characters" in capsys.readouterr().err
+    assert (
+        main(["user", "password", *base, "--username", "dr.cli", "--password", "new-password-22"])
+        == 0
+    )
+    assert main(["user", "unlock", *base, "--username", "nobody"]) == 2
+    assert "no account named 'nobody'" in capsys.readouterr().err
+    assert main(["user", "unlock", *base, "--username", "dr.cli"]) == 0
     assert main(["audit", "verify", *base]) == 0
-    assert "audit chain intact: 2 events" in capsys.readouterr().out
+    assert "audit chain intact: 4 events" in capsys.readouterr().out
 
     async def tamper() -> None:
         db = Database(db_url)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -295,6 +295,43 @@ class IdentityService:
                 pr.email = upd.email
                 pr.cns_provider_code = upd.cns_provider_code
             await self.audit.record(s, actor, "account.update", resource=f"account/{account_id}")
+
+    async def do_set_password(self, actor: Actor, username: str, password: str) -> None:
+        """Set a new password and lift any lockout (operators' reset; sessions are ended)."""
+        from konsil.auth.models import WebSession
+
+        reason = check_password_strength(password)
+        if reason:
+            raise ValidationError("the password is not acceptable", fields={"password": reason})
+        pw_hash = await self.hasher.hash(password)
+        async with self.db.transaction() as s:
+            account = (
+                await s.execute(
+                    select(Account).where(Account.username == username).with_for_update()
+                )
+            ).scalar_one_or_none()
+            if account is None:
+                raise NotFound(f"no account named {username!r}")
+            account.password_hash = pw_hash
+            account.failed_logins = 0
+            account.locked_until = None
+            await s.execute(delete(WebSession).where(WebSession.account_id == account.id))
+            await self.audit.record(
+                s, actor, "account.password_reset", resource=f"account/{account.id}"
+            )
+
+    async def do_unlock(self, actor: Actor, username: str) -> None:
+        async with self.db.transaction() as s:
+            account = (
+                await s.execute(
+                    select(Account).where(Account.username == username).with_for_update()
+                )
+            ).scalar_one_or_none()
+            if account is None:
+                raise NotFound(f"no account named {username!r}")
+            account.failed_logins = 0
+            account.locked_until = None
+            await self.audit.record(s, actor, "account.unlock", resource=f"account/{account.id}")
 
     async def do_set_active(self, actor: Actor, account_id: str, active: bool) -> None:
         if actor.id == account_id and not active:
