@@ -1,0 +1,333 @@
+"""Shared CDA writing: the eSanté Luxembourg header, sections, narratives and entry values.
+
+Document modules describe *what* goes in a document; this module knows *how* CDA spells it, in
+the element order the HL7 schema requires. Narratives are rendered from Jinja2 templates in
+``templates/documents/`` with autoescaping, parsed with the hardened parser and placed in each
+section's ``<text>``, so no input can inject markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import jinja2
+from lxml import etree
+
+import templates as templates_pkg
+
+from . import codes
+from .codes import Code
+from .values import Address, Header, Identifier, Practitioner, local_time
+from .xsd import SAFE_PARSER
+
+DOCUMENT_TEMPLATES = Path(next(iter(templates_pkg.__path__))) / "documents"
+NSMAP: dict[str | None, str] = {None: codes.HL7_NS, "sdtc": codes.SDTC_NS, "xsi": codes.XSI_NS}
+Element: TypeAlias = etree._Element
+
+
+def q(tag: str) -> str:
+    return f"{{{codes.HL7_NS}}}{tag}"
+
+
+def sub(parent: Element, tag: str, text: str | None = None, **attrs: str | None) -> Element:
+    """A child in the HL7 namespace; attributes whose value is None are left out."""
+    child = etree.SubElement(parent, q(tag), {k: v for k, v in attrs.items() if v is not None})
+    if text is not None:
+        child.text = text
+    return child
+
+
+def ts(moment: datetime) -> str:
+    """A CDA TS in Luxembourg local time with its UTC offset (20261127143000+0100)."""
+    return local_time(moment).strftime("%Y%m%d%H%M%S%z")
+
+
+def day(value: date) -> str:
+    return value.strftime("%Y%m%d")
+
+
+def code_el(parent: Element, tag: str, c: Code, **attrs: str | None) -> Element:
+    return sub(parent, tag, code=c.code, codeSystem=c.system, displayName=c.display, **attrs)
+
+
+def ii(parent: Element, tag: str, ident: Identifier) -> Element:
+    return sub(parent, tag, root=ident.root, extension=ident.extension)
+
+
+def addr(parent: Element, a: Address, use: str | None = None) -> Element:
+    el = sub(parent, "addr", use=use)
+    sub(el, "streetAddressLine", a.street)
+    sub(el, "postalCode", a.postal_code)
+    sub(el, "city", a.city)
+    sub(el, "country", a.country)
+    return el
+
+
+def person_name(parent: Element, given: str, family: str, prefix: str | None = None) -> Element:
+    name = sub(parent, "name")
+    if prefix:
+        sub(name, "prefix", prefix)
+    sub(name, "given", given)
+    sub(name, "family", family)
+    return name
+
+
+def specialty_code(p: Practitioner) -> Code:
+    return Code(p.specialty, codes.OID_KONSIL_SPECIALTIES, p.specialty_fr)
+
+
+def assigned_entity(parent: Element, tag: str, p: Practitioner, h: Header | None) -> Element:
+    """assignedAuthor / assignedEntity: ids, specialty, person and (optionally) organisation."""
+    ent = sub(parent, tag)
+    ii(ent, "id", p.id)
+    if p.cns_code:
+        sub(ent, "id", root=codes.OID_CNS_PROVIDER, extension=p.cns_code)
+    code_el(ent, "code", specialty_code(p))
+    person = sub(ent, "assignedPerson")
+    person_name(person, p.given_name, p.family_name, p.title)
+    if h is not None:
+        org = sub(ent, "representedOrganization")
+        ii(org, "id", h.organisation.id)
+        sub(org, "name", h.organisation.name)
+        if h.organisation.address:
+            addr(org, h.organisation.address)
+    return ent
+
+
+# --- values of entries ---------------------------------------------------------------------
+
+
+def _typed(parent: Element, xsi_type: str, **attrs: str | None) -> Element:
+    el = sub(parent, "value", **attrs)
+    el.set(f"{{{codes.XSI_NS}}}type", xsi_type)
+    return el
+
+
+def v_cd(parent: Element, c: Code) -> Element:
+    return _typed(parent, "CD", code=c.code, codeSystem=c.system, displayName=c.display)
+
+
+def v_bl(parent: Element, value: bool) -> Element:
+    return _typed(parent, "BL", value="true" if value else "false")
+
+
+def v_ts(parent: Element, value: date) -> Element:
+    return _typed(parent, "TS", value=day(value))
+
+
+def v_st(parent: Element, value: str) -> Element:
+    el = _typed(parent, "ST")
+    el.text = value
+    return el
+
+
+def v_ii(parent: Element, ident: Identifier) -> Element:
+    return _typed(parent, "II", root=ident.root, extension=ident.extension)
+
+
+def v_pq(parent: Element, value: Decimal, unit: str) -> Element:
+    return _typed(parent, "PQ", value=str(value), unit=unit)
+
+
+def v_ad(parent: Element, a: Address) -> Element:
+    el = _typed(parent, "AD")
+    sub(el, "streetAddressLine", a.street)
+    sub(el, "postalCode", a.postal_code)
+    sub(el, "city", a.city)
+    sub(el, "country", a.country)
+    return el
+
+
+def interval(
+    parent: Element, low: date | None, high: date | None, tag: str = "effectiveTime"
+) -> Element:
+    el = sub(parent, tag)
+    if low is not None:
+        sub(el, "low", value=day(low))
+    if high is not None:
+        sub(el, "high", value=day(high))
+    return el
+
+
+def observation(
+    section: Element,
+    c: Code,
+    value: Callable[[Element], object] | None = None,
+    *,
+    when: date | tuple[date | None, date | None] | None = None,
+    mood: str = "EVN",
+    ident: Identifier | None = None,
+) -> Element:
+    entry = sub(section, "entry")
+    obs = sub(entry, "observation", classCode="OBS", moodCode=mood)
+    if ident is not None:
+        ii(obs, "id", ident)
+    code_el(obs, "code", c)
+    sub(obs, "statusCode", code="completed")
+    if isinstance(when, tuple):
+        interval(obs, when[0], when[1])
+    elif when is not None:
+        sub(obs, "effectiveTime", value=day(when))
+    if value is not None:
+        value(obs)
+    return obs
+
+
+# --- narrative -----------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def narrative_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(DOCUMENT_TEMPLATES)),
+        autoescape=True,  # narratives are XML: every value is escaped
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fr_date"] = fr_date
+    env.filters["fr_datetime"] = fr_datetime
+    return env
+
+
+def fr_date(value: date) -> str:
+    return value.strftime("%d/%m/%Y")
+
+
+def fr_datetime(value: datetime) -> str:
+    return local_time(value).strftime("%d/%m/%Y %H:%M")
+
+
+def render_parts(template: str, context: Mapping[str, Any]) -> dict[str, Element]:
+    """Render a narrative template into its ``<part name="…">`` fragments, by name."""
+    xml = narrative_env().get_template(template).render(**context)
+    root = etree.fromstring(xml.encode("utf-8"), SAFE_PARSER)
+    return {str(part.get("name")): part for part in root.iter(q("part"))}
+
+
+# --- the document ---------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    code: Code
+    title: str
+    part: str  # the narrative part's name
+    entries: Callable[[Element], None] | None = None
+    subject: Callable[[Element], None] | None = None  # e.g. the sick child, before the entries
+
+
+@dataclass
+class DocumentSpec:
+    kind: str
+    header: Header
+    now: datetime
+    sections: Sequence[Section]
+    narrative: str  # template name under templates/documents/
+    context: Mapping[str, Any]
+    documentation_of: Callable[[Element], None] | None = None
+    component_of: Callable[[Element], None] | None = None
+    extra_templates: tuple[str, ...] = field(default_factory=tuple)
+
+
+def build(spec: DocumentSpec) -> bytes:
+    dtype = codes.BY_KIND[spec.kind]
+    h, now = spec.header, spec.now
+    root = etree.Element(q("ClinicalDocument"), nsmap=NSMAP)
+    sub(root, "realmCode", code=codes.LU_REALM)
+    sub(root, "typeId", root=codes.CDA_TYPE_ID_ROOT, extension=codes.CDA_TYPE_ID_EXTENSION)
+    sub(root, "templateId", root=codes.LU_HEADER_TEMPLATE)
+    sub(root, "templateId", root=dtype.template)
+    for t in spec.extra_templates:
+        sub(root, "templateId", root=t)
+    ii(root, "id", h.document_id)
+    sub(
+        root,
+        "code",
+        code=dtype.code,
+        codeSystem=codes.OID_DOCUMENT_TYPES,
+        codeSystemName="eSanté DocumentType",
+        displayName=dtype.display,
+    )
+    sub(root, "title", h.title or dtype.display)
+    sub(root, "effectiveTime", value=ts(now))
+    sub(
+        root,
+        "confidentialityCode",
+        code=h.confidentiality,
+        codeSystem=codes.OID_CONFIDENTIALITY,
+        displayName=codes.CONFIDENTIALITY.get(h.confidentiality),
+    )
+    sub(root, "languageCode", code=codes.LU_LANGUAGE)
+    ii(root, "setId", h.set_id)
+    sub(root, "versionNumber", value=str(h.version))
+
+    role = sub(sub(root, "recordTarget"), "patientRole")
+    sub(role, "id", root=codes.OID_MATRICULE, extension=h.patient.matricule)
+    if h.patient.address:
+        addr(role, h.patient.address, use="H")
+    patient = sub(role, "patient")
+    person_name(patient, h.patient.given_name, h.patient.family_name)
+    sub(
+        patient,
+        "administrativeGenderCode",
+        code=h.patient.sex,
+        codeSystem=codes.OID_ADMIN_GENDER,
+        displayName=codes.ADMIN_GENDER.get(h.patient.sex),
+    )
+    sub(patient, "birthTime", value=day(h.patient.birth_date))
+
+    author = sub(root, "author")
+    sub(author, "time", value=ts(now))
+    assigned_entity(author, "assignedAuthor", h.author, h)
+
+    org = sub(sub(sub(root, "custodian"), "assignedCustodian"), "representedCustodianOrganization")
+    ii(org, "id", h.organisation.id)
+    sub(org, "name", h.organisation.name)
+    if h.organisation.address:
+        addr(org, h.organisation.address)
+
+    for recipient in h.recipients:
+        intended = sub(sub(root, "informationRecipient"), "intendedRecipient")
+        sub(sub(intended, "receivedOrganization"), "name", recipient)
+
+    legal = sub(root, "legalAuthenticator")
+    sub(legal, "time", value=ts(now))
+    sub(legal, "signatureCode", code="S")
+    assigned_entity(legal, "assignedEntity", h.authenticator, h)
+
+    if spec.documentation_of is not None:
+        spec.documentation_of(root)
+    if h.replaces is not None:
+        related = sub(root, "relatedDocument", typeCode="RPLC")
+        parent = sub(related, "parentDocument")
+        ii(parent, "id", h.replaces.parent_id)
+        ii(parent, "setId", h.set_id)
+        sub(parent, "versionNumber", value=str(h.replaces.parent_version))
+    if spec.component_of is not None:
+        spec.component_of(root)
+
+    parts = render_parts(spec.narrative, {**spec.context, "header": h, "now": now})
+    body = sub(sub(root, "component"), "structuredBody")
+    for s in spec.sections:
+        section = sub(sub(body, "component"), "section")
+        code_el(section, "code", s.code)
+        sub(section, "title", s.title)
+        text = sub(section, "text")
+        part = parts.get(s.part)
+        if part is None:
+            raise LookupError(f"narrative {spec.narrative} has no part {s.part!r}")
+        text.text = part.text
+        for child in list(part):
+            text.append(child)
+        if s.subject is not None:
+            s.subject(section)
+        if s.entries is not None:
+            s.entries(section)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
