@@ -10,10 +10,10 @@ from konsil.errors import ValidationError
 from konsil.identity.matricule import make_matricule
 from workflow.cda.sick_leave import Accident, Child, Diagnosis, SickLeave, build_sick_leave
 from workflow.cda.validation import document_kind, validate_cda
-from workflow.cda.values import Address, Identifier, Replacement
+from workflow.cda.values import Address, Header, Identifier, Replacement
 from workflow.cda.xsd import parse, schema_available
 
-from .samples import ANNE, JEAN, NOW, SUMMER, header
+from .samples import ANNE, GP, JEAN, NOW, SUMMER, header
 
 pytestmark = pytest.mark.skipif(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
@@ -112,16 +112,16 @@ def test_narrative_escapes_everything() -> None:
     assert '<script>alert("x")</script>' in "".join(doc.itertext())
 
 
-def errors_of(cert: SickLeave, **header_changes: object) -> dict[str, str]:
+def errors_of(cert: SickLeave, h: Header | None = None) -> dict[str, str]:
     with pytest.raises(ValidationError) as info:
-        build_sick_leave(cert, header(**header_changes), now=NOW)
+        build_sick_leave(cert, h or header(), now=NOW)
     return info.value.fields
 
 
 def test_bad_inputs_are_refused_with_every_problem() -> None:
     bad_patient = replace(ANNE, matricule="1983041201265")
     fields = errors_of(
-        replace(CASES["illness"], end=date(2026, 11, 20), diagnosis=None), patient=bad_patient
+        replace(CASES["illness"], end=date(2026, 11, 20), diagnosis=None), header(bad_patient)
     )
     assert fields == {
         "patient.matricule": "the matricule's Verhoeff check digit (13th digit) is wrong",
@@ -195,10 +195,11 @@ def test_refused(cert: SickLeave, field: str, reason: str) -> None:
 def test_header_problems_are_listed() -> None:
     fields = errors_of(
         CASES["maternity"],
-        patient=JEAN,
-        confidentiality="X",
-        version=2,
-        author=replace(header().author, specialty="astrology", cns_code="12"),
+        replace(
+            header(JEAN, replace(GP, specialty="astrology", cns_code="12")),
+            confidentiality="X",
+            version=2,
+        ),
     )
     assert fields["kind"] == "maternity leave is for the mother"
     assert "unknown code 'X'" in fields["confidentiality"]
@@ -216,7 +217,7 @@ def test_message_names_the_problems() -> None:
 
 
 def test_birth_date_must_match_matricule() -> None:
-    fields = errors_of(CASES["illness"], patient=replace(ANNE, birth_date=date(1983, 4, 13)))
+    fields = errors_of(CASES["illness"], header(replace(ANNE, birth_date=date(1983, 4, 13))))
     assert fields == {"patient.birth_date": "does not match the matricule"}
 
 
