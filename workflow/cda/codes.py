@@ -159,6 +159,10 @@ OBS_CONFORMITY: Final = konsil("GUIDELINE-CONFORMITY", "Proposition conforme aux
 OBS_TRIAL: Final = konsil("TRIAL-PROPOSED", "Inclusion dans un essai proposée")
 OBS_QUORUM: Final = konsil("QUORUM-MET", "Quorum atteint")
 OBS_REIMBURSABLE: Final = konsil("CNS-REIMBURSABLE", "Remboursable par la CNS")
+OBS_CASE_STATUS: Final = konsil("CASE-STATUS", "Statut du dossier")
+OBS_DEVIATION: Final = konsil("GUIDELINE-DEVIATION", "Justification de l'écart au référentiel")
+OBS_PATIENT_INFORMED: Final = konsil("PATIENT-INFORMED", "Patient informé de la présentation")
+ACT_RCP_MEETING: Final = konsil("RCP-MEETING", "Réunion de concertation pluridisciplinaire")
 
 # Value sets.
 SICK_LEAVE_KINDS: Final[dict[str, str]] = {
@@ -178,6 +182,11 @@ TUMOUR_STATUS: Final[dict[str, str]] = {
     "primary": "Tumeur primitive",
     "secondary": "Localisation secondaire (métastase)",
     "recurrence": "Récidive",
+}
+CASE_STATUS: Final[dict[str, str]] = {
+    "first-presentation": "Premier passage en RCP",
+    "re-presentation": "Nouveau passage en RCP",
+    "for-information": "Dossier présenté pour information",
 }
 PROPOSAL_KINDS: Final[dict[str, str]] = {
     "surgery": "Chirurgie",

@@ -22,6 +22,7 @@ from konsil.identity.specialties import BY_CODE as SPECIALTIES
 
 from . import codes
 from .codes import Code
+from .rcp_report import M_RE, MORPHOLOGY_RE, N_RE, STAGE_RE, T_RE, TOPOGRAPHY_RE
 from .values import ICD10_RE, OID_RE
 
 NS: Final = {"h": codes.HL7_NS, "sdtc": codes.SDTC_NS, "xsi": codes.XSI_NS}
@@ -30,8 +31,6 @@ TS_RE: Final = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\
 DT_RE: Final = re.compile(r"^DT-\d{5}$")
 LOINC_RE: Final = re.compile(r"^(LA)?\d{1,7}-\d$")
 ATC_RE: Final = re.compile(r"^[A-Z]\d{2}[A-Z]{2}\d{2}$")
-TOPOGRAPHY_RE: Final = re.compile(r"^C\d{2}\.\d$")
-MORPHOLOGY_RE: Final = re.compile(r"^\d{4}/[0-39]$")
 
 _KONSIL_CODES: Final = frozenset(
     {
@@ -43,6 +42,7 @@ _KONSIL_CODES: Final = frozenset(
     | set(codes.ACCIDENT_KINDS)
     | set(codes.TUMOUR_STATUS)
     | set(codes.PROPOSAL_KINDS)
+    | set(codes.CASE_STATUS)
 )
 
 
@@ -58,6 +58,7 @@ CODE_SYSTEMS: Final[dict[str, tuple[str, Callable[[str], bool]]]] = {
     codes.OID_EDQM_ROUTE: ("EDQM route", lambda c: c in codes.ROUTES),
     codes.OID_KONSIL_CODES: ("Konsil codes", lambda c: c in _KONSIL_CODES),
     codes.OID_KONSIL_SPECIALTIES: ("specialty", lambda c: c in SPECIALTIES),
+    codes.OID_KONSIL_TNM: ("TNM", lambda c: any(r.match(c) for r in (T_RE, N_RE, M_RE, STAGE_RE))),
     codes.OID_ADMIN_GENDER: ("AdministrativeGender", lambda c: c in codes.ADMIN_GENDER),
     codes.OID_CONFIDENTIALITY: ("Confidentiality", lambda c: c in codes.CONFIDENTIALITY),
     codes.OID_ROLE_CODE: ("RoleCode", lambda c: c.isupper()),
