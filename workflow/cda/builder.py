@@ -164,8 +164,21 @@ def observation(
     mood: str = "EVN",
     ident: Identifier | None = None,
 ) -> Element:
-    entry = sub(section, "entry")
-    obs = sub(entry, "observation", classCode="OBS", moodCode=mood)
+    """An observation in a new ``<entry>`` of ``section``."""
+    return observation_in(sub(section, "entry"), c, value, when=when, mood=mood, ident=ident)
+
+
+def observation_in(
+    parent: Element,
+    c: Code,
+    value: Callable[[Element], object] | None = None,
+    *,
+    when: date | tuple[date | None, date | None] | None = None,
+    mood: str = "EVN",
+    ident: Identifier | None = None,
+) -> Element:
+    """An observation directly under ``parent`` (an entry or an entryRelationship)."""
+    obs = sub(parent, "observation", classCode="OBS", moodCode=mood)
     if ident is not None:
         ii(obs, "id", ident)
     code_el(obs, "code", c)

@@ -162,6 +162,9 @@ OBS_REIMBURSABLE: Final = konsil("CNS-REIMBURSABLE", "Remboursable par la CNS")
 OBS_CASE_STATUS: Final = konsil("CASE-STATUS", "Statut du dossier")
 OBS_DEVIATION: Final = konsil("GUIDELINE-DEVIATION", "Justification de l'écart au référentiel")
 OBS_PATIENT_INFORMED: Final = konsil("PATIENT-INFORMED", "Patient informé de la présentation")
+OBS_TELE_CONSENT: Final = konsil("TELECONSULTATION-CONSENT", "Consentement à la téléconsultation")
+OBS_TELE_MODALITY: Final = konsil("TELECONSULTATION-MODALITY", "Modalité de la téléconsultation")
+OBS_FOLLOW_UP: Final = konsil("FOLLOW-UP", "Prochain rendez-vous")
 ACT_RCP_MEETING: Final = konsil("RCP-MEETING", "Réunion de concertation pluridisciplinaire")
 
 # Value sets.
@@ -183,6 +186,7 @@ TUMOUR_STATUS: Final[dict[str, str]] = {
     "secondary": "Localisation secondaire (métastase)",
     "recurrence": "Récidive",
 }
+TELE_MODALITIES: Final[dict[str, str]] = {"video": "Vidéo", "phone": "Téléphone"}
 CASE_STATUS: Final[dict[str, str]] = {
     "first-presentation": "Premier passage en RCP",
     "re-presentation": "Nouveau passage en RCP",

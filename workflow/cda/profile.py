@@ -43,6 +43,7 @@ _KONSIL_CODES: Final = frozenset(
     | set(codes.TUMOUR_STATUS)
     | set(codes.PROPOSAL_KINDS)
     | set(codes.CASE_STATUS)
+    | set(codes.TELE_MODALITIES)
 )
 
 
@@ -295,8 +296,22 @@ class _Checker:
         for need in REQUIRED_OBSERVATIONS.get(kind or "", ()):
             if (need.system, need.code) not in observed:
                 self.bad(f"required entry {need.code} ({need.display}) is missing")
-        if kind == "prescription" and not self.x(".//h:substanceAdministration"):
-            self.bad("a prescription has at least one medication line")
+        if kind == "prescription":
+            lines = self.x(".//h:substanceAdministration")
+            if not lines:
+                self.bad("a prescription has at least one medication line")
+            for n, line in enumerate(lines, start=1):
+                material = "h:consumable/h:manufacturedProduct/h:manufacturedMaterial/h:code"
+                if self.attr(material, "codeSystem", line) != codes.OID_ATC:
+                    self.bad(f"medication line {n} is not coded in ATC")
+                if self.one("h:doseQuantity[@value]", line) is None:
+                    self.bad(f"medication line {n} has no dose")
+                reimbursable = self.x(
+                    f"h:entryRelationship/h:observation[h:code/@code='{codes.OBS_REIMBURSABLE.code}']",
+                    line,
+                )
+                if not reimbursable:
+                    self.bad(f"medication line {n} does not say whether the CNS reimburses it")
 
     def coded(self) -> None:
         for el in self.doc.iter():
