@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -11,9 +12,10 @@ from lxml import etree
 from workflow.cda.profile import parse_ts, profile_problems
 from workflow.cda.sick_leave import Diagnosis, SickLeave, build_sick_leave
 from workflow.cda.validation import document_kind, validate_cda
+from workflow.cda.values import Identifier, Replacement
 from workflow.cda.xsd import parse, schema_available, xsd_errors
 
-from .samples import NOW, header
+from .samples import GP, NOW, ONCOLOGIST, header
 
 pytestmark = pytest.mark.skipif(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
@@ -168,3 +170,45 @@ def test_parse_ts() -> None:
     assert parse_ts("20260230") is None
     assert parse_ts("20261127256000") is None
     assert parse_ts("2026") is None
+
+
+def test_profile_checks_dates_against_the_issue_date() -> None:
+    backdated = mutated(
+        set_attr(".//h:observation[h:code/@code='INCAPACITY']//h:low", "value", "20261101")
+    )
+    assert any("more than 7 days before" in p for p in validate_cda(backdated))
+    unborn = mutated(set_attr("h:effectiveTime", "value", "19700101120000+0100"))
+    problems = validate_cda(unborn)
+    assert "the patient is born after the document was written" in problems
+    assert "patient matricule: the matricule does not start with a possible birth date" in problems
+
+
+@pytest.mark.parametrize("confidentiality", ["N", "R", "V"])
+@pytest.mark.parametrize("version", [1, 3])
+def test_header_variants_validate(confidentiality: str, version: int) -> None:
+    first = header()
+    h = replace(
+        first,
+        patient=replace(first.patient, address=None),
+        author=replace(GP, cns_code=None),
+        legal_authenticator=ONCOLOGIST,
+        confidentiality=confidentiality,
+        recipients=("Caisse nationale de santé",),
+        title="Certificat d'incapacité de travail — rectificatif" if version > 1 else None,
+    )
+    if version > 1:
+        h = replace(
+            h,
+            document_id=Identifier("2.25.4242", "v3"),
+            version=3,
+            replaces=Replacement(Identifier("2.25.4242", "v2"), 2),
+        )
+    cert = SickLeave(
+        "illness", date(2026, 11, 27), date(2026, 11, 27), diagnosis=Diagnosis("R51", "Céphalée")
+    )
+    xml = build_sick_leave(cert, h, now=NOW)
+    assert validate_cda(xml) == []
+    doc = parse(xml)
+    assert one(doc, "h:confidentialityCode").get("code") == confidentiality
+    assert one(doc, "h:versionNumber").get("value") == str(version)
+    assert one(doc, "h:legalAuthenticator/h:assignedEntity/h:id").get("extension") == "u-22"

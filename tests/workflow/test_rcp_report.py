@@ -220,3 +220,21 @@ def test_profile_requires_rcp_sections_and_tnm() -> None:
     assert "required entry QUORUM-MET (Quorum atteint) is missing" in problems
     bad = xml.replace(b'code="8500/3"', b'code="8500"')
     assert "'8500' is not a valid ICD-O-3 code here" in validate_cda(bad)
+
+
+def test_profile_checks_tnm_ecog_and_quorum() -> None:
+    xml = build_rcp_report(BREAST, rcp_header(), now=NOW)
+    doc = parse(xml)
+    t_value = doc.xpath(".//h:observation[h:code/@code='21905-5']/h:value", namespaces=NS)[0]
+    t_value.set("code", "N1")
+    ecog = doc.xpath(".//h:observation[h:code/@code='89247-1']/h:value", namespaces=NS)[0]
+    ecog.set("code", "LA9999-9")
+    performers = doc.xpath("h:documentationOf/h:serviceEvent/h:performer", namespaces=NS)
+    for performer in performers[2:]:
+        performer.getparent().remove(performer)
+    problems = validate_cda(etree.tostring(doc))
+    assert problems == [
+        "'N1' is not a valid clinical T category",
+        "'LA9999-9' is not a valid WHO/ECOG answer (LOINC LL529-9)",
+        "quorum declared met with 2 specialties among the participants (at least 3 needed)",
+    ]

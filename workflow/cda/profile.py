@@ -22,7 +22,16 @@ from konsil.identity.specialties import BY_CODE as SPECIALTIES
 
 from . import codes
 from .codes import Code
-from .rcp_report import M_RE, MORPHOLOGY_RE, N_RE, STAGE_RE, T_RE, TOPOGRAPHY_RE
+from .rcp_report import (
+    M_RE,
+    MORPHOLOGY_RE,
+    N_RE,
+    QUORUM_SPECIALTIES,
+    STAGE_RE,
+    T_RE,
+    TOPOGRAPHY_RE,
+)
+from .sick_leave import MAX_BACKDATE_DAYS
 from .values import ICD10_RE, OID_RE
 
 NS: Final = {"h": codes.HL7_NS, "sdtc": codes.SDTC_NS, "xsi": codes.XSI_NS}
@@ -68,6 +77,26 @@ CODE_SYSTEMS: Final[dict[str, tuple[str, Callable[[str], bool]]]] = {
 ICD_O_3_CODES: Final[dict[str, re.Pattern[str]]] = {
     codes.OBS_TOPOGRAPHY.code: TOPOGRAPHY_RE,
     codes.OBS_MORPHOLOGY.code: MORPHOLOGY_RE,
+}
+
+# What each coded observation's value may be.
+OBSERVATION_VALUES: Final[dict[str, tuple[str, Callable[[str], bool]]]] = {
+    codes.OBS_T.code: ("clinical T category", _code_pattern(T_RE)),
+    codes.OBS_N.code: ("clinical N category", _code_pattern(N_RE)),
+    codes.OBS_M.code: ("clinical M category", _code_pattern(M_RE)),
+    codes.OBS_STAGE.code: ("stage group", _code_pattern(STAGE_RE)),
+    codes.OBS_ECOG.code: (
+        "WHO/ECOG answer (LOINC LL529-9)",
+        lambda c: c in {x.code for x in codes.ECOG.values()},
+    ),
+    codes.OBS_INCAPACITY.code: ("sick-leave kind", lambda c: c in codes.SICK_LEAVE_KINDS),
+    codes.OBS_ACCIDENT.code: ("accident kind", lambda c: c in codes.ACCIDENT_KINDS),
+    codes.OBS_TUMOUR_STATUS.code: ("tumour status", lambda c: c in codes.TUMOUR_STATUS),
+    codes.OBS_CASE_STATUS.code: ("case status", lambda c: c in codes.CASE_STATUS),
+    codes.OBS_TELE_MODALITY.code: (
+        "teleconsultation modality",
+        lambda c: c in codes.TELE_MODALITIES,
+    ),
 }
 
 SICK_LEAVE_REQUIRED: Final[dict[str, tuple[Code, ...]]] = {
@@ -341,8 +370,26 @@ class _Checker:
         for value in self.x(".//h:value[@xsi:type='CD' or @xsi:type='CE']"):
             if value.get("code") is None:
                 self.bad("a coded value has no code")
+        for obs_code, (label, allowed) in OBSERVATION_VALUES.items():
+            for value in self.x(f".//h:observation[h:code/@code='{obs_code}']/h:value"):
+                if not allowed(value.get("code") or ""):
+                    self.bad(f"{value.get('code')!r} is not a valid {label}")
 
-    def dates(self, kind: str | None) -> None:
+    def quorum(self) -> None:
+        met = self.attr(
+            f".//h:observation[h:code/@code='{codes.OBS_QUORUM.code}']/h:value", "value"
+        )
+        specialties = {
+            c.get("code")
+            for c in self.x("h:documentationOf/h:serviceEvent/h:performer/h:assignedEntity/h:code")
+        }
+        if met == "true" and len(specialties) < QUORUM_SPECIALTIES:
+            self.bad(
+                f"quorum declared met with {len(specialties)} specialties among the participants "
+                f"(at least {QUORUM_SPECIALTIES} needed)"
+            )
+
+    def dates(self, kind: str | None, issued: date | None) -> None:
         for el in self.x(
             ".//*[@value][self::h:low or self::h:high or self::h:effectiveTime "
             "or self::h:time or self::h:birthTime or @xsi:type='TS']"
@@ -367,13 +414,29 @@ class _Checker:
                     self.bad("the incapacity period needs a start and an end")
                 elif first and (f := parse_ts(first)) is not None and f > start:
                     self.bad("the first day off work is after the start of the incapacity")
+                if (
+                    start is not None
+                    and issued is not None
+                    and (issued - start).days > MAX_BACKDATE_DAYS
+                ):
+                    self.bad(
+                        f"the incapacity starts more than {MAX_BACKDATE_DAYS} days before "
+                        "the certificate was issued"
+                    )
+        birth = parse_ts(
+            self.attr("h:recordTarget/h:patientRole/h:patient/h:birthTime", "value") or ""
+        )
+        if birth is not None and issued is not None and birth > issued:
+            self.bad("the patient is born after the document was written")
 
 
 def profile_problems(doc: etree._Element) -> list[str]:
     checker = _Checker(doc)
-    kind, _ = checker.header()
+    kind, issued = checker.header()
     if checker.doc.tag == f"{{{codes.HL7_NS}}}ClinicalDocument":
         checker.body(kind)
         checker.coded()
-        checker.dates(kind)
+        checker.dates(kind, issued)
+        if kind == "rcp-report":
+            checker.quorum()
     return checker.problems
