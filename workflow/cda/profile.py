@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date, time
+from functools import lru_cache
 from typing import Final
 
 from lxml import etree
@@ -148,13 +149,19 @@ def parse_ts(value: str) -> date | None:
         return None
 
 
+@lru_cache(maxsize=512)
+def _xpath(path: str) -> etree.XPath:
+    # Compiled once: the simulators validate every submission with the same paths.
+    return etree.XPath(path, namespaces=NS)
+
+
 class _Checker:
     def __init__(self, doc: etree._Element) -> None:
         self.doc = doc
         self.problems: list[str] = []
 
     def x(self, path: str, node: etree._Element | None = None) -> list[etree._Element]:
-        found = (self.doc if node is None else node).xpath(path, namespaces=NS)
+        found = _xpath(path)(self.doc if node is None else node)
         return list(found) if isinstance(found, list) else []
 
     def one(self, path: str, node: etree._Element | None = None) -> etree._Element | None:
