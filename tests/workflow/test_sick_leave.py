@@ -63,6 +63,8 @@ def test_certificate_validates(case: str) -> None:
     assert doc.xpath("string(h:code/@code)", namespaces=NS) == "DT-20002"
     assert doc.xpath("h:templateId/@root", namespaces=NS) == ["1.3.182.11.1", "1.3.182.11.8"]
     assert doc.xpath("string(h:effectiveTime/@value)", namespaces=NS) == "20261127103000+0100"
+    recipient = "string(h:informationRecipient/h:intendedRecipient/h:receivedOrganization/h:name)"
+    assert doc.xpath(recipient, namespaces=NS) == "Caisse nationale de santé (CNS)"
     kind = doc.xpath(
         "string(.//h:observation[h:code/@code='INCAPACITY']/h:value/@code)", namespaces=NS
     )

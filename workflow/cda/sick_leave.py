@@ -8,7 +8,7 @@ employer's without any medical detail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from functools import partial
 
@@ -42,6 +42,7 @@ from .values import (
     local_time,
 )
 
+CNS_RECIPIENT = "Caisse nationale de santé (CNS)"
 MAX_DAYS = 366  # one certificate never covers more than a year
 MAX_BACKDATE_DAYS = 7  # the start may precede the certificate by a few days, no more
 CHILD_MAX_AGE = 18  # congé pour raisons familiales: children under 18
@@ -213,6 +214,9 @@ def build_sick_leave(cert: SickLeave, header: Header, *, now: datetime) -> bytes
                 ),
             )
         )
+    if not header.recipients:
+        # The CNS is the certificate's addressee; the patient and employer get printed copies.
+        header = replace(header, recipients=(CNS_RECIPIENT,))
     spec = DocumentSpec(
         kind="sick-leave",
         header=header,
