@@ -240,7 +240,10 @@ def build_rcp_report(report: RcpReport, header: Header, *, now: datetime) -> byt
 
     def quorum(s: Element) -> None:
         observation(
-            s, codes.OBS_QUORUM, partial(v_bl, value=report.quorum_met), when=report.meeting.date()
+            s,
+            codes.OBS_QUORUM,
+            partial(v_bl, value=report.quorum_met),
+            when=local_time(report.meeting).date(),
         )
 
     def meeting(root: Element) -> None:
