@@ -207,7 +207,7 @@ def test_header_problems_are_listed() -> None:
     assert "unknown code 'X'" in fields["confidentiality"]
     assert fields["replaces"] == "a new version must name the document it replaces"
     assert "astrology" in fields["author.specialty"]
-    assert fields["author.cns_code"] == "a CNS provider code has 8 digits"
+    assert fields["author.cns_code"].startswith("a CNS provider code has 8 digits")
 
 
 def test_message_names_the_problems() -> None:

@@ -24,7 +24,7 @@ from . import codes
 LUXEMBOURG: Final = ZoneInfo("Europe/Luxembourg")
 OID_RE: Final = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 ICD10_RE: Final = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
-CNS_PROVIDER_RE: Final = re.compile(r"^[0-9]{8}$")
+CNS_PROVIDER_RE: Final = re.compile(r"^[0-9]{6}-?[0-9]{2}$")  # 90812100 or 908121-00
 POSTAL_CODE_RE: Final = re.compile(r"^(L-)?[0-9]{4,5}$|^[A-Z0-9 -]{3,10}$")
 COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
 MAX_TEXT: Final = 4000
@@ -198,7 +198,7 @@ def check_practitioner(p: Problems, value: Practitioner, name: str) -> None:
     if value.specialty not in SPECIALTIES:
         p.add(f"{name}.specialty", f"unknown specialty code {value.specialty!r}")
     if value.cns_code is not None and not CNS_PROVIDER_RE.match(value.cns_code):
-        p.add(f"{name}.cns_code", "a CNS provider code has 8 digits")
+        p.add(f"{name}.cns_code", "a CNS provider code has 8 digits (e.g. 90812100 or 908121-00)")
 
 
 def check_header(p: Problems, h: Header, *, now: datetime) -> None:
