@@ -1,0 +1,1 @@
+"""Pure RCP rules: no database, no aiohttp."""
