@@ -1,0 +1,56 @@
+"""RCP web layer: pages under /rcp, the JSON API under /api/v1/rcp, the dashboard panel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from konsil import appkeys as K
+from konsil.auth.service import Principal
+from konsil.web import ops
+from rcp.domain.lifecycle import CaseState
+from rcp.domain.report import ReportPublisher
+from rcp.publication import PendingPublicationQueue
+from rcp.service import RcpService
+from rcp.web import api, pages
+from rcp.web.i18n import FR
+from rcp.web.keys import PUBLISHER, RCP
+
+
+def setup(app: web.Application) -> None:
+    """Register the RCP feature. A ``ReportPublisher`` set in ``app[PUBLISHER]`` before the app
+    starts is used for publication; otherwise signed reports go to the pending-publication queue."""
+    app[K.TRANSLATOR].add(FR)
+    app.router.add_routes(pages.routes)
+    app.router.add_routes(api.routes)
+    app[ops.OPENAPI]["paths"].update(api.openapi_paths())
+    app[ops.OPENAPI]["components"]["schemas"].update(api.openapi_schemas())
+
+    async def rcp_ctx(app: web.Application) -> AsyncIterator[None]:
+        publisher: ReportPublisher = (
+            app[PUBLISHER] if PUBLISHER in app else PendingPublicationQueue(app[K.CLOCK])
+        )
+        app[RCP] = RcpService(
+            app[K.DB],
+            app[K.CLOCK],
+            app[K.AUDIT],
+            app[K.AUTH],
+            publisher,
+            app[K.CONFIG].data_path,
+        )
+        yield
+
+    app.cleanup_ctx.append(rcp_ctx)
+
+    async def my_cases(p: Principal) -> list[tuple[str, str]]:
+        rows = await app[RCP].my_cases(p)
+        out = []
+        for case, patient, board in rows[:8]:
+            label = f"{patient.family_name} · {board.name} · {CaseState(case.state).value}"
+            out.append((label, f"/rcp/cases/{case.id}"))
+        return out
+
+    app[K.PANELS].append(
+        K.DashboardPanel("RCP: my cases", "/rcp/my", my_cases, roles=("practitioner",))
+    )
