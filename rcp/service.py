@@ -805,24 +805,29 @@ class RcpService:
             try:
                 viewer = await self._check_can_see(s, p, case)
             except Forbidden:
+                denied = case.patient_id
+            else:
+                denied = None
                 await self.audit.record(
                     s,
                     actor_of(p, ip),
                     "rcp.case.read",
                     patient_id=case.patient_id,
                     resource=f"rcp/case/{case.id}",
-                    outcome="denied",
+                    details={"purpose": purpose},
                 )
-                raise
+                return await self._view(s, p, case, viewer)
+        # The refused read is audited in its own transaction (the first one read only).
+        async with self.db.transaction() as s:
             await self.audit.record(
                 s,
                 actor_of(p, ip),
                 "rcp.case.read",
-                patient_id=case.patient_id,
-                resource=f"rcp/case/{case.id}",
-                details={"purpose": purpose},
+                patient_id=denied,
+                resource=f"rcp/case/{case_id}",
+                outcome="denied",
             )
-            return await self._view(s, p, case, viewer)
+        raise Forbidden("only the board's members and the referring physician see this case")
 
     async def _view(
         self, s: AsyncSession, p: Principal, case: Case, viewer: MemberView | None

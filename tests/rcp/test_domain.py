@@ -33,7 +33,12 @@ def test_quorum_met_with_surgeon_medical_and_radiation_oncologists() -> None:
 def test_quorum_missing_required_specialty() -> None:
     q = evaluate(
         QuorumRule(),
-        [a("s", "surgery"), a("mo", "medical-oncology"), a("rad", "radiology"), a("p", "pathology")],
+        [
+            a("s", "surgery"),
+            a("mo", "medical-oncology"),
+            a("rad", "radiology"),
+            a("p", "pathology"),
+        ],
     )
     assert not q.met
     assert q.missing_required == ("radiation-oncology",)
@@ -233,10 +238,13 @@ def test_decision_validation() -> None:
     )
     assert [i.kind for i in d.proposal] == ["surgery", "radiotherapy"]
     with pytest.raises(ValidationError) as e:
-        check_decision(
-            {"proposal": ["magic"], "guideline_conform": "0", "trial_proposed": "1"}
-        )
-    assert set(e.value.fields) == {"proposal", "deviation_justification", "trial_name", "conclusion"}
+        check_decision({"proposal": ["magic"], "guideline_conform": "0", "trial_proposed": "1"})
+    assert set(e.value.fields) == {
+        "proposal",
+        "deviation_justification",
+        "trial_name",
+        "conclusion",
+    }
     with pytest.raises(ValidationError) as e:
         check_decision({"proposal": [], "conclusion": "x"})
     assert set(e.value.fields) == {"proposal", "guideline_conform"}
@@ -283,7 +291,9 @@ def test_feed_and_invitation_parse_back() -> None:
     assert str(ev["status"]) == "CONFIRMED" and str(ev["location"]) == "Salle 2"
     assert parsed.walk("VTIMEZONE")
     inv = icalendar.Calendar.from_ical(
-        cal.invitation(cal.CalendarSession(**{**s.__dict__, "cancelled": True, "sequence": 1}), start)
+        cal.invitation(
+            cal.CalendarSession(**{**s.__dict__, "cancelled": True, "sequence": 1}), start
+        )
     )
     assert str(inv["method"]) == "CANCEL"
     iev = inv.walk("VEVENT")[0]
