@@ -805,9 +805,8 @@ class RcpService:
             try:
                 viewer = await self._check_can_see(s, p, case)
             except Forbidden:
-                denied = case.patient_id
+                denied: str | None = case.patient_id
             else:
-                denied = None
                 await self.audit.record(
                     s,
                     actor_of(p, ip),
