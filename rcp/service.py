@@ -985,6 +985,12 @@ class RcpService:
             errors["session_id"] = "the session is cancelled"
         elif to_utc(sess.ends_at) <= self.clock.now():
             errors["session_id"] = "the session is over"
+        elif (
+            to_utc(sess.submission_deadline) < self.clock.now()
+            and fiche_from_json(case.fiche).priority < 2
+        ):
+            # Past the deadline only urgent cases still join the agenda.
+            errors["session_id"] = "the submission deadline of this session has passed"
         if errors:
             raise ValidationError("the case cannot be scheduled", fields=errors)
         assert sess is not None
