@@ -537,6 +537,23 @@ class RcpService:
                 stmt = stmt.where(Session.ends_at > self.clock.now(), Session.status == "planned")
             return (await s.execute(stmt)).scalars().all()
 
+    async def upcoming_for(self, p: Principal, *, limit: int = 8) -> list[tuple[Session, Board]]:
+        """The next planned sessions of the boards the caller belongs to."""
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(Session, Board)
+                .join(Board, Board.id == Session.board_id)
+                .join(BoardMember, BoardMember.board_id == Board.id)
+                .where(
+                    BoardMember.account_id == p.account_id,
+                    Session.status == "planned",
+                    Session.ends_at > self.clock.now(),
+                )
+                .order_by(Session.starts_at)
+                .limit(limit)
+            )
+            return [(x, b) for x, b in rows.all()]
+
     async def do_cancel_session(
         self, p: Principal, session_id: str, *, ip: str | None = None
     ) -> list[str]:

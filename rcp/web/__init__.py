@@ -8,6 +8,7 @@ from aiohttp import web
 
 from konsil import appkeys as K
 from konsil.auth.service import Principal
+from konsil.clock import local
 from konsil.web import ops
 from rcp.domain.lifecycle import CaseState
 from rcp.domain.report import ReportPublisher
@@ -51,6 +52,18 @@ def setup(app: web.Application) -> None:
             out.append((label, f"/rcp/cases/{case.id}"))
         return out
 
+    async def upcoming(p: Principal) -> list[tuple[str, str]]:
+        rows = await app[RCP].upcoming_for(p)
+        return [
+            (f"{local(x.starts_at).strftime('%d/%m/%Y %H:%M')} · {b.name}", f"/rcp/sessions/{x.id}")
+            for x, b in rows
+        ]
+
     app[K.PANELS].append(
         K.DashboardPanel("RCP: my cases", "/rcp/my", my_cases, roles=("practitioner",))
+    )
+    app[K.PANELS].append(
+        K.DashboardPanel(
+            "RCP: my upcoming sessions", "/rcp", upcoming, roles=("practitioner", "coordinator")
+        )
     )

@@ -186,4 +186,6 @@ FR: dict[str, str] = {
     "Supportive care": "Soins de support",
     "Further investigations": "Examens complémentaires",
     "Tumour boards (RCP)": "RCP",
+    "Host organisation": "Établissement hôte",
+    "RCP: my upcoming sessions": "RCP : mes prochaines séances",
 }

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from konsil import appkeys as K
 from konsil.errors import KonsilError, ValidationError
 from konsil.identity.specialties import SPECIALTIES
 from konsil.web.request import read_form, render
@@ -38,11 +39,15 @@ def next_or(form: dict[str, str], default: str) -> str:
 @routes.get("/rcp", name="rcp_boards")
 async def boards(request: web.Request) -> web.Response:
     caller(request)
-    return render(
-        request,
-        "rcp/boards.html",
-        {"boards": await svc(request).boards(), "domains": TUMOUR_DOMAINS},
-    )
+    return render(request, "rcp/boards.html", await _boards_ctx(request))
+
+
+async def _boards_ctx(request: web.Request) -> dict[str, Any]:
+    return {
+        "boards": await svc(request).boards(),
+        "domains": TUMOUR_DOMAINS,
+        "orgs": await request.app[K.IDENTITY].organisations(),
+    }
 
 
 @routes.post("/rcp/boards")
@@ -51,10 +56,14 @@ async def board_create(request: web.Request) -> web.StreamResponse:
     form = await read_form(request)
     try:
         board = await svc(request).do_create_board(
-            p, form.get("name", ""), form.get("tumour_domain", ""), ip=ip
+            p,
+            form.get("name", ""),
+            form.get("tumour_domain", ""),
+            form.get("host_organisation_id") or None,
+            ip=ip,
         )
     except KonsilError as exc:
-        ctx = {"boards": await svc(request).boards(), "domains": TUMOUR_DOMAINS}
+        ctx = await _boards_ctx(request)
         return render(
             request, "rcp/boards.html", {**ctx, "error": exc, "form": form}, status=exc.status
         )

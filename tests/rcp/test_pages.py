@@ -185,3 +185,15 @@ async def test_pages_render_for_the_board(world: World) -> None:
     assert 'id="sign-form"' in text and "Chimiothérapie" in text
     r = await w.client.get(f"/rcp/cases/{case['id']}/pps")
     assert r.status == 400  # no PPS before the report is signed
+
+
+async def test_dashboard_panels(world: World) -> None:
+    w = world
+    await w.new_case()
+    await web_login(w.client, w.coordinator.person)
+    text = await (await w.client.get("/")).text()
+    assert "RCP : mes prochaines séances" in text and "RCP Sein" in text
+    w.client.session.cookie_jar.clear()
+    await web_login(w.client, w.referrer.person)
+    text = await (await w.client.get("/")).text()
+    assert "RCP : mes dossiers" in text and "Muller · RCP Sein · SUBMITTED" in text
