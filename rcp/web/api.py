@@ -148,6 +148,34 @@ async def board_sessions(request: web.Request) -> web.Response:
     return json_response({"sessions": [session_json(s) for s in rows]})
 
 
+@routes.get(P + "/boards/{id}/cases")
+async def board_cases(request: web.Request) -> web.Response:
+    """A board's cases by state (members only; each listed case is an audited read)."""
+    p, ip = caller(request)
+    raw = request.query.get("state", "SUBMITTED")
+    try:
+        states = [CaseState(x.strip().upper()) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise ValidationError(
+            "unknown state", fields={"state": "comma-separated case states"}
+        ) from None
+    items = await svc(request).board_cases(p, request.match_info["id"], states, ip=ip)
+    return json_response(
+        {
+            "cases": [
+                {
+                    "id": i.case.id,
+                    "state": i.case.state,
+                    "patient_id": i.patient.id,
+                    "session_id": i.case.session_id,
+                    "priority": i.case.fiche.get("priority", 0),
+                }
+                for i in items
+            ]
+        }
+    )
+
+
 @routes.get(P + "/boards/{id}/calendar.ics")
 async def board_calendar(request: web.Request) -> web.Response:
     p, _ = caller(request)
@@ -391,6 +419,7 @@ _PATHS: list[tuple[str, str, str, str | None]] = [
     ("/boards/{id}/schedules", "post", "Weekly schedule; generates the next sessions", None),
     ("/boards/{id}/sessions", "post", "A one-off session", None),
     ("/boards/{id}/sessions", "get", "The board's sessions", None),
+    ("/boards/{id}/cases", "get", "The board's cases by state (?state=SUBMITTED,POSTPONED)", None),
     ("/boards/{id}/calendar.ics", "get", "iCalendar feed of the board's sessions", None),
     ("/calendar.ics", "get", "iCalendar feed of the caller's boards", None),
     ("/sessions/{id}", "get", "A session with its agenda and quorum", None),

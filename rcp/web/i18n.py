@@ -187,5 +187,6 @@ FR: dict[str, str] = {
     "Further investigations": "Examens complémentaires",
     "Tumour boards (RCP)": "RCP",
     "Host organisation": "Établissement hôte",
+    "The report is signed but could not be published yet: try again.": "Le compte rendu est signé mais n'a pas encore pu être publié : réessayez.",
     "RCP: my upcoming sessions": "RCP : mes prochaines séances",
 }

@@ -465,7 +465,14 @@ async def report_page(request: web.Request) -> web.Response:
     p, ip = caller(request)
     v = await svc(request).get_case(p, request.match_info["id"], purpose="report", ip=ip)
     return render(
-        request, "rcp/report.html", {"v": v, "r": v.report, "proposal_kinds": PROPOSAL_KINDS}
+        request,
+        "rcp/report.html",
+        {
+            "v": v,
+            "r": v.report,
+            "proposal_kinds": PROPOSAL_KINDS,
+            "publication_failed": request.query.get("publication") == "failed",
+        },
     )
 
 
@@ -484,7 +491,11 @@ async def report_sign(request: web.Request) -> web.StreamResponse:
             {"v": v, "r": v.report, "proposal_kinds": PROPOSAL_KINDS, "error": exc},
             status=exc.status,
         )
-    await svc(request).do_publish(p, case_id, ip=ip)
+    try:
+        await svc(request).do_publish(p, case_id, ip=ip)
+    except KonsilError:
+        # Signed but not delivered: the case stays VALIDATED and the page offers "Publish".
+        raise see_other(f"/rcp/cases/{case_id}/report?publication=failed") from None
     raise see_other(f"/rcp/cases/{case_id}/report")
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import icalendar
 from sqlalchemy import select
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
+from konsil.errors import Unavailable
 from rcp.domain.report import RcpReportData
 from rcp.models import PendingPublication
+from rcp.web.keys import RCP
 from tests.rcp.conftest import DECISION, World
 
 
@@ -349,3 +352,47 @@ async def test_openapi_lists_the_rcp_api(world: World) -> None:
     assert "post" in doc["paths"]["/api/v1/rcp/cases"]
     assert "get" in doc["paths"]["/api/v1/rcp/cases/{id}/outcome"]
     assert "RcpFiche" in doc["components"]["schemas"]
+
+
+class RefusingPublisher:
+    """A ReportPublisher whose DSP refuses: publication must leave the case VALIDATED."""
+
+    async def publish(self, session: Any, report: RcpReportData) -> str:
+        raise Unavailable("the DSP is not reachable")
+
+
+async def test_a_failed_publication_leaves_the_case_validated_and_can_be_retried(
+    world: World,
+) -> None:
+    w = world
+    case = await w.scheduled_case()
+    cid = case["id"]
+    await w.check_in(w.chair, w.medonc, w.radonc)
+    await w.call(w.chair, "POST", f"/cases/{cid}/decision", DECISION)
+    await w.call(w.chair, "POST", f"/cases/{cid}/report", None, 201)
+    service = w.client.app[RCP]
+    queue, service.publisher = service.publisher, RefusingPublisher()
+    p = await w.call(
+        w.chair, "POST", f"/cases/{cid}/sign", {"password": w.chair.person.password}, 503
+    )
+    assert "DSP" in p["detail"]
+    got = await w.call(w.referrer, "GET", f"/cases/{cid}")
+    assert got["state"] == "VALIDATED" and got["publication_ref"] is None
+    assert got["report"]["legal_authenticator"]["account_id"] == w.chair.id
+    service.publisher = queue
+    await w.call(w.radiologist, "POST", f"/cases/{cid}/publish", None, 403)
+    done = await w.call(w.coordinator, "POST", f"/cases/{cid}/publish")
+    assert done["state"] == "PUBLISHED" and done["publication_ref"].startswith(
+        "pending-publication/"
+    )
+    await w.call(w.coordinator, "POST", f"/cases/{cid}/publish", None, 409)
+
+
+async def test_board_case_list_for_triage(world: World) -> None:
+    w = world
+    a = await w.new_case()
+    await w.new_case(submit=False)
+    listed = await w.call(w.coordinator, "GET", f"/boards/{w.board_id}/cases?state=SUBMITTED")
+    assert [c["id"] for c in listed["cases"]] == [a["id"]]
+    await w.call(w.outsider, "GET", f"/boards/{w.board_id}/cases", None, 403)
+    await w.call(w.coordinator, "GET", f"/boards/{w.board_id}/cases?state=NOPE", None, 400)

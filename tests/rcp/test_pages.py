@@ -197,3 +197,26 @@ async def test_dashboard_panels(world: World) -> None:
     await web_login(w.client, w.referrer.person)
     text = await (await w.client.get("/")).text()
     assert "RCP : mes dossiers" in text and "Muller · RCP Sein · SUBMITTED" in text
+
+
+async def test_sign_page_reauthenticates_the_chair(world: World) -> None:
+    w = world
+    case = await w.scheduled_case()
+    await w.check_in(w.chair, w.medonc, w.radonc)
+    await w.call(w.chair, "POST", f"/cases/{case['id']}/decision", DECISION)
+    await w.call(w.chair, "POST", f"/cases/{case['id']}/report", None, 201)
+    csrf = await web_login(w.client, w.chair.person)
+    r = await w.client.post(
+        f"/rcp/cases/{case['id']}/sign", data={"csrf_token": csrf, "password": "not-it"}
+    )
+    assert r.status == 403 and 'id="sign-form"' in await r.text()
+    r = await w.client.post(
+        f"/rcp/cases/{case['id']}/sign",
+        data={"csrf_token": csrf, "password": w.chair.person.password},
+        allow_redirects=False,
+    )
+    assert r.status == 303
+    got = await w.call(w.referrer, "GET", f"/cases/{case['id']}/outcome")
+    assert got["state"] == "PUBLISHED" and got["report"]["legal_authenticator"]["name"]
+    r = await w.client.get(f"/rcp/cases/{case['id']}/pps")
+    assert r.status == 200 and "Chimiothérapie" in await r.text()
