@@ -1,4 +1,4 @@
-// Live quorum indicator of an RCP session: polls the session's quorum JSON every 5 seconds.
+// Live quorum indicator of an RCP session: polls the session's quorum JSON every 3 seconds.
 (function () {
   "use strict";
   var panel = document.getElementById("quorum-panel");
@@ -18,5 +18,5 @@
       })
       .catch(function () { /* next poll retries */ });
   }
-  setInterval(refresh, 5000);
+  setInterval(refresh, 3000);
 })();

@@ -108,9 +108,17 @@ async def test_rcp_from_board_creation_to_signed_report(
         await cp.click(f"button.checkin[data-username='{who.username}']")
         await cp.wait_for_load_state()
     assert "Radiothérapie" in await cp.inner_text("#quorum-detail")
+    # The chair follows the live page; its quorum indicator updates by itself (polling)
+    chp = await sign_in(browser, base, chair)
+    await chp.goto(cp.url)
+    assert await chp.inner_text("#quorum-state") == "Quorum non atteint"
     await cp.click(f"button.checkin[data-username='{radonc.username}']")
     await cp.wait_for_load_state()
     assert await cp.inner_text("#quorum-state") == "Quorum atteint"
+    from playwright.async_api import expect
+
+    await expect(chp.locator("#quorum-state")).to_have_text("Quorum atteint", timeout=15000)
+    assert "Rui Radio" in await chp.inner_text("#quorum-detail")
     await cp.click("a.decide-link")
     await cp.wait_for_url("**/decision")
     await cp.check("#p-surgery")
@@ -123,7 +131,6 @@ async def test_rcp_from_board_creation_to_signed_report(
     assert await cp.locator("#sign-form").count() == 0  # a coordinator does not sign
 
     # The chair signs with their password; the report is published through the seam
-    chp = await sign_in(browser, base, chair)
     await chp.goto(case_url + "/report")
     await chp.fill("#sign-password", chair.password)
     await chp.click("#sign")
