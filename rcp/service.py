@@ -299,6 +299,21 @@ class RcpService:
         coordinator: bool = False,
         ip: str | None = None,
     ) -> MemberView:
+        try:
+            return await self._add_member(p, board_id, username, specialty, chair, coordinator, ip)
+        except IntegrityError:
+            raise Conflict("the membership was changed meanwhile: retry") from None
+
+    async def _add_member(
+        self,
+        p: Principal,
+        board_id: str,
+        username: str,
+        specialty: str | None,
+        chair: bool,
+        coordinator: bool,
+        ip: str | None,
+    ) -> MemberView:
         async with self.db.transaction() as s:
             bv = await self._board_view(s, board_id)
             self._require_manager(p, bv)
@@ -418,6 +433,27 @@ class RcpService:
         self._check_session_fields(capacity, deadline_hours, place, video_link)
         if not 1 <= weeks <= 52:
             raise ValidationError("too many weeks", fields={"weeks": "between 1 and 52"})
+        try:
+            return await self._add_schedule(
+                p, board_id, rule, capacity, deadline_hours, place, video_link, weeks, ip
+            )
+        except IntegrityError:
+            raise Conflict(
+                "another session was created at one of these times meanwhile: retry"
+            ) from None
+
+    async def _add_schedule(
+        self,
+        p: Principal,
+        board_id: str,
+        rule: cal.WeeklyRule,
+        capacity: int,
+        deadline_hours: int,
+        place: str,
+        video_link: str,
+        weeks: int,
+        ip: str | None,
+    ) -> list[Session]:
         now = self.clock.now()
         async with self.db.transaction() as s:
             bv = await self._board_view(s, board_id)
@@ -1149,6 +1185,15 @@ class RcpService:
         present: bool,
         *,
         ip: str | None = None,
+    ) -> QuorumStatus:
+        try:
+            return await self._check_in(p, session_id, account_id, present, ip)
+        except IntegrityError:
+            # Two check-ins of the same person at once: the other one recorded it.
+            return await self.quorum(p, session_id)
+
+    async def _check_in(
+        self, p: Principal, session_id: str, account_id: str, present: bool, ip: str | None
     ) -> QuorumStatus:
         async with self.db.transaction() as s:
             sess = await s.get(Session, session_id)

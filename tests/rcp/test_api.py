@@ -396,3 +396,16 @@ async def test_board_case_list_for_triage(world: World) -> None:
     assert [c["id"] for c in listed["cases"]] == [a["id"]]
     await w.call(w.outsider, "GET", f"/boards/{w.board_id}/cases", None, 403)
     await w.call(w.coordinator, "GET", f"/boards/{w.board_id}/cases?state=NOPE", None, 400)
+
+
+async def test_concurrent_check_ins_of_one_member(world: World) -> None:
+    w = world
+    path = f"/api/v1/rcp/sessions/{w.session_id}/attendance"
+    body = {"account_id": w.medonc.id, "present": True}
+    r1, r2 = await asyncio.gather(
+        w.client.post(path, json=body, headers=w.coordinator.headers),
+        w.client.post(path, json=body, headers=w.chair.headers),
+    )
+    assert (r1.status, r2.status) == (200, 200)
+    q = await w.call(w.medonc, "GET", f"/sessions/{w.session_id}/quorum")
+    assert q["physicians_present"] == 1
