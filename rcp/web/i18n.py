@@ -187,6 +187,7 @@ FR: dict[str, str] = {
     "Further investigations": "Examens complémentaires",
     "Tumour boards (RCP)": "RCP",
     "Host organisation": "Établissement hôte",
+    "Mark absent": "Marquer absent",
     "The report is signed but could not be published yet: try again.": "Le compte rendu est signé mais n'a pas encore pu être publié : réessayez.",
     "RCP: my upcoming sessions": "RCP : mes prochaines séances",
 }

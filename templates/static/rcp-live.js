@@ -13,7 +13,7 @@
         state.textContent = q.met ? panel.dataset.met : panel.dataset.notMet;
         state.className = q.met ? "ok" : "error";
         var names = q.present.map(function (p) { return p.name; }).join(", ");
-        detail.textContent = q.physicians_present + " · " + names +
+        detail.textContent = q.physicians_present + " " + panel.dataset.physicians + " (" + names + ")" +
           (q.missing_required.length ? " · " + panel.dataset.missing + ": " + q.missing_required.join(", ") : "");
       })
       .catch(function () { /* next poll retries */ });

@@ -243,7 +243,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("rcp_pending_publications", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rcp_pending_publications_case_id"))
