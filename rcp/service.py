@@ -1304,11 +1304,14 @@ class RcpService:
         pr = await s.get(Practitioner, a.practitioner_id) if a.practitioner_id else None
         org = await s.get(Organisation, pr.organisation_id) if pr and pr.organisation_id else None
         return ReportPerson(
-            a.id,
-            a.practitioner_id,
-            a.display_name,
-            specialty or (pr.specialty if pr else None),
-            org.name if org else None,
+            account_id=a.id,
+            practitioner_id=a.practitioner_id,
+            name=a.display_name,
+            specialty=specialty or (pr.specialty if pr else None),
+            organisation=org.name if org else None,
+            given_name=pr.given_name if pr else "",
+            family_name=pr.family_name if pr else "",
+            cns_provider_code=pr.cns_provider_code if pr else None,
         )
 
     async def _build_report(self, s: AsyncSession, case: Case) -> RcpReportData:
@@ -1346,7 +1349,14 @@ class RcpService:
             session_start=to_utc(sess.starts_at),
             question=f.question,
             diagnosis=ReportDiagnosis(
-                f.icd10, f.icdo_topography, f.icdo_morphology, f.origin, f.laterality
+                f.icd10,
+                f.icdo_topography,
+                f.icdo_morphology,
+                f.origin,
+                f.laterality,
+                f.diagnosis_label,
+                f.topography_label,
+                f.morphology_label,
             ),
             tnm=tnm,
             ecog=f.ecog,
@@ -1358,6 +1368,10 @@ class RcpService:
             trial_proposed=d["trial_proposed"],
             trial_name=d["trial_name"],
             conclusion=d["conclusion"],
+            presentation=f.presentation,
+            patient_informed=f.patient_informed,
+            guideline=d.get("guideline", ""),
+            trial_id=d.get("trial_id", ""),
             quorum=ReportQuorum(
                 q["met"],
                 q["physicians_present"],
@@ -1522,4 +1536,6 @@ def _decision_json(d: Decision) -> dict[str, Any]:
         "trial_proposed": d.trial_proposed,
         "trial_name": d.trial_name,
         "conclusion": d.conclusion,
+        "guideline": d.guideline,
+        "trial_id": d.trial_id,
     }

@@ -32,8 +32,17 @@ TNM_EDITIONS = (7, 8, 9)
 ORIGINS = ("primary", "secondary", "recurrence")
 LATERALITIES = ("left", "right", "bilateral", "midline", "not-applicable", "unknown")
 PRIORITIES = (0, 1, 2)  # routine, soon, urgent
+# FRCP case status: why the case comes to the board (the workflow CDA builder's vocabulary)
+PRESENTATIONS = ("first-presentation", "re-presentation", "for-information")
 
-TEXT_LIMITS = {"question": 2000, "history": 8000, "exams": 8000}
+TEXT_LIMITS = {
+    "question": 2000,
+    "history": 8000,
+    "exams": 8000,
+    "diagnosis_label": 300,
+    "topography_label": 300,
+    "morphology_label": 300,
+}
 # "patient informed" is required before scheduling, not before submission.
 REQUIRED_FOR_SUBMISSION = ("question", "icd10", "origin", "ecog")
 
@@ -57,6 +66,10 @@ class Fiche:
     exams: str = ""
     patient_informed: bool = False
     priority: int = 0
+    presentation: str = "first-presentation"
+    diagnosis_label: str = ""  # e.g. "Carcinome canalaire infiltrant du sein gauche"
+    topography_label: str = ""
+    morphology_label: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,7 +120,11 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
     question = _text(data, "question")
     history = _text(data, "history")
     exams = _text(data, "exams")
-    for name, value in (("question", question), ("history", history), ("exams", exams)):
+    labels = {
+        n: _text(data, n) for n in ("diagnosis_label", "topography_label", "morphology_label")
+    }
+    texts = {"question": question, "history": history, "exams": exams, **labels}
+    for name, value in texts.items():
         if len(value) > TEXT_LIMITS[name]:
             errors[name] = f"at most {TEXT_LIMITS[name]} characters"
 
@@ -185,6 +202,9 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
     if priority is not None and priority not in PRIORITIES:
         errors["priority"] = "0 (routine), 1 (soon) or 2 (urgent)"
     informed = _bool(data.get("patient_informed", False))
+    presentation = _text(data, "presentation").lower() or "first-presentation"
+    if presentation not in PRESENTATIONS:
+        errors["presentation"] = f"one of {', '.join(PRESENTATIONS)}"
 
     fiche = Fiche(
         question=question,
@@ -204,6 +224,8 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
         exams=exams,
         patient_informed=informed,
         priority=priority or 0,
+        presentation=presentation,
+        **labels,
     )
     if for_submission:
         for name in REQUIRED_FOR_SUBMISSION:

@@ -8,6 +8,7 @@ the preview, and exactly that stored value is signed and handed to a ``ReportPub
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
@@ -17,15 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.errors import ValidationError
 
+# Keys are the workflow CDA builder's care-plan vocabulary (workflow.cda.codes.PROPOSAL_KINDS),
+# so the publisher adapter passes them through unchanged.
 PROPOSAL_KINDS: dict[str, str] = {
     "surgery": "Surgery",
     "chemotherapy": "Chemotherapy",
     "radiotherapy": "Radiotherapy",
     "hormone-therapy": "Hormone therapy",
-    "targeted-immunotherapy": "Targeted therapy / immunotherapy",
-    "watchful-waiting": "Watchful waiting",
+    "targeted-therapy": "Targeted therapy",
+    "immunotherapy": "Immunotherapy",
+    "surveillance": "Watchful waiting",
     "supportive-care": "Supportive care",
-    "further-investigations": "Further investigations",
+    "further-investigation": "Further investigations",
+    "other": "Other",
 }
 
 
@@ -45,6 +50,8 @@ class Decision:
     trial_proposed: bool
     trial_name: str
     conclusion: str
+    guideline: str = ""  # the guideline followed, e.g. "INCa 2024 — cancer du sein"
+    trial_id: str = ""  # registry id, e.g. NCT05012345
 
 
 def check_decision(data: Mapping[str, Any]) -> Decision:
@@ -86,6 +93,12 @@ def check_decision(data: Mapping[str, Any]) -> Decision:
     trial_name = str(data.get("trial_name") or "").strip()
     if trial and not trial_name:
         errors["trial_name"] = "name the clinical trial proposed"
+    guideline = str(data.get("guideline") or "").strip()
+    if len(guideline) > 300:
+        errors["guideline"] = "at most 300 characters"
+    trial_id = str(data.get("trial_id") or "").strip()
+    if trial_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_./-]{2,39}", trial_id):
+        errors["trial_id"] = "a registry identifier such as NCT05012345"
     conclusion = str(data.get("conclusion") or "").strip()
     if not conclusion:
         errors["conclusion"] = "required"
@@ -93,7 +106,9 @@ def check_decision(data: Mapping[str, Any]) -> Decision:
         errors["conclusion"] = "at most 8000 characters"
     if errors:
         raise ValidationError("the decision is not complete", fields=errors)
-    return Decision(tuple(items), conform, justification, trial, trial_name, conclusion)
+    return Decision(
+        tuple(items), conform, justification, trial, trial_name, conclusion, guideline, trial_id
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,9 @@ class ReportPerson:
     name: str
     specialty: str | None
     organisation: str | None = None
+    given_name: str = ""
+    family_name: str = ""
+    cns_provider_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,9 @@ class ReportDiagnosis:
     icdo_morphology: str
     origin: str  # primary | secondary | recurrence
     laterality: str
+    label: str = ""
+    topography_label: str = ""
+    morphology_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,10 @@ class RcpReportData:
     case_status: str  # the case state the report was drafted in
     legal_authenticator: ReportPerson | None = None  # the signing chair
     signed_at: datetime | None = None
+    presentation: str = "first-presentation"  # FRCP case status (first/re-presentation, ...)
+    patient_informed: bool = False
+    guideline: str = ""
+    trial_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         def conv(v: Any) -> Any:
@@ -226,6 +251,10 @@ class RcpReportData:
             case_status=d["case_status"],
             legal_authenticator=person(d.get("legal_authenticator")),
             signed_at=datetime.fromisoformat(d["signed_at"]) if d.get("signed_at") else None,
+            presentation=d.get("presentation", "first-presentation"),
+            patient_informed=d.get("patient_informed", False),
+            guideline=d.get("guideline", ""),
+            trial_id=d.get("trial_id", ""),
         )
 
 

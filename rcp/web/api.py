@@ -536,6 +536,12 @@ def openapi_schemas() -> dict[str, Any]:
                 "exams": s,
                 "patient_informed": b,
                 "priority": {"enum": [0, 1, 2]},
+                "presentation": {
+                    "enum": ["first-presentation", "re-presentation", "for-information"]
+                },
+                "diagnosis_label": s,
+                "topography_label": s,
+                "morphology_label": s,
             },
         },
         "RcpCaseInput": {
@@ -572,6 +578,8 @@ def openapi_schemas() -> dict[str, Any]:
                 "deviation_justification": s,
                 "trial_proposed": b,
                 "trial_name": s,
+                "trial_id": s,
+                "guideline": s,
                 "conclusion": s,
                 "version": i,
             },

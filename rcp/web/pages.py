@@ -424,6 +424,8 @@ async def decision_submit(request: web.Request) -> web.StreamResponse:
         "deviation_justification": form.get("deviation_justification"),
         "trial_proposed": form.get("trial_proposed"),
         "trial_name": form.get("trial_name"),
+        "trial_id": form.get("trial_id"),
+        "guideline": form.get("guideline"),
         "conclusion": form.get("conclusion"),
     }
     case_id = request.match_info["id"]

@@ -105,12 +105,19 @@ GOOD_FICHE: dict[str, Any] = {
     "ecog": 1,
     "history": "No relevant history",
     "patient_informed": True,
+    "presentation": "first-presentation",
+    "diagnosis_label": "Carcinome canalaire infiltrant du sein gauche",
+    "topography_label": "Quadrant supéro-externe du sein",
+    "morphology_label": "Carcinome canalaire infiltrant",
 }
 
 DECISION: dict[str, Any] = {
     "proposal": [{"kind": "chemotherapy", "detail": "4 cycles"}, {"kind": "radiotherapy"}],
     "guideline_conform": True,
-    "trial_proposed": False,
+    "trial_proposed": True,
+    "trial_name": "ADJUVANT-BC",
+    "trial_id": "NCT05012345",
+    "guideline": "INCa 2024 — cancer du sein",
     "conclusion": "Adjuvant chemotherapy then radiotherapy.",
 }
 
@@ -118,7 +125,8 @@ DECISION: dict[str, Any] = {
 @pytest.fixture
 async def world(client: Client, create_user: Callable[..., Awaitable[Person]]) -> World:
     async def user(name: str, role: str = "practitioner", specialty: str | None = None) -> User:
-        person = await create_user(name, role, specialty=specialty)
+        display = " ".join(part.title() for part in name.replace(".", " ").split())
+        person = await create_user(name, role, specialty=specialty, display_name=display)
         async with client.app[K.DB].transaction() as s:
             token = await client.app[K.AUTH].do_create_api_token(s, person.account_id, "test")
         return User(person, token)

@@ -63,6 +63,11 @@ async def test_full_lifecycle_to_the_publication_queue(world: World) -> None:
     assert data.ecog == 1 and data.quorum.met and len(data.participants) == 3
     assert data.patient.matricule == w.matricule and data.case_status == "VALIDATED"
     assert [i.kind for i in data.proposal] == ["chemotherapy", "radiotherapy"]
+    assert data.presentation == "first-presentation" and data.patient_informed
+    assert data.diagnosis.label.startswith("Carcinome") and data.diagnosis.morphology_label
+    assert (data.trial_id, data.guideline) == ("NCT05012345", "INCa 2024 — cancer du sein")
+    assert data.legal_authenticator.family_name == "Surgeon"
+    assert all(p.given_name and p.family_name for p in data.participants)
     assert RcpReportData.from_json(data.to_json()) == data
     # The referring physician (a DPI with their token) fetches the outcome
     outcome = await w.call(w.referrer, "GET", f"/cases/{cid}/outcome")

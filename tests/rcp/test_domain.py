@@ -194,6 +194,8 @@ BAD = [
     ("ecog", "-1", "ecog"),
     ("ecog", "good", "ecog"),
     ("priority", "9", "priority"),
+    ("presentation", "second", "presentation"),
+    ("diagnosis_label", "x" * 301, "diagnosis_label"),
     ("question", "x" * 2001, "question"),
 ]
 
@@ -248,6 +250,18 @@ def test_decision_validation() -> None:
     with pytest.raises(ValidationError) as e:
         check_decision({"proposal": [], "conclusion": "x"})
     assert set(e.value.fields) == {"proposal", "guideline_conform"}
+    with pytest.raises(ValidationError) as e:
+        check_decision(
+            {
+                "proposal": ["surveillance"],
+                "guideline_conform": True,
+                "conclusion": "x",
+                "trial_proposed": True,
+                "trial_name": "T",
+                "trial_id": "no spaces please",
+            }
+        )
+    assert set(e.value.fields) == {"trial_id"}
 
 
 # ---------------------------------------------------------------- calendar
