@@ -7,7 +7,7 @@ from sqlalchemy import inspect
 
 from konsil.app import create_app
 from konsil.config import Config
-from konsil.db import Database, current_heads, script_heads, upgrade
+from konsil.db import Database, current_heads, pending_revisions, script_heads, upgrade
 from konsil.errors import ConfigError
 from konsil.models import metadata
 from tests.conftest import PG_URL, _pg_exec, _with_db
@@ -17,8 +17,9 @@ async def _check_fresh(url: str) -> None:
     db = Database(url)
     try:
         assert await current_heads(db.engine) == set()
+        assert await pending_revisions(db.engine, url) == script_heads(url)
         await upgrade(url)
-        assert await current_heads(db.engine) == script_heads(url)
+        assert await pending_revisions(db.engine, url) == set()
         async with db.engine.connect() as conn:
             tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         assert set(metadata.tables) <= tables
