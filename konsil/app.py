@@ -38,7 +38,9 @@ FeatureSetup = Callable[[web.Application], None]
 
 def feature_setups() -> list[FeatureSetup]:
     """Each feature package's ``web.setup(app)``: routes, app keys, cleanup contexts, panels."""
-    return []
+    import video.web
+
+    return [video.web.setup]
 
 
 def make_jinja(translator: Translator) -> jinja2.Environment:
