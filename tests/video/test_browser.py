@@ -23,7 +23,7 @@ from video.models import VideoAppointment, VideoPendingIssue
 pytestmark = pytest.mark.e2e
 
 PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
-FRAMES = "async () => (await window.konsilVideo.stats()).framesDecoded > 0"
+FRAMES = "() => window.konsilVideo.framesDecoded > 0"
 
 
 @pytest.fixture
@@ -153,9 +153,7 @@ async def test_teleconsultation_from_invitation_to_documents(
         rows = (
             (
                 await s.execute(
-                    select(VideoPendingIssue).where(
-                        VideoPendingIssue.appointment_id == appointment
-                    )
+                    select(VideoPendingIssue).where(VideoPendingIssue.appointment_id == appointment)
                 )
             )
             .scalars()
@@ -215,7 +213,8 @@ async def test_relay_only_call_through_coturn(
     await admit_and_connect(doc, pat, base, appointment)
     for page in (doc, pat):
         stats = await page.evaluate("window.konsilVideo.stats()")
-        assert stats["localCandidateType"] == "relay", stats
+        stats["state"] = await page.evaluate("window.konsilVideo.state()")
+        assert stats["localCandidateType"] == "relay", json.dumps(stats)
         assert stats["remoteCandidateType"] == "relay", stats
     ice = await ctx_pat.request.get(f"{base}/video/api/ice")
     body = await ice.json()

@@ -11,7 +11,9 @@
   const T = $("i18n") ? $("i18n").dataset : {};
   const C = $("check-i18n") ? $("check-i18n").dataset : {};
   let ws = null, pc = null, localStream = null, iceConfig = null, screenTrack = null;
-  let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0;
+  let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0, generation = 0;
+  const events = [];
+  const note = (e) => { events.push(e); if (events.length > 50) events.shift(); };
 
   const say = (text) => { const el = $("call-status"); if (el) el.textContent = text || ""; };
   const jsonHeaders = { "Content-Type": "application/json", "X-CSRF-Token": csrf };
@@ -69,7 +71,14 @@
     }
     return out;
   }
-  window.konsilVideo = { stats: () => statsOf(pc), state: () => ({ inCall, ended, role }) };
+  const kv = { framesDecoded: 0, last: null, stats: () => statsOf(pc),
+    state: () => ({ inCall, ended, role, generation, events }) };
+  window.konsilVideo = kv;
+  // While in a call, keep the latest numbers where tests and the page can read them at once.
+  setInterval(async () => {
+    if (!pc || !inCall) return;
+    try { kv.last = await statsOf(pc); kv.framesDecoded = kv.last.framesDecoded; } catch (e) { /* closed */ }
+  }, 250);
 
   // ------------------------------------------------------------- pre-call check (patient)
 
@@ -145,6 +154,8 @@
   function newPeer() {
     if (pc) { try { pc.close(); } catch (e) { /* already closed */ } }
     pendingCandidates = [];
+    generation += 1;
+    note("new-peer");
     const conn = new RTCPeerConnection({ iceServers: iceConfig.iceServers, iceTransportPolicy: iceConfig.iceTransportPolicy });
     pc = conn;
     localStream.getTracks().forEach((t) => conn.addTrack(t, localStream));
@@ -156,6 +167,7 @@
     conn.ontrack = (e) => { $("remote").srcObject = e.streams[0]; };
     conn.onconnectionstatechange = () => {
       if (pc !== conn) return;
+      note("pc-" + conn.connectionState);
       if (conn.connectionState === "connected") say(T.connected);
       if (conn.connectionState === "failed" || conn.connectionState === "disconnected") {
         say(T.reconnecting);
@@ -224,6 +236,7 @@
   }
 
   async function onMessage(m) {
+    note("ws-" + m.type + (m.status ? ":" + m.status : "") + (m.present !== undefined ? ":" + m.present : ""));
     switch (m.type) {
       case "hello":
         (m.messages || []).forEach(addChat);
