@@ -47,8 +47,9 @@ class Mailbox:
         self.loop.call_soon_threadsafe(self.arrived.set)
         return "250 Message accepted for delivery"
 
-    async def next_message(self, timeout: float = 10) -> EmailMessage:
-        await asyncio.wait_for(self.arrived.wait(), timeout)
+    async def next_message(self) -> EmailMessage:
+        async with asyncio.timeout(10):
+            await self.arrived.wait()
         self.arrived.clear()
         return self.messages[-1]
 
