@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,11 +14,14 @@ from sqlalchemy import select
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
+from konsil.audit.service import Actor
 from konsil.clock import FakeClock
 from konsil.identity.matricule import make_matricule
 from tests.conftest import Person
 from tests.video.conftest import ServerFactory, Smtp, Turn
+from video.domain.service import check_schedule
 from video.models import VideoAppointment, VideoPendingIssue
+from video.web import SERVICE
 
 pytestmark = pytest.mark.e2e
 
@@ -91,6 +94,14 @@ async def test_teleconsultation_from_invitation_to_documents(
     for ctx in (ctx_doc, ctx_pat, ctx_third):
         await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
     doc, pat, third = await ctx_doc.new_page(), await ctx_pat.new_page(), await ctx_third.new_page()
+    csp_violations: list[str] = []
+    for page in (doc, pat):
+        page.on(
+            "console",
+            lambda msg: (
+                csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None
+            ),
+        )
 
     await login(doc, base, doctor)
     appointment = await schedule(doc, base, make_matricule("19800402", 123))
@@ -114,6 +125,14 @@ async def test_teleconsultation_from_invitation_to_documents(
     assert "already been used" in (await third.content())
     resp = await third.goto(f"{base}/video/room/{appointment}")
     assert resp is not None and resp.status == 403
+
+    # A page reload re-creates the peer connection and the picture comes back on both sides.
+    await pat.reload()
+    await pat.wait_for_function(FRAMES, polling=250, timeout=30_000)
+    await doc.wait_for_function(
+        "() => window.konsilVideo.state().generation >= 2", polling=250, timeout=30_000
+    )
+    await doc.wait_for_function(FRAMES, polling=250, timeout=30_000)
 
     # Chat, both ways.
     await doc.fill("#chat-text", "Bonjour, comment allez-vous ?")
@@ -140,6 +159,7 @@ async def test_teleconsultation_from_invitation_to_documents(
     await doc.click("#btn-hangup")
     await doc.wait_for_url(f"{base}/video/appointments/{appointment}/after")
     await pat.wait_for_selector("text=The teleconsultation has ended.")
+    await pat.wait_for_selector("#doc-list")  # the room page reloads into its after-call view
 
     await doc.fill("#f-report", "Syndrome grippal. Repos, hydratation.")
     await doc.check("#f-sick_leave")
@@ -191,8 +211,44 @@ async def test_teleconsultation_from_invitation_to_documents(
     await pat.wait_for_selector("text=Consultation report")
     assert "Syndrome grippal" in await pat.content()
     assert await pat.locator("#doc-list a", has_text="analyse.pdf").count() == 1
+    assert csp_violations == []
     for ctx in (ctx_doc, ctx_pat, ctx_third):
         await ctx.close()
+
+
+async def test_refused_camera_is_explained(
+    browser: Any, video_server: ServerFactory, doctor: Person
+) -> None:
+    server = await video_server()
+    base = f"http://127.0.0.1:{server.port}"
+    app = server.app
+    assert app is not None
+    svc = app[SERVICE]
+    now = app[K.CLOCK].now()
+    when = (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M+00:00")
+    form = {
+        "starts_at": when,
+        "matricule": make_matricule("19800402", 125),
+        "birth_date": "1980-04-02",
+        "given_name": "Luc",
+        "family_name": "Hoffmann",
+    }
+    appt = await svc.do_schedule(Actor(doctor.account_id), check_schedule(form, now))
+    inv = await svc.do_invite(Actor(doctor.account_id), appt.id)
+    ctx = await browser.new_context(locale="en-GB")
+    await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
+    # The browser says no, as it does when the person blocks camera and microphone.
+    await ctx.add_init_script(
+        "navigator.mediaDevices.getUserMedia = () => "
+        "Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));"
+    )
+    page = await ctx.new_page()
+    await enter(page, f"{base}/video/join/{inv.token}")
+    err = page.locator("#check-error")
+    await err.wait_for()
+    assert "refused access to the camera or microphone" in (await err.text_content() or "")
+    assert await page.is_visible("#check-retry")
+    await ctx.close()
 
 
 async def test_relay_only_call_through_coturn(

@@ -96,6 +96,8 @@ def _fmt(dt: Any) -> str:
 
 
 async def _push_lobby(request: web.Request, account_id: str) -> None:
+    if not request.app[HUB].lobbies.get(account_id):
+        return  # nobody is watching this practitioner's waiting room
     items = await _svc(request).waiting(account_id)
     await request.app[HUB].push_lobby(account_id, {"type": "waiting", "items": items})
 

@@ -11,6 +11,7 @@
   const T = $("i18n") ? $("i18n").dataset : {};
   const C = $("check-i18n") ? $("check-i18n").dataset : {};
   let ws = null, pc = null, localStream = null, iceConfig = null, screenTrack = null;
+  let inbox = Promise.resolve();
   let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0, generation = 0;
   const events = [];
   const note = (e) => { events.push(e); if (events.length > 50) events.shift(); };
@@ -220,7 +221,11 @@
     const proto = location.protocol === "https:" ? "wss" : "ws";
     ws = new WebSocket(`${proto}://${location.host}/video/ws/${appt}`);
     ws.onopen = () => { wsRetry = 0; };
-    ws.onmessage = (ev) => { onMessage(JSON.parse(ev.data)).catch((e) => say(String(e))); };
+    // Messages are handled one after the other: an offer never overtakes the greeting.
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      inbox = inbox.then(() => onMessage(m)).catch((e) => say(String(e)));
+    };
     ws.onclose = (ev) => {
       if (ended || ev.code === 4000) return;
       say(T.reconnecting);
