@@ -21,6 +21,8 @@
         ? [c.camera ? text("t-camera-ok") : text("t-camera-bad"), c.microphone ? text("t-mic-ok") : text("t-mic-bad"),
            c.connection === "good" ? text("t-good") : text("t-weak")].join(", ")
         : text("t-nocheck");
+      li.querySelector("form.admit button").setAttribute("aria-label", `${text("t-admit")} ${it.name}`);
+      li.querySelector("form.postpone button").setAttribute("aria-label", `${text("t-postpone")} ${it.name}`);
       li.querySelector("form.admit").action = `/video/appointments/${it.id}/admit`;
       li.querySelector("form.postpone").action = `/video/appointments/${it.id}/postpone`;
       if (it.status === "admitted") {
