@@ -134,6 +134,22 @@ async def test_teleconsultation_from_invitation_to_documents(
     )
     await doc.wait_for_function(FRAMES, polling=250, timeout=30_000)
 
+    # Mute, camera off and screen share switch what the doctor sends.
+    await doc.click("#btn-mute")
+    assert await doc.get_attribute("#btn-mute", "aria-pressed") == "true"
+    await doc.click("#btn-camera")
+    assert await doc.get_attribute("#btn-camera", "aria-pressed") == "true"
+    await doc.click("#btn-camera")
+    await doc.click("#btn-mute")
+    await doc.click("#btn-share")
+    await doc.wait_for_function(
+        "() => document.getElementById('btn-share').getAttribute('aria-pressed') === 'true'"
+    )
+    label = await doc.evaluate("window.konsilVideo.sending()")
+    assert label and "screen" in label.lower(), label
+    await doc.click("#btn-share")
+    assert await doc.get_attribute("#btn-share", "aria-pressed") == "false"
+
     # Chat, both ways.
     await doc.fill("#chat-text", "Bonjour, comment allez-vous ?")
     await doc.click("#chat-form button")

@@ -73,7 +73,11 @@
     return out;
   }
   const kv = { framesDecoded: 0, last: null, stats: () => statsOf(pc),
-    state: () => ({ inCall, ended, role, generation, events }) };
+    state: () => ({ inCall, ended, role, generation, events }),
+    sending: () => {
+      const snd = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
+      return snd ? snd.track.label : null;
+    } };
   window.konsilVideo = kv;
   const remoteVideo = $("remote");
   if (remoteVideo) {
