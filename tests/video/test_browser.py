@@ -148,6 +148,7 @@ async def test_teleconsultation_from_invitation_to_documents(
     label = await doc.evaluate("window.konsilVideo.sending()")
     assert label and "screen" in label.lower(), label
     await doc.click("#btn-share")
+    await doc.wait_for_function("() => !/^screen/.test(window.konsilVideo.sending())")
     assert await doc.get_attribute("#btn-share", "aria-pressed") == "false"
 
     # Chat, both ways.

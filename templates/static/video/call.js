@@ -341,8 +341,9 @@
       const sender = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
       if (screenTrack) {
         screenTrack.stop(); screenTrack = null;
+        toggle(btn, false);
         if (sender) await sender.replaceTrack(localStream.getVideoTracks()[0]);
-        toggle(btn, false); return;
+        return;
       }
       try {
         const display = await navigator.mediaDevices.getDisplayMedia({ video: true });
