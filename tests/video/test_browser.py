@@ -178,11 +178,15 @@ async def test_teleconsultation_from_invitation_to_documents(
     await pat.wait_for_selector("text=The teleconsultation has ended.")
     await pat.wait_for_selector("#doc-list")  # the room page reloads into its after-call view
 
-    await doc.fill("#f-report", "Syndrome grippal. Repos, hydratation.")
+    await doc.fill("#f-reason", "Fièvre et courbatures depuis hier.")
+    await doc.fill("#f-findings", "Syndrome grippal.")
+    await doc.fill("#f-plan", "Repos, hydratation.")
     await doc.check("#f-sick_leave")
-    await doc.fill("#f-sl_start", "2026-11-27")
-    await doc.fill("#f-sl_end", "2026-11-29")
-    await doc.fill("#f-sl_diagnosis", "J11.1")
+    today = app[K.CLOCK].now().date()
+    await doc.fill("#f-sl_start", today.isoformat())
+    await doc.fill("#f-sl_end", (today + timedelta(days=2)).isoformat())
+    await doc.fill("#f-sl_dx_code", "J11.1")
+    await doc.fill("#f-sl_dx_label", "Grippe")
     await doc.click("#after-submit")
     await doc.wait_for_selector("#saved")
 
@@ -207,7 +211,7 @@ async def test_teleconsultation_from_invitation_to_documents(
     assert sorted(r.kind for r in rows) == ["report", "sick_leave"]
     assert all(r.status == "pending" for r in rows)
     cert = json.loads(next(r.payload for r in rows if r.kind == "sick_leave"))["document"]
-    assert cert["diagnosis_icd10"] == "J11.1" and cert["cause"] == "illness"
+    assert cert["diagnosis"] == {"code": "J11.1", "label": "Grippe"} and cert["kind"] == "illness"
     actions = {e.action for e in events}
     assert {
         "video.schedule",
@@ -226,7 +230,7 @@ async def test_teleconsultation_from_invitation_to_documents(
     # The patient's link still shows their documents.
     await pat.goto(link)
     await pat.wait_for_selector("text=Consultation report")
-    assert "Syndrome grippal" in await pat.content()
+    assert "Syndrome grippal." in await pat.content()
     assert await pat.locator("#doc-list a", has_text="analyse.pdf").count() == 1
     assert csp_violations == []
     for ctx in (ctx_doc, ctx_pat, ctx_third):

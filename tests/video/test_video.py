@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import aiohttp
 import av
@@ -317,46 +318,69 @@ def test_after_call_form_validation() -> None:
     with pytest.raises(ValidationError) as exc:
         check_after_call(
             {
-                "report": "",
+                "reason": "",
+                "findings": "x",
+                "plan": "y",
+                "dx_code": "J02.9",
                 "sick_leave": "on",
+                "sl_kind": "accident",
                 "sl_start": "2026-01-15",
                 "sl_end": "2026-01-10",
-                "sl_cause": "accident",
-                "sl_diagnosis": "flu",
+                "sl_dx_code": "flu",
                 "sl_outings": "yes",
                 "prescription": "on",
             },
             day,
         )
     f = exc.value.fields
-    assert f["report"] == "required"
+    assert f["reason"] == "required"
+    assert f["dx_label"] == "required"
     assert f["sl_end"] == "is before the start"
-    assert f["sl_accident_ref"] == "required for an accident"
-    assert "ICD-10" in f["sl_diagnosis"]
-    assert "at least one medication" in f["rx_1_medication"]
+    assert f["sl_accident_kind"] == "choose one of the options"
+    assert f["sl_accident_date"] == "required (YYYY-MM-DD)"
+    assert "ICD-10" in f["sl_dx_code"]
+    assert "at least one medication" in f["rx_1_name"]
     docs = check_after_call(
         {
-            "report": "Angine.",
-            "report_diagnosis": "j02.9",
+            "reason": "Mal de gorge depuis 3 jours.",
+            "findings": "Amygdales rouges, pas de fièvre rapportée.",
+            "plan": "Antibiotique, repos.",
+            "dx_code": "j02.9",
+            "dx_label": "Pharyngite aiguë",
             "sick_leave": "on",
+            "sl_kind": "accident",
+            "sl_accident_kind": "sport",
+            "sl_accident_date": "2026-01-14",
             "sl_start": "2026-01-15",
             "sl_end": "2026-01-17",
-            "sl_cause": "illness",
-            "sl_diagnosis": "J02.9",
+            "sl_dx_code": "S93.4",
+            "sl_dx_label": "Entorse de la cheville",
             "sl_outings": "yes",
             "sl_outing_hours": "10-12, 14-18",
             "prescription": "on",
-            "rx_1_medication": "Amoxicilline 1 g",
-            "rx_1_dosage": "1 comprimé",
-            "rx_1_instructions": "3 fois par jour",
+            "rx_1_name": "Amoxicilline 1 g, comprimé",
+            "rx_1_atc": "j01ca04",
+            "rx_1_dose": "1",
+            "rx_1_dose_unit": "{tbl}",
+            "rx_1_route": "20053000",
+            "rx_1_times": "3",
+            "rx_1_per": "1",
+            "rx_1_period_unit": "d",
             "rx_1_days": "7",
             "rx_1_quantity": "2",
+            "rx_1_quantity_unit": "1",
+            "rx_1_reimbursable": "on",
         },
         day,
     )
-    assert docs.report.diagnosis_icd10 == "J02.9"
-    assert docs.sick_leave is not None and docs.sick_leave.outings_allowed
-    assert docs.prescription is not None and docs.prescription.lines[0].duration_days == 7
+    assert docs.report.diagnoses[0].code == "J02.9"
+    cert = docs.sick_leave
+    assert cert is not None and cert.outings_allowed and cert.accident_kind == "sport"
+    rx = docs.prescription
+    assert rx is not None and rx.start == day
+    line = rx.lines[0]
+    assert (line.atc, line.dose, line.times, line.period_unit) == ("J01CA04", Decimal(1), 3, "d")
+    assert line.reimbursable and line.duration_days == 7
 
 
 async def test_after_call_documents_reach_the_issuer_queue(
@@ -368,19 +392,28 @@ async def test_after_call_documents_reach_the_issuer_queue(
     csrf = await web_login(client, doctor)
     # Before the patient was seen, no documents.
     early = await client.post(
-        f"/video/appointments/{a}/after", data={"csrf_token": csrf, "report": "x"}
+        f"/video/appointments/{a}/after", data={"csrf_token": csrf, "reason": "x"}
     )
     assert early.status == 409
     await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
     form = {
         "csrf_token": csrf,
-        "report": "Angine.",
+        "reason": "Mal de gorge.",
+        "findings": "Angine.",
+        "plan": "Antalgique.",
         "prescription": "on",
-        "rx_1_medication": "Paracétamol 1 g",
-        "rx_1_dosage": "1 comprimé",
-        "rx_1_instructions": "si douleur, max 3 par jour",
+        "rx_1_name": "Paracétamol 1 g",
+        "rx_1_atc": "N02BE01",
+        "rx_1_dose": "1",
+        "rx_1_dose_unit": "{tbl}",
+        "rx_1_route": "20053000",
+        "rx_1_times": "3",
+        "rx_1_per": "1",
+        "rx_1_period_unit": "d",
         "rx_1_days": "5",
         "rx_1_quantity": "1",
+        "rx_1_quantity_unit": "1",
+        "rx_1_instructions": "si douleur",
     }
     bad = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_1_days": "0"})
     assert bad.status == 400 and "between 1 and 365" in await bad.text()
@@ -391,7 +424,9 @@ async def test_after_call_documents_reach_the_issuer_queue(
     assert sorted(r.kind for r in rows) == ["prescription", "report"]
     rx = json.loads(next(r.payload for r in rows if r.kind == "prescription"))
     assert rx["context"]["appointment_id"] == a
-    assert rx["document"]["lines"][0]["medication"] == "Paracétamol 1 g"
+    assert rx["context"]["patient_consent"] is True
+    assert rx["document"]["lines"][0]["name"] == "Paracétamol 1 g"
+    assert rx["document"]["lines"][0]["dose"] == "1"
     room = await patient.get(f"/video/room/{a}")
     text = await room.text()
     assert room.status == 200 and "Paracétamol 1 g" in text and "Angine." in text

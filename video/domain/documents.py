@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,45 +26,97 @@ MAX_LEAVE_DAYS = 366
 MAX_LINES = 5
 
 
+# Vocabularies mirrored from the workflow package's CDA codes (video does not import workflow).
+SICK_LEAVE_KINDS = ("illness", "accident")
+ACCIDENT_KINDS = ("work", "commute", "private", "sport", "school")
+ROUTES = {
+    "20053000": "Oral",
+    "20045000": "Intravenous",
+    "20066000": "Subcutaneous",
+    "20035000": "Intramuscular",
+    "20003000": "Cutaneous",
+    "20061000": "Rectal",
+    "20020000": "Inhalation",
+    "20057000": "Ocular",
+}
+UNITS = {
+    "{tbl}": "tablet(s)",
+    "{caps}": "capsule(s)",
+    "mg": "mg",
+    "g": "g",
+    "ug": "µg",
+    "mL": "mL",
+    "[iU]": "IU",
+    "1": "unit(s)",
+}
+FREQUENCY_UNITS = {"h": "hour", "d": "day", "wk": "week"}
+ATC_RE = re.compile(r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")
+
+
 @dataclass(frozen=True)
 class IssueContext:
     appointment_id: str
     patient_id: str
     practitioner_account_id: str
-    consultation_at: datetime
+    consultation_at: datetime  # when the documents were issued
+    start: datetime  # the call: admitted (or scheduled) time …
+    end: datetime  # … and hang-up (or issue) time
+    modality: str = "video"
+    patient_consent: bool = True  # recorded in video_consents before the patient could enter
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    code: str  # ICD-10
+    label: str
 
 
 @dataclass(frozen=True)
 class ConsultationReport:
-    text: str
-    diagnosis_icd10: str | None = None
+    reason: str
+    findings: str
+    plan: str
+    present_illness: str | None = None
+    diagnoses: tuple[Diagnosis, ...] = ()
+    follow_up: date | None = None
 
 
 @dataclass(frozen=True)
 class SickLeaveCertificate:
     """Certificat d'incapacité de travail (DT-20002)."""
 
+    kind: str  # SICK_LEAVE_KINDS
     start: date
     end: date
-    cause: str  # illness | accident
-    accident_reference: str | None
-    diagnosis_icd10: str
-    outings_allowed: bool
+    diagnosis: Diagnosis
+    accident_kind: str | None = None  # ACCIDENT_KINDS, when kind is accident
+    accident_date: date | None = None
+    accident_reference: str | None = None
+    outings_allowed: bool = False
     outing_hours: str | None = None
 
 
 @dataclass(frozen=True)
 class MedicationLine:
-    medication: str
-    dosage: str
-    instructions: str
+    atc: str
+    name: str
+    dose: Decimal
+    dose_unit: str  # UNITS
+    route: str  # ROUTES (EDQM)
+    times: int  # administrations …
+    per: int  # … per this many …
+    period_unit: str  # … FREQUENCY_UNITS
     duration_days: int
-    quantity: int
+    quantity: Decimal
+    quantity_unit: str  # UNITS
+    reimbursable: bool
+    instructions: str | None = None
 
 
 @dataclass(frozen=True)
 class Prescription:
     lines: tuple[MedicationLine, ...]
+    start: date
     note: str | None = None
 
 
@@ -101,6 +154,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, date | datetime):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
     return value
 
 
@@ -140,11 +195,28 @@ class PendingIssueQueue:
 # ---------------------------------------------------------------- the after-call form
 
 
-def _date(raw: str, field: str, errors: dict[str, str]) -> date | None:
+def _text(
+    form: Mapping[str, str], field: str, errors: dict[str, str], *, limit: int, required: bool
+) -> str | None:
+    v = form.get(field, "").strip()
+    if not v:
+        if required:
+            errors[field] = "required"
+        return None
+    if len(v) > limit:
+        errors[field] = f"at most {limit} characters"
+    return v[:limit]
+
+
+def _date(raw: str, field: str, errors: dict[str, str], *, required: bool = True) -> date | None:
+    if not raw.strip():
+        if required:
+            errors[field] = "required (YYYY-MM-DD)"
+        return None
     try:
         return date.fromisoformat(raw.strip())
     except ValueError:
-        errors[field] = "required (YYYY-MM-DD)" if not raw.strip() else "not a date"
+        errors[field] = "not a date"
         return None
 
 
@@ -170,20 +242,50 @@ def _int(raw: str, field: str, errors: dict[str, str], lo: int, hi: int) -> int:
     return n
 
 
+def _decimal(raw: str, field: str, errors: dict[str, str]) -> Decimal:
+    try:
+        d = Decimal(raw.strip().replace(",", "."))
+    except InvalidOperation:
+        errors[field] = "a number is required"
+        return Decimal(0)
+    if not d.is_finite() or d <= 0 or d > 10_000:
+        errors[field] = "a positive number"
+    return d
+
+
+def _choice(form: Mapping[str, str], field: str, allowed: Any, errors: dict[str, str]) -> str:
+    v = form.get(field, "")
+    if v not in allowed:
+        errors[field] = "choose one of the options"
+    return v
+
+
+def _diagnosis(
+    form: Mapping[str, str], prefix: str, errors: dict[str, str], *, required: bool
+) -> Diagnosis | None:
+    code = _icd10(form.get(f"{prefix}_code", ""), f"{prefix}_code", errors, required=required)
+    label = _text(form, f"{prefix}_label", errors, limit=200, required=code is not None)
+    return Diagnosis(code, label) if code and label else None
+
+
 def check_after_call(form: Mapping[str, str], consult_day: date) -> AfterCallDocuments:
     """Validate the after-call form as a whole; every problem is reported with its field."""
     errors: dict[str, str] = {}
-    text = form.get("report", "").strip()
-    if not text:
-        errors["report"] = "required"
-    elif len(text) > 20_000:
-        errors["report"] = "at most 20000 characters"
+    reason = _text(form, "reason", errors, limit=2000, required=True)
+    illness = _text(form, "present_illness", errors, limit=5000, required=False)
+    findings = _text(form, "findings", errors, limit=10_000, required=True)
+    plan = _text(form, "plan", errors, limit=5000, required=True)
+    dx = _diagnosis(form, "dx", errors, required=False)
+    follow_up = _date(form.get("follow_up", ""), "follow_up", errors, required=False)
+    if follow_up is not None and follow_up < consult_day:
+        errors["follow_up"] = "is before the consultation"
     report = ConsultationReport(
-        text, _icd10(form.get("report_diagnosis", ""), "report_diagnosis", errors, required=False)
+        reason or "", findings or "", plan or "", illness, (dx,) if dx else (), follow_up
     )
 
     sick_leave = None
     if form.get("sick_leave") == "on":
+        kind = _choice(form, "sl_kind", SICK_LEAVE_KINDS, errors)
         start = _date(form.get("sl_start", ""), "sl_start", errors)
         end = _date(form.get("sl_end", ""), "sl_end", errors)
         if start and end:
@@ -193,47 +295,65 @@ def check_after_call(form: Mapping[str, str], consult_day: date) -> AfterCallDoc
                 errors["sl_end"] = f"a certificate covers at most {MAX_LEAVE_DAYS} days"
             if start < consult_day - timedelta(days=3):
                 errors["sl_start"] = "at most 3 days before the consultation"
-        cause = form.get("sl_cause", "")
-        if cause not in ("illness", "accident"):
-            errors["sl_cause"] = "illness or accident"
-        ref = form.get("sl_accident_ref", "").strip() or None
-        if cause == "accident" and not ref:
-            errors["sl_accident_ref"] = "required for an accident"
-        diag = _icd10(form.get("sl_diagnosis", ""), "sl_diagnosis", errors, required=True)
-        outings = form.get("sl_outings", "")
-        if outings not in ("yes", "no"):
-            errors["sl_outings"] = "yes or no"
-        hours = form.get("sl_outing_hours", "").strip() or None
-        if start and end and diag is not None and cause in ("illness", "accident"):
+        sl_dx = _diagnosis(form, "sl_dx", errors, required=True)
+        acc_kind = acc_date = acc_ref = None
+        if kind == "accident":
+            acc_kind = _choice(form, "sl_accident_kind", ACCIDENT_KINDS, errors)
+            acc_date = _date(form.get("sl_accident_date", ""), "sl_accident_date", errors)
+            if acc_date and start and acc_date > start:
+                errors["sl_accident_date"] = "is after the start of the leave"
+            acc_ref = _text(form, "sl_accident_ref", errors, limit=64, required=False)
+        outings = _choice(form, "sl_outings", ("yes", "no"), errors) == "yes"
+        hours = _text(form, "sl_outing_hours", errors, limit=100, required=False)
+        if start and end and sl_dx:
             sick_leave = SickLeaveCertificate(
+                kind,
                 start,
                 end,
-                cause,
-                ref if cause == "accident" else None,
-                diag,
-                outings == "yes",
-                hours if outings == "yes" else None,
+                sl_dx,
+                acc_kind,
+                acc_date,
+                acc_ref,
+                outings,
+                hours if outings else None,
             )
 
     prescription = None
     if form.get("prescription") == "on":
         lines: list[MedicationLine] = []
         for i in range(1, MAX_LINES + 1):
-            name = form.get(f"rx_{i}_medication", "").strip()
-            if not name:
+            p = f"rx_{i}_"
+            if not form.get(p + "name", "").strip():
                 continue
-            dosage = form.get(f"rx_{i}_dosage", "").strip()
-            instr = form.get(f"rx_{i}_instructions", "").strip()
-            if not dosage:
-                errors[f"rx_{i}_dosage"] = "required"
-            if not instr:
-                errors[f"rx_{i}_instructions"] = "required"
-            days = _int(form.get(f"rx_{i}_days", ""), f"rx_{i}_days", errors, 1, 365)
-            qty = _int(form.get(f"rx_{i}_quantity", ""), f"rx_{i}_quantity", errors, 1, 99)
-            lines.append(MedicationLine(name[:200], dosage[:100], instr[:300], days, qty))
+            atc = form.get(p + "atc", "").strip().upper()
+            if not ATC_RE.match(atc):
+                errors[p + "atc"] = "an ATC code of 7 characters (e.g. N02BE01)"
+            name = _text(form, p + "name", errors, limit=200, required=True) or ""
+            lines.append(
+                MedicationLine(
+                    atc,
+                    name,
+                    _decimal(form.get(p + "dose", ""), p + "dose", errors),
+                    _choice(form, p + "dose_unit", UNITS, errors),
+                    _choice(form, p + "route", ROUTES, errors),
+                    _int(form.get(p + "times", ""), p + "times", errors, 1, 24),
+                    _int(form.get(p + "per", "1") or "1", p + "per", errors, 1, 30),
+                    _choice(form, p + "period_unit", FREQUENCY_UNITS, errors),
+                    _int(form.get(p + "days", ""), p + "days", errors, 1, 365),
+                    _decimal(form.get(p + "quantity", ""), p + "quantity", errors),
+                    _choice(form, p + "quantity_unit", UNITS, errors),
+                    form.get(p + "reimbursable") == "on",
+                    _text(form, p + "instructions", errors, limit=300, required=False),
+                )
+            )
         if not lines:
-            errors["rx_1_medication"] = "a prescription needs at least one medication"
-        prescription = Prescription(tuple(lines), form.get("rx_note", "").strip() or None)
+            errors["rx_1_name"] = "a prescription needs at least one medication"
+        rx_start = _date(form.get("rx_start", ""), "rx_start", errors, required=False)
+        prescription = Prescription(
+            tuple(lines),
+            rx_start or consult_day,
+            _text(form, "rx_note", errors, limit=500, required=False),
+        )
 
     if errors:
         raise ValidationError("the after-call documents are not complete", fields=errors)

@@ -772,7 +772,21 @@ class VideoService:
             if appt.status == "admitted":
                 appt.status = "ended"
                 appt.ended_at = self.clock.now()
-            ctx = IssueContext(appt.id, appt.patient_id, actor.id, self.clock.now())
+            now = self.clock.now()
+            consented = (
+                await s.execute(
+                    select(VideoConsent.id).where(VideoConsent.appointment_id == appt.id).limit(1)
+                )
+            ).first() is not None
+            ctx = IssueContext(
+                appt.id,
+                appt.patient_id,
+                actor.id,
+                now,
+                start=to_utc(appt.admitted_at or appt.starts_at),
+                end=to_utc(appt.ended_at or now),
+                patient_consent=consented,
+            )
             refs = [await self.issuer.issue_report(s, ctx, docs.report)]
             if docs.sick_leave is not None:
                 refs.append(await self.issuer.issue_sick_leave(s, ctx, docs.sick_leave))

@@ -32,7 +32,7 @@ from konsil.web.request import (
 from video.domain import mail
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import turn_credentials
-from video.domain.documents import PendingIssueQueue
+from video.domain.documents import FREQUENCY_UNITS, ROUTES, UNITS, PendingIssueQueue
 from video.domain.service import GuestPrincipal, Party, VideoService, check_schedule
 from video.web.hub import Hub
 from video.web.i18n import FRENCH
@@ -103,6 +103,12 @@ async def _push_lobby(request: web.Request, account_id: str) -> None:
 
 
 # ---------------------------------------------------------------- practitioner pages
+
+CHOICES = {
+    "units": tuple(UNITS.items()),
+    "routes": tuple(ROUTES.items()),
+    "periods": tuple(FREQUENCY_UNITS.items()),
+}
 
 
 @routes.get("/video", name="video_home")
@@ -266,7 +272,7 @@ async def after_form(request: web.Request) -> web.Response:
     return render(
         request,
         "video/after.html",
-        {"a": appt, "patient": patient, "form": {"sl_start": today}, "docs": docs},
+        {"a": appt, "patient": patient, "form": {"sl_start": today}, "docs": docs, **CHOICES},
     )
 
 
@@ -285,7 +291,7 @@ async def after_submit(request: web.Request) -> web.Response:
         return render(
             request,
             "video/after.html",
-            {"a": appt, "patient": patient, "form": form, "error": exc, "docs": []},
+            {"a": appt, "patient": patient, "form": form, "error": exc, "docs": [], **CHOICES},
             status=400,
         )
     await request.app[HUB].broadcast(appointment, {"type": "status", "status": "ended"})
