@@ -39,8 +39,9 @@ FeatureSetup = Callable[[web.Application], None]
 def feature_setups() -> list[FeatureSetup]:
     """Each feature package's ``web.setup(app)``: routes, app keys, cleanup contexts, panels."""
     import rcp.web
+    import video.web
 
-    return [rcp.web.setup]
+    return [rcp.web.setup, video.web.setup]
 
 
 def make_jinja(translator: Translator) -> jinja2.Environment:

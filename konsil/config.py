@@ -52,6 +52,15 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    link_valid_hours: int = 72  # invitation link lifetime after the appointment's start
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_check_peers: int = 20  # concurrent pre-call check peers (aiortc) per process
+    check_timeout_seconds: int = 60
+    force_relay: bool = False  # browsers use TURN relay candidates only
+
+
+@dataclass(frozen=True)
 class WorkflowConfig:
     dsp_url: str = ""
     dsp_transport: str = "xds"
@@ -81,6 +90,7 @@ class Config:
     turn: TurnConfig = field(default_factory=TurnConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     @property
     def data_path(self) -> Path:

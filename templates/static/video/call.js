@@ -1,0 +1,372 @@
+// Konsil teleconsultation: pre-call check (patient), waiting room, and the browser-to-browser
+// call with WebSocket signalling, chat and document exchange. No inline handlers (CSP).
+(() => {
+  "use strict";
+  const app = document.getElementById("video-app");
+  if (!app) return;
+  const $ = (id) => document.getElementById(id);
+  const role = app.dataset.role;
+  const appt = app.dataset.appointment;
+  const csrf = app.dataset.csrf;
+  const T = $("i18n") ? $("i18n").dataset : {};
+  const C = $("check-i18n") ? $("check-i18n").dataset : {};
+  let ws = null, pc = null, localStream = null, iceConfig = null, screenTrack = null;
+  let inbox = Promise.resolve();
+  let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0, generation = 0;
+  const events = [];
+  const note = (e) => { events.push(e); if (events.length > 50) events.shift(); };
+
+  const say = (text) => { const el = $("call-status"); if (el) el.textContent = text || ""; };
+  const jsonHeaders = { "Content-Type": "application/json", "X-CSRF-Token": csrf };
+
+  async function ice() {
+    if (!iceConfig) {
+      const r = await fetch("/video/api/ice", { credentials: "same-origin" });
+      if (!r.ok) throw new Error("ICE " + r.status);
+      iceConfig = await r.json();
+    }
+    return iceConfig;
+  }
+
+  async function media() {
+    if (localStream) return localStream;
+    try {
+      localStream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+    } catch (e) {
+      const msg = (e && (e.name === "NotFoundError" || e.name === "OverconstrainedError")) ? T.nodevice : T.denied;
+      for (const id of ["check-error", "call-status"]) {
+        const el = $(id); if (el) { el.textContent = msg; el.hidden = false; }
+      }
+      app.dataset.mediaError = e && e.name ? e.name : "error";
+      throw e;
+    }
+    const local = $("local"); if (local) local.srcObject = localStream;
+    return localStream;
+  }
+
+  // ------------------------------------------------------------- stats
+
+  async function statsOf(conn) {
+    const out = { framesDecoded: 0, fps: null, audioPackets: 0, audioEnergy: 0, rttMs: null,
+      localCandidateType: null, remoteCandidateType: null };
+    if (!conn) return out;
+    const report = await conn.getStats();
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        out.framesDecoded += s.framesDecoded || 0;
+        if (s.framesPerSecond) out.fps = s.framesPerSecond;
+      }
+      if (s.type === "inbound-rtp" && s.kind === "audio") {
+        out.audioPackets += s.packetsReceived || 0;
+        out.audioEnergy += s.totalAudioEnergy || 0;
+      }
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+    });
+    if (!pair) report.forEach((s) => { if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
+    if (pair) {
+      if (pair.currentRoundTripTime !== undefined) out.rttMs = pair.currentRoundTripTime * 1000;
+      const l = report.get(pair.localCandidateId), r = report.get(pair.remoteCandidateId);
+      out.localCandidateType = l ? l.candidateType : null;
+      out.remoteCandidateType = r ? r.candidateType : null;
+    }
+    return out;
+  }
+  const kv = { framesDecoded: 0, last: null, stats: () => statsOf(pc),
+    state: () => ({ inCall, ended, role, generation, events }),
+    sending: () => {
+      const snd = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
+      return snd ? snd.track.label : null;
+    } };
+  window.konsilVideo = kv;
+  const remoteVideo = $("remote");
+  if (remoteVideo) {
+    // When the first picture of the other person is ready (for the page, tests and the bench).
+    remoteVideo.addEventListener("loadeddata", () => { if (!kv.firstFrameAt) kv.firstFrameAt = Date.now(); });
+  }
+  // While in a call, keep the latest numbers where tests and the page can read them at once.
+  setInterval(async () => {
+    if (!pc || !inCall) return;
+    try { kv.last = await statsOf(pc); kv.framesDecoded = kv.last.framesDecoded; } catch (e) { /* closed */ }
+  }, 250);
+
+  // ------------------------------------------------------------- pre-call check (patient)
+
+  function gathered(conn) {
+    if (conn.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { if (conn.iceGatheringState === "complete") resolve(); };
+      conn.addEventListener("icegatheringstatechange", done);
+      setTimeout(resolve, 4000);
+    });
+  }
+
+  const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  async function runCheck() {
+    $("check-error").hidden = true; $("check-retry").hidden = true;
+    let stream;
+    try { stream = await media(); } catch (e) { $("check-retry").hidden = false; return; }
+    const cpc = new RTCPeerConnection({ iceServers: [] });
+    try {
+      stream.getTracks().forEach((t) => cpc.addTrack(t, stream));
+      cpc.ontrack = (e) => { $("check-video").srcObject = e.streams[0]; };
+      await cpc.setLocalDescription(await cpc.createOffer());
+      await gathered(cpc);
+      const r = await fetch(`/video/api/${appt}/check`, { method: "POST", headers: jsonHeaders,
+        credentials: "same-origin", body: JSON.stringify({ sdp: cpc.localDescription.sdp, type: cpc.localDescription.type }) });
+      if (!r.ok) throw new Error(await r.text().then((t) => t.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").slice(0, 200)));
+      await cpc.setRemoteDescription(await r.json());
+      // Watch for up to 10 s; stop as soon as a few seconds of video and sound came back.
+      let first = null, last = null;
+      for (let i = 0; i < 40; i++) {
+        await wait(250);
+        const s = await statsOf(cpc);
+        const now = performance.now();
+        if (s.framesDecoded > 0 && !first) first = { t: now, frames: s.framesDecoded };
+        last = { t: now, s };
+        if (first && now - first.t > 1000 && s.audioPackets > 0) break;
+      }
+      const s = last.s;
+      const fps = first && last.t > first.t ? (s.framesDecoded - first.frames) * 1000 / (last.t - first.t) : 0;
+      const result = { camera: s.framesDecoded > 0, microphone: s.audioPackets > 0,
+        rtt_ms: s.rttMs === null ? null : Math.round(s.rttMs), fps: Math.round(fps * 10) / 10 };
+      const done = await fetch(`/video/api/${appt}/check/done`, { method: "POST", headers: jsonHeaders,
+        credentials: "same-origin", body: JSON.stringify(result) });
+      const clean = done.ok ? await done.json() : Object.assign({ connection: "weak" }, result);
+      $("c-camera").textContent = clean.camera ? C.cameraOk : C.cameraBad;
+      $("c-mic").textContent = clean.microphone ? C.micOk : C.micBad;
+      $("c-net").textContent = clean.connection === "good" ? C.netGood : C.netWeak;
+      for (const [id, ok] of [["c-camera", clean.camera], ["c-mic", clean.microphone], ["c-net", clean.connection === "good"]]) {
+        $(id).className = ok ? "ok" : "bad";
+      }
+      app.dataset.check = JSON.stringify(clean);
+    } catch (e) {
+      $("check-error").textContent = `${C.failed} ${e.message || e}`;
+      $("check-error").hidden = false; $("check-retry").hidden = false;
+      return;
+    } finally {
+      cpc.close();
+    }
+    $("waiting").hidden = false;
+    connect();
+  }
+
+  // ------------------------------------------------------------- the call
+
+  function showCall() {
+    inCall = true;
+    $("call").hidden = false; $("side").hidden = false;
+    const check = $("check"); if (check) check.hidden = true;
+    const w = $("waiting"); if (w) w.hidden = true;
+  }
+
+  function newPeer() {
+    if (pc) { try { pc.close(); } catch (e) { /* already closed */ } }
+    pendingCandidates = [];
+    generation += 1;
+    note("new-peer");
+    const conn = new RTCPeerConnection({ iceServers: iceConfig.iceServers, iceTransportPolicy: iceConfig.iceTransportPolicy });
+    pc = conn;
+    localStream.getTracks().forEach((t) => conn.addTrack(t, localStream));
+    if (screenTrack) {
+      const sender = conn.getSenders().find((x) => x.track && x.track.kind === "video");
+      if (sender) sender.replaceTrack(screenTrack);
+    }
+    conn.onicecandidate = (e) => { if (e.candidate) send({ type: "signal", data: { candidate: e.candidate.toJSON() } }); };
+    conn.ontrack = (e) => { $("remote").srcObject = e.streams[0]; };
+    conn.onconnectionstatechange = () => {
+      if (pc !== conn) return;
+      note("pc-" + conn.connectionState);
+      if (conn.connectionState === "connected") say(T.connected);
+      if (conn.connectionState === "failed" || conn.connectionState === "disconnected") {
+        say(T.reconnecting);
+        // aiortc-style: no ICE restart; a new connection is negotiated from scratch.
+        setTimeout(() => {
+          if (pc !== conn || ended || (conn.connectionState !== "failed" && conn.connectionState !== "disconnected")) return;
+          if (role === "doctor") offer(); else send({ type: "restart" });
+        }, conn.connectionState === "failed" ? 0 : 3000);
+      }
+    };
+    return conn;
+  }
+
+  async function offer() {
+    await media(); await ice();
+    const conn = newPeer();
+    say(T.connecting);
+    await conn.setLocalDescription(await conn.createOffer());
+    send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
+  }
+
+  async function onSignal(data) {
+    if (!data) return;
+    if (data.description) {
+      if (data.description.type === "offer") {
+        await media(); await ice();
+        const conn = newPeer();
+        await conn.setRemoteDescription(data.description);
+        await conn.setLocalDescription(await conn.createAnswer());
+        send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
+      } else if (pc) {
+        await pc.setRemoteDescription(data.description);
+      }
+      const queued = pendingCandidates; pendingCandidates = [];
+      for (const c of queued) { try { await pc.addIceCandidate(c); } catch (e) { /* stale */ } }
+    } else if (data.candidate) {
+      if (pc && pc.remoteDescription) { try { await pc.addIceCandidate(data.candidate); } catch (e) { /* stale */ } }
+      else pendingCandidates.push(data.candidate);
+    }
+  }
+
+  function send(obj) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj)); }
+
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    ws = new WebSocket(`${proto}://${location.host}/video/ws/${appt}`);
+    ws.onopen = () => { wsRetry = 0; };
+    // Messages are handled one after the other: an offer never overtakes the greeting.
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      inbox = inbox.then(() => onMessage(m)).catch((e) => say(String(e)));
+    };
+    ws.onclose = (ev) => {
+      if (ended || ev.code === 4000) return;
+      say(T.reconnecting);
+      wsRetry = Math.min(wsRetry + 1, 5);
+      setTimeout(connect, 500 * wsRetry);
+    };
+  }
+
+  function finish(text) {
+    ended = true; inCall = false;
+    if (pc) { pc.close(); pc = null; }
+    if (localStream) localStream.getTracks().forEach((t) => t.stop());
+    if (screenTrack) screenTrack.stop();
+    say(text);
+    if (ws) ws.close();
+    if (role === "doctor" && app.dataset.after) setTimeout(() => { location.href = app.dataset.after; }, 800);
+    if (role === "patient") setTimeout(() => location.reload(), 1500);
+  }
+
+  async function onMessage(m) {
+    note("ws-" + m.type + (m.status ? ":" + m.status : "") + (m.present !== undefined ? ":" + m.present : ""));
+    switch (m.type) {
+      case "hello":
+        (m.messages || []).forEach(addChat);
+        $("file-list").replaceChildren(); (m.files || []).forEach(addFile);
+        if (role === "doctor" || m.status === "admitted") {
+          await media(); await ice(); showCall();
+          if (role === "patient") say(T.connecting);
+        }
+        break;
+      case "peer":
+        if (m.present) { showCall(); if (role === "doctor") await offer(); }
+        else { say(T.peerLeft); }
+        break;
+      case "status":
+        if (m.status === "admitted") { say(T.admitted); await media(); await ice(); showCall(); }
+        else if (m.status === "postponed") { const w = $("waiting-text"); if (w) w.textContent = T.postponed; }
+        else if (m.status === "ended") finish(T.ended);
+        else if (m.status === "cancelled") finish(T.cancelled);
+        break;
+      case "signal": await onSignal(m.data); break;
+      case "restart": if (role === "doctor") await offer(); break;
+      case "chat": addChat(m.message); break;
+      case "file": addFile(m.file); break;
+      default: break;
+    }
+  }
+
+  // ------------------------------------------------------------- chat and files
+
+  function who(sender) { return sender === role ? T.you : (sender === "doctor" ? T.doctor : T.patient); }
+
+  function addChat(msg) {
+    const li = document.createElement("li");
+    li.className = msg.sender === role ? "mine" : "theirs";
+    const b = document.createElement("strong"); b.textContent = who(msg.sender) + ": ";
+    const t = document.createElement("span"); t.textContent = msg.text;
+    li.append(b, t);
+    $("chat-log").append(li);
+  }
+
+  function addFile(f) {
+    if (document.querySelector(`[data-file-id="${f.id}"]`)) return;
+    const li = document.createElement("li"); li.dataset.fileId = f.id;
+    const a = document.createElement("a"); a.href = `/video/files/${appt}/${f.id}`; a.textContent = f.name;
+    const s = document.createElement("span"); s.className = "muted small";
+    s.textContent = ` (${who(f.sender)}, ${(f.size / 1024).toFixed(1)} KiB)`;
+    li.append(a, s);
+    $("file-list").append(li);
+  }
+
+  function wireControls() {
+    $("chat-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const input = $("chat-text");
+      if (input.value.trim()) send({ type: "chat", text: input.value });
+      input.value = "";
+    });
+    $("file-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const input = $("file-input");
+      if (!input.files.length) return;
+      const fd = new FormData(); fd.append("file", input.files[0]);
+      const r = await fetch(`/video/api/${appt}/files`, { method: "POST", body: fd,
+        headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" });
+      if (r.ok) { $("file-status").textContent = T.uploaded; addFile(await r.json()); input.value = ""; }
+      else {
+        const text = (await r.text()).replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
+        $("file-status").textContent = `${T.uploadFailed} ${text.slice(0, 200)}`;
+      }
+    });
+    const toggle = (btn, pressed) => {
+      btn.setAttribute("aria-pressed", String(pressed));
+      btn.textContent = pressed ? btn.dataset.on : btn.dataset.off;
+    };
+    $("btn-mute").addEventListener("click", (e) => {
+      const on = e.currentTarget.getAttribute("aria-pressed") !== "true";
+      localStream && localStream.getAudioTracks().forEach((t) => { t.enabled = !on; });
+      toggle(e.currentTarget, on);
+    });
+    $("btn-camera").addEventListener("click", (e) => {
+      const on = e.currentTarget.getAttribute("aria-pressed") !== "true";
+      localStream && localStream.getVideoTracks().forEach((t) => { t.enabled = !on; });
+      toggle(e.currentTarget, on);
+    });
+    const share = $("btn-share");
+    if (share) share.addEventListener("click", async (e) => {
+      const btn = e.currentTarget;
+      const sender = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
+      if (screenTrack) {
+        screenTrack.stop(); screenTrack = null;
+        toggle(btn, false);
+        if (sender) await sender.replaceTrack(localStream.getVideoTracks()[0]);
+        return;
+      }
+      try {
+        const display = await navigator.mediaDevices.getDisplayMedia({ video: true });
+        screenTrack = display.getVideoTracks()[0];
+        if (sender) await sender.replaceTrack(screenTrack);
+        screenTrack.addEventListener("ended", async () => {
+          screenTrack = null; toggle(btn, false);
+          const snd = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
+          if (snd) await snd.replaceTrack(localStream.getVideoTracks()[0]);
+        });
+        toggle(btn, true);
+      } catch (err) { /* the doctor cancelled the picker */ }
+    });
+    $("btn-hangup").addEventListener("click", () => { send({ type: "hangup" }); });
+  }
+
+  wireControls();
+  if (role === "doctor") {
+    connect();
+  } else if (app.dataset.status === "admitted") {
+    connect();
+  } else {
+    $("check-retry").addEventListener("click", () => { runCheck(); });
+    runCheck();
+  }
+})();

@@ -1,0 +1,150 @@
+"""Fixtures of the teleconsultation tests: a real SMTP server (aiosmtpd), a real TURN server
+(coturn), a running Konsil server and a practitioner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import email
+import email.policy
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from konsil.config import SmtpConfig, TurnConfig, VideoConfig
+from tests.conftest import Person
+
+TURN_SECRET = "turn-shared-secret-for-tests"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mailbox:
+    """aiosmtpd handler keeping every delivered message."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.arrived = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append(msg)
+        self.loop.call_soon_threadsafe(self.arrived.set)
+        return "250 Message accepted for delivery"
+
+    async def next_message(self) -> EmailMessage:
+        async with asyncio.timeout(10):
+            await self.arrived.wait()
+        self.arrived.clear()
+        return self.messages[-1]
+
+
+@dataclasses.dataclass
+class Smtp:
+    port: int
+    box: Mailbox
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[Smtp]:
+    from aiosmtpd.controller import Controller
+
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield Smtp(port, box)
+    finally:
+        controller.stop()
+
+
+@dataclasses.dataclass
+class Turn:
+    port: int
+    url: str
+
+
+@pytest.fixture
+def turn(tmp_path: Path) -> Iterator[Turn]:
+    exe = shutil.which("turnserver")
+    if exe is None:
+        pytest.skip("coturn is not installed (apt-get install coturn)")
+    port = free_port(socket.SOCK_DGRAM)
+    low = 49152 + (port % 1000) * 10
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--listening-ip=127.0.0.1",
+            "--relay-ip=127.0.0.1",
+            f"--listening-port={port}",
+            f"--min-port={low}",
+            f"--max-port={low + 200}",
+            "--use-auth-secret",
+            f"--static-auth-secret={TURN_SECRET}",
+            "--realm=konsil",
+            "--no-tls",
+            "--no-dtls",
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--fingerprint",
+            f"--log-file={tmp_path / 'turn.log'}",
+            "--simple-log",
+            "--no-stdout-log",
+            f"--pidfile={tmp_path / 'turn.pid'}",
+            f"--userdb={tmp_path / 'turn.db'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield Turn(port, f"turn:127.0.0.1:{port}?transport=udp")
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def doctor(create_user: Callable[..., Awaitable[Person]]) -> Person:
+    return await create_user("drvideo", "practitioner", display_name="Dr Anna Weber")
+
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+def video_server(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    make_app: Callable[..., web.Application],
+) -> ServerFactory:
+    async def start(
+        *, smtp_port: int = 0, turn: Turn | None = None, force_relay: bool = False
+    ) -> TestServer:
+        changes: dict[str, Any] = {
+            "video": VideoConfig(force_relay=force_relay),
+            "smtp": SmtpConfig(host="127.0.0.1" if smtp_port else "", port=smtp_port or 25),
+        }
+        if turn is not None:
+            changes["turn"] = TurnConfig(secret=TURN_SECRET, urls=(turn.url,), ttl_seconds=600)
+        return await aiohttp_server(make_app(**changes), host="127.0.0.1")
+
+    return start

@@ -1,0 +1,440 @@
+"""Teleconsultation without a browser: invitations, guest entry, the signalling socket's
+access rules, the pre-call echo peer (two aiortc peers), files, TURN credentials, the
+after-call form and the DocumentIssuer seam."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import aiohttp
+import av
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from sqlalchemy import select
+
+from konsil import appkeys as K
+from konsil.audit.service import Actor
+from konsil.clock import FakeClock
+from konsil.errors import RateLimited, ValidationError
+from konsil.identity.matricule import make_matricule
+from tests.conftest import CSRF_RE, AiohttpClient, Client, Person, web_login
+from video.domain.checkpeer import CheckPeers
+from video.domain.crypto import read_invitation_token, turn_credentials
+from video.domain.documents import check_after_call
+from video.domain.service import VideoService, check_schedule
+from video.models import VideoFile, VideoInvitation, VideoPendingIssue
+from video.web import GUEST_COOKIE, SERVICE
+
+PDF = b"%PDF-1.4\n%%EOF\n"
+
+
+async def _appointment(client: Client, doctor: Person, seq: int, clock: FakeClock) -> str:
+    svc: VideoService = client.app[SERVICE]
+    start = (clock.now() + timedelta(hours=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M+00:00")
+    req = check_schedule(
+        {
+            "starts_at": start,
+            "matricule": make_matricule("19750310", seq),
+            "birth_date": "1975-03-10",
+            "given_name": "Marie",
+            "family_name": "Schmit",
+            "email": "marie@example.lu",
+        },
+        clock.now(),
+    )
+    appt = await svc.do_schedule(Actor(doctor.account_id), req)
+    return appt.id
+
+
+async def _link(client: Client, doctor: Person, appointment: str) -> str:
+    inv = await client.app[SERVICE].do_invite(Actor(doctor.account_id), appointment)
+    return f"/video/join/{inv.token}"
+
+
+async def _enter(guest: Client, link: str, birth: str = "1975-03-10") -> aiohttp.ClientResponse:
+    page = await guest.get(link)
+    assert page.status == 200, await page.text()
+    m = CSRF_RE.search(await page.text())
+    assert m
+    return await guest.post(
+        link,
+        data={"csrf_token": m.group(1), "birth_date": birth, "consent": "yes"},
+        allow_redirects=False,
+    )
+
+
+@pytest.fixture
+async def doctor(create_user: Callable[..., Awaitable[Person]]) -> Person:
+    return await create_user("drvideo", "practitioner")
+
+
+async def test_link_is_single_use_bound_to_one_browser_and_expires(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    appointment = await _appointment(client, doctor, 1, clock)
+    link = await _link(client, doctor, appointment)
+    token = link.rsplit("/", 1)[1]
+    # Only the hash of the link is stored; the signature binds it to the appointment.
+    async with client.app[K.DB].session() as s:
+        inv = (await s.execute(select(VideoInvitation))).scalar_one()
+    assert inv.token_hash == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in json.dumps([inv.token_hash, inv.id])
+    claims = read_invitation_token("test-secret-key-not-for-production-0123456789", token)
+    assert claims is not None and claims.appointment_id == appointment
+    assert read_invitation_token("another-key", token) is None
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert (await client.get(f"/video/join/{forged}")).status == 404
+
+    patient = await aiohttp_client(client.server)
+    wrong = await _enter(patient, link, birth="1975-03-11")
+    assert wrong.status == 400
+    assert "does not match our records" in await wrong.text()
+    ok = await _enter(patient, link)
+    assert ok.status == 303 and ok.headers["Location"] == f"/video/room/{appointment}"
+    assert (await patient.get(f"/video/room/{appointment}")).status == 200
+    # Back on the link with the guest cookie: straight to the room.
+    again = await patient.get(link, allow_redirects=False)
+    assert again.status == 303
+
+    other = await aiohttp_client(client.server)
+    refused = await other.get(link)
+    assert refused.status == 403
+    assert "déjà été utilisé" in await refused.text()
+    assert (await other.get(f"/video/room/{appointment}")).status == 403
+
+    # A second appointment's link, opened after it expired.
+    appointment2 = await _appointment(client, doctor, 2, clock)
+    link2 = await _link(client, doctor, appointment2)
+    clock.advance(73 * 3600 + 3600)
+    late = await other.get(link2)
+    assert late.status == 403
+    assert "a expiré" in await late.text()
+    # The guest session of the first link ended with its link too.
+    assert (await patient.get(f"/video/room/{appointment}")).status == 403
+
+
+async def test_cancel_withdraws_the_link_and_reschedule_moves(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    appointment = await _appointment(client, doctor, 3, clock)
+    link = await _link(client, doctor, appointment)
+    csrf = await web_login(client, doctor)
+    resp = await client.post(
+        f"/video/appointments/{appointment}/reschedule",
+        data={"csrf_token": csrf, "starts_at": "2026-01-16T10:30"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    appt = await client.app[SERVICE].get(appointment)
+    assert appt.starts_at == datetime(2026, 1, 16, 9, 30, tzinfo=UTC)  # 10:30 in Luxembourg
+    bad = await client.post(
+        f"/video/appointments/{appointment}/reschedule",
+        data={"csrf_token": csrf, "starts_at": "2020-01-01T10:00"},
+    )
+    assert bad.status == 400 and "is in the past" in await bad.text()
+    resp = await client.post(
+        f"/video/appointments/{appointment}/cancel",
+        data={"csrf_token": csrf},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    patient = await aiohttp_client(client.server)
+    refused = await patient.get(link)
+    assert refused.status == 403 and "a été retirée" in await refused.text()
+
+
+async def test_schedule_form_validates_the_new_patient(client: Client, doctor: Person) -> None:
+    csrf = await web_login(client, doctor)
+    resp = await client.post(
+        "/video/appointments",
+        data={
+            "csrf_token": csrf,
+            "starts_at": "2026-01-15T14:00",
+            "matricule": "1975031000100",
+            "birth_date": "1975-03-10",
+            "given_name": "Marie",
+            "family_name": "",
+            "email": "not-an-email",
+        },
+    )
+    assert resp.status == 400
+    text = await resp.text()
+    assert "wrong Luhn check digit" in text
+    assert "is not an e-mail address" in text
+    home = await client.get("/video")
+    assert home.status == 200
+
+
+async def test_signalling_socket_admits_only_the_two_parties(
+    client: Client,
+    aiohttp_client: AiohttpClient,
+    doctor: Person,
+    create_user: Callable[..., Awaitable[Person]],
+    clock: FakeClock,
+) -> None:
+    a = await _appointment(client, doctor, 4, clock)
+    b = await _appointment(client, doctor, 5, clock)
+    patient = await aiohttp_client(client.server)
+    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
+    assert patient.session.cookie_jar.filter_cookies(patient.make_url("/video/"))[GUEST_COOKIE]
+
+    # The guest token of appointment A does not open appointment B's socket.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await patient.ws_connect(f"/video/ws/{b}")
+    assert exc.value.status == 403
+    # Nor does no token at all, nor another practitioner's session.
+    stranger = await aiohttp_client(client.server)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await stranger.ws_connect(f"/video/ws/{a}")
+    assert exc.value.status == 403
+    other_doc = await create_user("drother", "practitioner")
+    await web_login(stranger, other_doc)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await stranger.ws_connect(f"/video/ws/{a}")
+    assert exc.value.status == 403
+
+    # The two parties: the patient waits, the doctor admits, signals are relayed between them.
+    ws_p = await patient.ws_connect(f"/video/ws/{a}")
+    hello = await ws_p.receive_json()
+    assert hello["type"] == "hello" and hello["status"] == "waiting"
+    csrf = await web_login(client, doctor)
+    resp = await client.post(
+        f"/video/appointments/{a}/admit", data={"csrf_token": csrf}, allow_redirects=False
+    )
+    assert resp.status == 303
+    assert (await ws_p.receive_json()) == {"type": "status", "status": "admitted"}
+    ws_d = await client.ws_connect(f"/video/ws/{a}")
+    assert (await ws_d.receive_json())["status"] == "admitted"
+    assert (await ws_d.receive_json()) == {"type": "peer", "present": True}
+    assert (await ws_p.receive_json()) == {"type": "peer", "present": True}
+    await ws_d.send_json({"type": "signal", "data": {"description": {"type": "offer"}}})
+    got = await ws_p.receive_json()
+    assert got["type"] == "signal" and got["from"] == "doctor"
+    await ws_p.send_json({"type": "chat", "text": "bonjour"})
+    for ws in (ws_p, ws_d):
+        m = await ws.receive_json()
+        assert m["type"] == "chat" and m["message"]["text"] == "bonjour"
+        assert m["message"]["sender"] == "patient"
+    # A cross-site page cannot open the socket with the doctor's cookie.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await client.ws_connect(f"/video/ws/{a}", headers={"Origin": "http://evil.example"})
+    assert exc.value.status == 403
+    await ws_p.send_json({"type": "hangup"})
+    assert (await ws_d.receive_json()) == {"type": "status", "status": "ended"}
+    await ws_p.close()
+    await ws_d.close()
+
+
+async def test_files_are_sealed_at_rest_and_limited(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    a = await _appointment(client, doctor, 6, clock)
+    csrf = await web_login(client, doctor)
+
+    async def upload(name: str, ctype: str, data: bytes) -> aiohttp.ClientResponse:
+        form = aiohttp.FormData()
+        form.add_field("file", io.BytesIO(data), filename=name, content_type=ctype)
+        return await client.post(f"/video/api/{a}/files", data=form, headers={"X-CSRF-Token": csrf})
+
+    secret_text = PDF + b"diagnostic: grippe"
+    ok = await upload("résultat.pdf", "application/pdf", secret_text)
+    assert ok.status == 201, await ok.text()
+    info = await ok.json()
+    async with client.app[K.DB].session() as s:
+        row = await s.get(VideoFile, info["id"])
+    assert row is not None and b"grippe" not in row.sealed and len(row.sealed) > len(secret_text)
+    got = await client.get(f"/video/files/{a}/{info['id']}")
+    assert got.status == 200 and await got.read() == secret_text
+    assert (await upload("x.exe", "application/x-msdownload", b"MZ...")).status == 400
+    assert (await upload("fake.pdf", "application/pdf", b"<html>")).status == 400
+    big = PDF + b"0" * (10 * 1024 * 1024)
+    assert (await upload("big.pdf", "application/pdf", big)).status in (400, 413)
+    patient = await aiohttp_client(client.server)
+    assert (await patient.get(f"/video/files/{a}/{info['id']}")).status == 403
+
+
+def test_turn_rest_credentials() -> None:
+    now = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
+    user, password = turn_credentials("s3cret", "guest-abc", now, 600)
+    assert user == f"{int(now.timestamp()) + 600}:guest-abc"
+    expected = base64.b64encode(hmac.new(b"s3cret", user.encode(), hashlib.sha1).digest())
+    assert password == expected.decode()
+
+
+async def test_ice_endpoint_needs_a_party(client: Client, doctor: Person) -> None:
+    assert (await client.get("/video/api/ice")).status == 403
+    await web_login(client, doctor)
+    body = await (await client.get("/video/api/ice")).json()
+    assert body == {"iceServers": [], "iceTransportPolicy": "all", "ttl": 3600}
+
+
+async def test_precheck_echo_with_two_aiortc_peers() -> None:
+    """The server's check peer sends the browser's own camera and microphone back."""
+    peers = CheckPeers(max_peers=1, timeout_seconds=30)
+    browser = RTCPeerConnection()
+    received: dict[str, MediaStreamTrack] = {}
+    got_both = asyncio.Event()
+
+    @browser.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        received[track.kind] = track
+        if len(received) == 2:
+            got_both.set()
+
+    try:
+        browser.addTrack(VideoStreamTrack())
+        browser.addTrack(AudioStreamTrack())
+        await browser.setLocalDescription(await browser.createOffer())
+        sdp, kind = await peers.answer("appt-1", browser.localDescription.sdp, "offer")
+        assert kind == "answer" and "a=candidate" in sdp
+        assert peers.count == 1
+        with pytest.raises(RateLimited):
+            await peers.answer("appt-2", browser.localDescription.sdp, "offer")
+        await browser.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        async with asyncio.timeout(20):
+            await got_both.wait()
+            frame = await received["video"].recv()
+            sound = await received["audio"].recv()
+        assert isinstance(frame, av.VideoFrame) and (frame.width, frame.height) == (640, 480)
+        assert isinstance(sound, av.AudioFrame) and sound.sample_rate > 0
+    finally:
+        await browser.close()
+        await peers.close_all()
+    assert peers.count == 0
+
+
+def test_after_call_form_validation() -> None:
+    day = date(2026, 1, 15)
+    with pytest.raises(ValidationError) as exc:
+        check_after_call(
+            {
+                "reason": "",
+                "findings": "x",
+                "plan": "y",
+                "dx_code": "J02.9",
+                "sick_leave": "on",
+                "sl_kind": "accident",
+                "sl_start": "2026-01-15",
+                "sl_end": "2026-01-10",
+                "sl_dx_code": "flu",
+                "sl_outings": "yes",
+                "prescription": "on",
+            },
+            day,
+        )
+    f = exc.value.fields
+    assert f["reason"] == "required"
+    assert f["dx_label"] == "required"
+    assert f["sl_end"] == "is before the start"
+    assert f["sl_accident_kind"] == "choose one of the options"
+    assert f["sl_accident_date"] == "required (YYYY-MM-DD)"
+    assert "ICD-10" in f["sl_dx_code"]
+    assert "at least one medication" in f["rx_1_name"]
+    docs = check_after_call(
+        {
+            "reason": "Mal de gorge depuis 3 jours.",
+            "findings": "Amygdales rouges, pas de fièvre rapportée.",
+            "plan": "Antibiotique, repos.",
+            "dx_code": "j02.9",
+            "dx_label": "Pharyngite aiguë",
+            "sick_leave": "on",
+            "sl_kind": "accident",
+            "sl_accident_kind": "sport",
+            "sl_accident_date": "2026-01-14",
+            "sl_start": "2026-01-15",
+            "sl_end": "2026-01-17",
+            "sl_dx_code": "S93.4",
+            "sl_dx_label": "Entorse de la cheville",
+            "sl_outings": "yes",
+            "sl_outing_hours": "10-12, 14-18",
+            "prescription": "on",
+            "rx_1_name": "Amoxicilline 1 g, comprimé",
+            "rx_1_atc": "j01ca04",
+            "rx_1_dose": "1",
+            "rx_1_dose_unit": "{tbl}",
+            "rx_1_route": "20053000",
+            "rx_1_times": "3",
+            "rx_1_per": "1",
+            "rx_1_period_unit": "d",
+            "rx_1_days": "7",
+            "rx_1_quantity": "2",
+            "rx_1_quantity_unit": "1",
+            "rx_1_reimbursable": "on",
+        },
+        day,
+    )
+    assert docs.report.diagnoses[0].code == "J02.9"
+    cert = docs.sick_leave
+    assert cert is not None and cert.outings_allowed and cert.accident_kind == "sport"
+    rx = docs.prescription
+    assert rx is not None and rx.start == day
+    line = rx.lines[0]
+    assert (line.atc, line.dose, line.times, line.period_unit) == ("J01CA04", Decimal(1), 3, "d")
+    assert line.reimbursable and line.duration_days == 7
+
+
+async def test_after_call_documents_reach_the_issuer_queue(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    a = await _appointment(client, doctor, 7, clock)
+    patient = await aiohttp_client(client.server)
+    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
+    csrf = await web_login(client, doctor)
+    # Before the patient was seen, no documents.
+    early = await client.post(
+        f"/video/appointments/{a}/after", data={"csrf_token": csrf, "reason": "x"}
+    )
+    assert early.status == 409
+    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
+    form = {
+        "csrf_token": csrf,
+        "reason": "Mal de gorge.",
+        "findings": "Angine.",
+        "plan": "Antalgique.",
+        "prescription": "on",
+        "rx_1_name": "Paracétamol 1 g",
+        "rx_1_atc": "N02BE01",
+        "rx_1_dose": "1",
+        "rx_1_dose_unit": "{tbl}",
+        "rx_1_route": "20053000",
+        "rx_1_times": "3",
+        "rx_1_per": "1",
+        "rx_1_period_unit": "d",
+        "rx_1_days": "5",
+        "rx_1_quantity": "1",
+        "rx_1_quantity_unit": "1",
+        "rx_1_instructions": "si douleur",
+    }
+    bad = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_1_days": "0"})
+    assert bad.status == 400 and "between 1 and 365" in await bad.text()
+    ok = await client.post(f"/video/appointments/{a}/after", data=form, allow_redirects=False)
+    assert ok.status == 303
+    async with client.app[K.DB].session() as s:
+        rows = (await s.execute(select(VideoPendingIssue))).scalars().all()
+    assert sorted(r.kind for r in rows) == ["prescription", "report"]
+    rx = json.loads(next(r.payload for r in rows if r.kind == "prescription"))
+    assert rx["context"]["appointment_id"] == a
+    assert rx["context"]["patient_consent"] is True
+    assert rx["document"]["lines"][0]["name"] == "Paracétamol 1 g"
+    assert rx["document"]["lines"][0]["dose"] == "1"
+    room = await patient.get(f"/video/room/{a}")
+    text = await room.text()
+    assert room.status == 200 and "Paracétamol 1 g" in text and "Angine." in text
+
+
+async def test_pages_in_french(client: Client, doctor: Person) -> None:
+    await web_login(client, doctor)
+    client.session.cookie_jar.update_cookies({"konsil_lang": "fr"})
+    text = await (await client.get("/video")).text()
+    assert "Planifier une téléconsultation" in text and "Salle d&#39;attente" in text
+    assert re.search(r'<label for="f-matricule">Matricule', text)

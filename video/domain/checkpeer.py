@@ -1,0 +1,99 @@
+"""Pre-call check: an aiortc peer that echoes the browser's camera and microphone back.
+
+aiortc answers non-trickle (the answer carries all candidates). Peers are capped per process and
+closed when the connection fails or closes, when the browser says it is done, or after a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+
+from konsil.errors import BadRequest, RateLimited
+
+log = logging.getLogger("konsil.video.check")
+
+
+@dataclass
+class _Peer:
+    pc: RTCPeerConnection
+    timer: asyncio.TimerHandle | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class CheckPeers:
+    def __init__(self, max_peers: int, timeout_seconds: float) -> None:
+        self.max_peers = max_peers
+        self.timeout_seconds = timeout_seconds
+        self.relay = MediaRelay()
+        self._peers: dict[str, _Peer] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self._peers)
+
+    async def answer(
+        self, key: str, sdp: str, kind: str, ice_servers: list[RTCIceServer] | None = None
+    ) -> tuple[str, str]:
+        """Answer the browser's offer with an echo peer; one peer per key (a new offer replaces
+        the previous one)."""
+        if kind != "offer" or not sdp or len(sdp) > 100_000:
+            raise BadRequest("an SDP offer is required")
+        await self.close(key)
+        if len(self._peers) >= self.max_peers:
+            raise RateLimited("the connection test is busy: try again shortly", retry_after_ms=5000)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
+        peer = _Peer(pc)
+        self._peers[key] = peer
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            pc.addTrack(self.relay.subscribe(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(key, pc)
+
+        loop = asyncio.get_running_loop()
+        peer.timer = loop.call_later(self.timeout_seconds, self._expire, key, pc)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            await self.close(key, pc)
+            raise BadRequest("the SDP offer could not be used") from exc
+        local = pc.localDescription
+        return local.sdp, local.type
+
+    def _expire(self, key: str, pc: RTCPeerConnection) -> None:
+        peer = self._peers.get(key)
+        if peer is not None and peer.pc is pc:
+            task = asyncio.ensure_future(self.close(key, pc))
+            peer.tasks.add(task)
+
+    async def close(self, key: str, pc: RTCPeerConnection | None = None) -> None:
+        peer = self._peers.get(key)
+        if peer is None or (pc is not None and peer.pc is not pc):
+            return
+        del self._peers[key]
+        if peer.timer is not None:
+            peer.timer.cancel()
+        with contextlib.suppress(Exception):
+            await peer.pc.close()
+
+    async def close_all(self) -> None:
+        for key in list(self._peers):
+            await self.close(key)
