@@ -192,7 +192,7 @@ async def test_admin_creates_account_and_patient(client: Client, admin: Person) 
     )
     assert bad.status == 400
     text = await bad.text()
-    assert "aria-invalid" in text and "at least 10 characters" in text
+    assert "aria-invalid" in text and "au moins 10 caractères" in text
     dup = await client.post(
         "/admin/accounts",
         data={

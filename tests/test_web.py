@@ -117,7 +117,7 @@ async def test_patient_pages(client: Client, admin: Person) -> None:
     )
     assert bad.status == 400
     text = await bad.text()
-    assert "must be 13 digits" in text and "required" in text
+    assert "doit comporter 13 chiffres" in text and "obligatoire" in text
 
 
 async def test_admin_issues_and_revokes_api_token(client: Client, admin: Person) -> None:

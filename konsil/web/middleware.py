@@ -46,7 +46,8 @@ def is_matrix(request: web.Request) -> bool:
 
 
 def is_api(request: web.Request) -> bool:
-    return request.path.startswith("/api/")
+    # /api/v1/… and the JSON endpoints feature pages call (e.g. /video/api/ice)
+    return request.path.startswith("/api/") or "/api/" in request.path
 
 
 def render_error(request: web.Request, exc: KonsilError) -> web.StreamResponse:
