@@ -35,7 +35,9 @@ FeatureSetup = Callable[[web.Application], None]
 
 def feature_setups() -> list[FeatureSetup]:
     """Each feature package's ``web.setup(app)``: routes, app keys, cleanup contexts, panels."""
-    return []
+    import messaging.web
+
+    return [messaging.web.setup]
 
 
 def make_jinja(translator: Translator) -> jinja2.Environment:
