@@ -41,6 +41,7 @@ class MatrixConfig:
     send_burst: int = 100
     upload_rate_per_s: float = 1.0
     upload_burst: int = 20
+    retention_check_seconds: int = 3600  # 0: only `konsil messaging-purge`
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import or_, select
 
 from konsil.audit.service import AuditLog
 from konsil.auth.service import AuthService
@@ -16,17 +15,16 @@ from konsil.config import Config
 from konsil.db import Database
 from konsil.errors import BadRequest, Forbidden
 from konsil.identity.models import Account
-from messaging.common import JsonDict, Requester, allocate, loads
+from messaging.common import JsonDict, Requester, allocate
 from messaging.devices import DeviceService
 from messaging.ephemeral import Ephemeral
-from messaging.media import MXC_RE, MediaService
-from messaging.models import CurrentState, Event, Media, MediaRoom, Membership
+from messaging.media import MediaService
+from messaging.models import Event, Membership
 from messaging.notifier import InProcessNotifier, Notifier
 from messaging.policy import InvitePolicy
+from messaging.retention import purge_expired
 from messaging.rooms import RoomService
 from messaging.sync import SyncService
-
-RETENTION_EVENT = "lu.konsil.retention"  # state event: {"max_lifetime_days": N}
 
 
 @dataclass
@@ -142,51 +140,4 @@ class Homeserver:
     # ------------------------------------------------------------------ retention
 
     async def do_purge_expired(self) -> tuple[int, int]:
-        """Delete events (and media shared there) older than a room's retention period.
-
-        Rooms opt in with a ``lu.konsil.retention`` state event ``{"max_lifetime_days": N}``.
-        State events stay (they are the room's current state). Returns (events, media) purged.
-        """
-        now = self.clock.now()
-        events_purged = media_purged = 0
-        async with self.db.session() as s:
-            policies = (
-                await s.execute(
-                    select(Event.room_id, Event.content)
-                    .join(CurrentState, CurrentState.stream == Event.stream)
-                    .where(CurrentState.type == RETENTION_EVENT, CurrentState.state_key == "")
-                )
-            ).all()
-        for room_id, raw in policies:
-            days = loads(raw).get("max_lifetime_days")
-            if not isinstance(days, int) or days <= 0:
-                continue
-            cutoff = ms(now - timedelta(days=days))
-            async with self.db.transaction() as s:
-                old = list(
-                    (
-                        await s.execute(
-                            select(Event).where(
-                                Event.room_id == room_id,
-                                Event.origin_server_ts < cutoff,
-                                Event.state_key.is_(None),
-                            )
-                        )
-                    ).scalars()
-                )
-                media_ids: set[str] = set()
-                for e in old:
-                    media_ids.update(m.group(2) for m in MXC_RE.finditer(e.content))
-                expired_media = await s.execute(
-                    select(MediaRoom.media_id)
-                    .join(Media, Media.media_id == MediaRoom.media_id)
-                    .where(
-                        MediaRoom.room_id == room_id, Media.created_at < now - timedelta(days=days)
-                    )
-                )
-                media_ids.update(expired_media.scalars())
-                if old:
-                    await s.execute(delete(Event).where(Event.stream.in_([e.stream for e in old])))
-                events_purged += len(old)
-                media_purged += await self.media.purge(s, sorted(media_ids))
-        return events_purged, media_purged
+        return await purge_expired(self.db, self.clock, self.media)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +19,7 @@ from messaging.common import JsonDict, Requester, parse_token
 from messaging.service import Homeserver
 from messaging.sync import SyncParams
 
+log = logging.getLogger("konsil.messaging")
 HS = web.AppKey("matrix_homeserver", Homeserver)
 LIMITS = web.AppKey("matrix_rate_limits", dict[str, RateLimiter])
 
@@ -625,14 +629,33 @@ async def download(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------- setup
 
 
+async def _retention_loop(server: Homeserver, every_s: int) -> None:
+    while True:
+        # wall-clock pacing on purpose: a fake clock in tests must not spin this loop
+        await asyncio.sleep(every_s)
+        try:
+            await server.do_purge_expired()
+        except Exception:
+            log.exception("retention purge failed")
+
+
 def setup(app: web.Application) -> None:
     cfg = app[K.CONFIG].matrix
 
     async def homeserver_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[HS] = Homeserver.build(
+        server = app[HS] = Homeserver.build(
             app[K.CONFIG], app[K.DB], app[K.CLOCK], app[K.AUTH], app[K.AUDIT]
         )
+        task = (
+            asyncio.create_task(_retention_loop(server, cfg.retention_check_seconds))
+            if cfg.retention_check_seconds > 0
+            else None
+        )
         yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     clock = app[K.CLOCK]
     app[LIMITS] = {
