@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor, AuditLog
@@ -54,6 +54,9 @@ async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
     return {user_id, *rows.scalars()}
 
 
+TOKEN_CACHE_S = 10.0
+
+
 class DeviceService:
     def __init__(
         self,
@@ -71,6 +74,10 @@ class DeviceService:
         self.notifier = notifier
         self.server_name = server_name
         self._uia_sessions: set[str] = set()
+        # token hash -> (requester, checked at): saves a query per request. Logout and device
+        # deletion in this process evict at once; elsewhere (another worker, deactivation) an
+        # entry lives at most TOKEN_CACHE_S.
+        self._tokens: dict[str, tuple[Requester, float]] = {}
 
     def user_id(self, username: str) -> str:
         return f"@{username}:{self.server_name}"
@@ -154,18 +161,28 @@ class DeviceService:
         }
 
     async def requester(self, token: str) -> Requester:
+        key = token_hash(token)
+        now = self.clock.monotonic()
+        hit = self._tokens.get(key)
+        if hit is not None and now - hit[1] < TOKEN_CACHE_S:
+            return hit[0]
         async with self.db.session() as s:
             row = (
                 await s.execute(
                     select(AccessToken, Account.is_guest, Account.is_active)
                     .join(Account, Account.id == AccessToken.account_id)
-                    .where(AccessToken.token_hash == token_hash(token))
+                    .where(AccessToken.token_hash == key)
                 )
             ).one_or_none()
         if row is None or not row[2]:
+            self._tokens.pop(key, None)
             raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")
         tok = row[0]
-        return Requester(tok.user_id, tok.device_id, tok.account_id, bool(row[1]))
+        req = Requester(tok.user_id, tok.device_id, tok.account_id, bool(row[1]))
+        if len(self._tokens) > 100_000:
+            self._tokens.clear()
+        self._tokens[key] = (req, now)
+        return req
 
     async def do_logout(self, req: Requester) -> None:
         await self._delete_devices(req.user_id, [req.device_id])
@@ -193,6 +210,10 @@ class DeviceService:
                 )
             s.add(DeviceListChange(stream=pos, user_id=user_id))
             peers = await room_peers(s, user_id)
+        gone = set(device_ids)
+        for key, (req, _) in list(self._tokens.items()):
+            if req.user_id == user_id and req.device_id in gone:
+                del self._tokens[key]
         self.notifier.notify(peers, pos)
 
     # ------------------------------------------------------------------ devices
@@ -259,6 +280,29 @@ class DeviceService:
         counts = {"signed_curve25519": 0}
         counts.update({alg: int(n) for alg, n in rows.all()})
         return counts
+
+    async def key_counts(
+        self, s: AsyncSession, user_id: str, device_id: str
+    ) -> tuple[dict[str, int], list[str]]:
+        """One-time key counts per algorithm and unused fallback key types, in one query."""
+        otk = (
+            select(OneTimeKey.algorithm, func.count().label("n"), literal(0).label("fb"))
+            .where(OneTimeKey.user_id == user_id, OneTimeKey.device_id == device_id)
+            .group_by(OneTimeKey.algorithm)
+        )
+        fb = select(FallbackKey.algorithm, literal(0).label("n"), literal(1).label("fb")).where(
+            FallbackKey.user_id == user_id,
+            FallbackKey.device_id == device_id,
+            FallbackKey.used.is_(False),
+        )
+        counts = {"signed_curve25519": 0}
+        fallback: list[str] = []
+        for alg, n, is_fb in (await s.execute(union_all(otk, fb))).all():
+            if is_fb:
+                fallback.append(alg)
+            else:
+                counts[alg] = int(n)
+        return counts, sorted(fallback)
 
     async def unused_fallback_types(
         self, s: AsyncSession, user_id: str, device_id: str
@@ -494,42 +538,32 @@ class DeviceService:
         self, req: Requester, since: int | None, upto: int
     ) -> list[JsonDict]:
         """Delete what the client acknowledged (``since``), return what is newer, in order."""
-        if since:
-            async with self.db.session() as s:
-                stale = (
-                    await s.execute(
-                        select(ToDevice.stream)
-                        .where(
-                            ToDevice.user_id == req.user_id,
-                            ToDevice.device_id == req.device_id,
-                            ToDevice.stream <= since,
-                        )
-                        .limit(1)
-                    )
-                ).first()
-            if stale is not None:
-                async with self.db.transaction() as s:
-                    await s.execute(
-                        delete(ToDevice).where(
-                            ToDevice.user_id == req.user_id,
-                            ToDevice.device_id == req.device_id,
-                            ToDevice.stream <= since,
-                        )
-                    )
         async with self.db.session() as s:
             rows = (
                 await s.execute(
-                    select(ToDevice)
+                    select(ToDevice.stream, ToDevice.sender, ToDevice.type, ToDevice.content)
                     .where(
                         ToDevice.user_id == req.user_id,
                         ToDevice.device_id == req.device_id,
-                        ToDevice.stream > (since or 0),
                         ToDevice.stream <= upto,
                     )
                     .order_by(ToDevice.stream)
                 )
-            ).scalars()
-            return [{"sender": r.sender, "type": r.type, "content": loads(r.content)} for r in rows]
+            ).all()
+        if since and rows and rows[0][0] <= since:
+            async with self.db.transaction() as s:
+                await s.execute(
+                    delete(ToDevice).where(
+                        ToDevice.user_id == req.user_id,
+                        ToDevice.device_id == req.device_id,
+                        ToDevice.stream <= since,
+                    )
+                )
+        return [
+            {"sender": sender, "type": etype, "content": loads(content)}
+            for stream, sender, etype, content in rows
+            if stream > (since or 0)
+        ]
 
     # ------------------------------------------------------------------ profile
 

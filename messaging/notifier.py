@@ -16,13 +16,18 @@ class Notifier(Protocol):
     def notify(self, user_ids: Iterable[str], pos: int) -> None:
         """Something at stream ``pos`` concerns these users."""
 
+    def latest(self, user_id: str) -> int:
+        """The newest position known to concern the user (at least the start position)."""
+
     async def wait(self, user_id: str, after: int, timeout_s: float) -> bool:
         """Return True when something newer than ``after`` concerns the user, False after
         ``timeout_s`` seconds."""
 
 
 class InProcessNotifier:
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
+        # Before the first notification, anything up to the start position may concern anybody.
+        self.start = start
         self._latest: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
@@ -34,8 +39,11 @@ class InProcessNotifier:
                 if not fut.done():
                     fut.set_result(None)
 
+    def latest(self, user_id: str) -> int:
+        return max(self._latest.get(user_id, 0), self.start)
+
     async def wait(self, user_id: str, after: int, timeout_s: float) -> bool:
-        if self._latest.get(user_id, 0) > after:
+        if self.latest(user_id) > after:
             return True
         if timeout_s <= 0:
             return False

@@ -33,6 +33,11 @@ async def current_position(s: AsyncSession) -> int:
     return int(pos or 0)
 
 
+async def current_stream(db: Database) -> int:
+    async with db.session() as s:
+        return await current_position(s)
+
+
 class SyncService:
     def __init__(
         self,
@@ -56,6 +61,10 @@ class SyncService:
 
     async def sync(self, req: Requester, p: SyncParams) -> JsonDict:
         deadline = self.clock.monotonic() + p.timeout_ms / 1000
+        if p.since is not None and not p.full_state and p.timeout_ms > 0:
+            # Nothing has concerned this user since the client's token: wait before computing.
+            if self.notifier.latest(req.user_id) <= p.since:
+                await self.notifier.wait(req.user_id, p.since, deadline - self.clock.monotonic())
         while True:
             resp, has_data = await self._compute(req, p)
             if has_data or p.since is None or p.full_state:
@@ -70,7 +79,6 @@ class SyncService:
         me = req.user_id
         since = p.since
         limit = max(1, min(p.timeline_limit, 500))
-        ephemeral_pos = self.ephemeral.position
         async with self.db.session() as s:
             upto = await current_position(s)
             mships = list(
@@ -223,9 +231,8 @@ class SyncService:
             changed: set[str] = set()
             left: set[str] = set()
             if since is not None:
-                changed, left = await self._device_lists(s, me, since, upto, joined, fresh, leave)
-            otk = await self.devices.otk_counts(s, me, req.device_id)
-            fallback = await self.devices.unused_fallback_types(s, me, req.device_id)
+                changed, left = await self._device_lists(s, me, since, upto, join, fresh, leave)
+            otk, fallback = await self.devices.key_counts(s, me, req.device_id)
 
         to_device = await self.devices.to_device_for_sync(req, since, upto)
         has_data = bool(join or invite or leave or to_device or changed or left or global_data)
@@ -243,7 +250,6 @@ class SyncService:
             "account_data": {"events": global_data},
             "presence": {"events": []},
         }
-        _ = ephemeral_pos
         return resp, has_data
 
     async def _device_lists(
@@ -252,45 +258,50 @@ class SyncService:
         me: str,
         since: int,
         upto: int,
-        joined: dict[str, Membership],
+        join: dict[str, JsonDict],
         fresh: set[str],
         leave: dict[str, JsonDict],
     ) -> tuple[set[str], set[str]]:
-        peers = await room_peers(s, me)
-        changed = set(
+        """Users whose devices changed (or who newly share a room with me), and users who no
+        longer share any room with me. Cheap when nothing changed: one query."""
+        changed_devices = set(
             (
                 await s.execute(
                     select(DeviceListChange.user_id)
-                    .where(
-                        DeviceListChange.stream > since,
-                        DeviceListChange.stream <= upto,
-                        DeviceListChange.user_id.in_(peers),
-                    )
+                    .where(DeviceListChange.stream > since, DeviceListChange.stream <= upto)
                     .distinct()
                 )
             ).scalars()
         )
-        rooms = list(joined) + list(leave)
-        if rooms:
-            moved = (
-                await s.execute(
-                    select(Membership.user_id, Membership.membership, Membership.room_id).where(
-                        Membership.room_id.in_(rooms),
-                        (Membership.stream > since) | Membership.room_id.in_(fresh),
-                    )
-                )
-            ).all()
-            for user_id, membership, room_id in moved:
-                if user_id == me:
+        joined_now: set[str] = set()
+        departed: set[str] = set()
+        for room_id, entry in join.items():
+            if room_id in fresh:
+                continue
+            for ev in entry["timeline"]["events"] + entry.get("state", {}).get("events", []):
+                if ev["type"] != "m.room.member" or ev.get("state_key") == me:
                     continue
-                if membership == "join" and room_id in joined:
-                    changed.add(user_id)
-                elif user_id not in peers:
-                    pass
-            left_candidates = {
-                u for u, mm, r in moved if mm not in ("join", "invite") or r in leave
-            }
-            left = {u for u in left_candidates if u not in peers and u != me}
-        else:
-            left = set()
+                if ev["content"].get("membership") == "join":
+                    joined_now.add(ev["state_key"])
+                elif ev["content"].get("membership") in ("leave", "ban"):
+                    departed.add(ev["state_key"])
+        if fresh:
+            rows = await s.execute(
+                select(Membership.user_id).where(
+                    Membership.room_id.in_(fresh), Membership.membership == "join"
+                )
+            )
+            joined_now.update(rows.scalars())
+        if leave:
+            rows = await s.execute(
+                select(Membership.user_id).where(Membership.room_id.in_(list(leave)))
+            )
+            departed.update(rows.scalars())
+        joined_now.discard(me)
+        departed.discard(me)
+        if not changed_devices and not departed:
+            return joined_now, set()
+        peers = await room_peers(s, me)
+        changed = (changed_devices & peers) | joined_now
+        left = {u for u in departed if u not in peers}
         return changed, left

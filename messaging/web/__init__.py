@@ -16,8 +16,9 @@ from konsil.errors import BadRequest, TooLarge, Unauthorized, ValidationError
 from konsil.ratelimit import RateLimiter
 from konsil.web.request import client_ip, json_response, read_json
 from messaging.common import JsonDict, Requester, parse_token
+from messaging.notifier import InProcessNotifier
 from messaging.service import Homeserver
-from messaging.sync import SyncParams
+from messaging.sync import SyncParams, current_stream
 
 log = logging.getLogger("konsil.messaging")
 HS = web.AppKey("matrix_homeserver", Homeserver)
@@ -644,7 +645,12 @@ def setup(app: web.Application) -> None:
 
     async def homeserver_ctx(app: web.Application) -> AsyncIterator[None]:
         server = app[HS] = Homeserver.build(
-            app[K.CONFIG], app[K.DB], app[K.CLOCK], app[K.AUTH], app[K.AUDIT]
+            app[K.CONFIG],
+            app[K.DB],
+            app[K.CLOCK],
+            app[K.AUTH],
+            app[K.AUDIT],
+            InProcessNotifier(start=await current_stream(app[K.DB])),
         )
         task = (
             asyncio.create_task(_retention_loop(server, cfg.retention_check_seconds))
