@@ -80,10 +80,11 @@ class MediaService:
         tmp.write_bytes(data)
         tmp.replace(path)
 
-    async def link_event(
+    async def media_to_link(
         self, s: AsyncSession, req: Requester, room_id: str, raw_content: str, encrypted: bool
-    ) -> None:
-        """Share media with a room when an event refers to it (see the module docstring)."""
+    ) -> list[str]:
+        """Media an event shares with a room and that is not linked to it yet (see the module
+        docstring)."""
         ids = {m.group(2) for m in MXC_RE.finditer(raw_content) if m.group(1) == self.server_name}
         if encrypted:
             since = self.clock.now() - PENDING_WINDOW
@@ -95,12 +96,14 @@ class MediaService:
                 )
             )
             ids.update(pending.scalars())
-        for media_id in ids:
+        out = []
+        for media_id in sorted(ids):
             if (
                 await s.get(MediaRoom, (media_id, room_id)) is None
                 and await s.get(Media, media_id) is not None
             ):
-                s.add(MediaRoom(media_id=media_id, room_id=room_id))
+                out.append(media_id)
+        return out
 
     async def fetch(self, req: Requester, server: str, media_id: str) -> StoredMedia:
         if server != self.server_name:

@@ -26,7 +26,7 @@ from messaging.common import (
     random_id,
 )
 from messaging.media import MediaService
-from messaging.models import CurrentState, Event, Membership, Profile, Room
+from messaging.models import CurrentState, Event, MediaRoom, Membership, Profile, Room
 from messaging.notifier import Notifier
 from messaging.policy import InvitePolicy
 
@@ -526,7 +526,9 @@ class RoomService:
         self._check_content(content)
         if event_type in ("m.room.redaction", "m.room.member", "m.room.create"):
             raise Forbidden("use the dedicated endpoint for this event type")
-        async with self.db.transaction() as s:
+        # Checks first, in a read session; the write transaction then only takes a stream
+        # position and inserts, so the position lock (and SQLite's writer lock) is held briefly.
+        async with self.db.session() as s:
             await self._require_joined(s, room_id, req.user_id)
             seen = (
                 await s.execute(
@@ -543,6 +545,15 @@ class RoomService:
             auth = await self.auth_state(s, room_id)
             if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
                 raise Forbidden("your power level does not allow sending this event")
+            links = (
+                await self.media.media_to_link(
+                    s, req, room_id, dumps(content), event_type == "m.room.encrypted"
+                )
+                if self.media is not None
+                else []
+            )
+            notify = await self.members_to_notify(s, room_id)
+        async with self.db.transaction() as s:
             pos = await allocate(s)
             ev = await self._append(
                 s,
@@ -553,11 +564,8 @@ class RoomService:
                 content,
                 txn=(req.device_id, txn_id),
             )
-            if self.media is not None:
-                await self.media.link_event(
-                    s, req, room_id, ev.content, event_type == "m.room.encrypted"
-                )
-            notify = await self.members_to_notify(s, room_id)
+            for media_id in links:
+                s.add(MediaRoom(media_id=media_id, room_id=room_id))
         self.notifier.notify(notify, pos)
         return ev.event_id
 
