@@ -78,6 +78,7 @@ class DeviceService:
         # deletion in this process evict at once; elsewhere (another worker, deactivation) an
         # entry lives at most TOKEN_CACHE_S.
         self._tokens: dict[str, tuple[Requester, float]] = {}
+        self._unacked: set[tuple[str, str]] = set()  # inboxes holding delivered messages
 
     def user_id(self, username: str) -> str:
         return f"@{username}:{self.server_name}"
@@ -210,6 +211,7 @@ class DeviceService:
                 )
             s.add(DeviceListChange(stream=pos, user_id=user_id))
             peers = await room_peers(s, user_id)
+            self.notifier.mark(peers, pos, "device_list")
         gone = set(device_ids)
         for key, (req, _) in list(self._tokens.items()):
             if req.user_id == user_id and req.device_id in gone:
@@ -390,6 +392,8 @@ class DeviceService:
             await s.flush()
             counts = await self.otk_counts(s, req.user_id, req.device_id)
             peers = await room_peers(s, req.user_id) if changed_pos is not None else set()
+            if changed_pos is not None:
+                self.notifier.mark(peers, changed_pos, "device_list")
         if changed_pos is not None:
             self.notifier.notify(peers, changed_pos)
         return {"one_time_key_counts": counts}
@@ -532,12 +536,20 @@ class DeviceService:
                 )
                 targets.add(user_id)
             last = first + len(rows) - 1
+            self.notifier.mark(targets, last, "to_device")
         self.notifier.notify(targets, last)
 
     async def to_device_for_sync(
-        self, req: Requester, since: int | None, upto: int
+        self, req: Requester, since: int | None, upto: int, *, check: bool = True
     ) -> list[JsonDict]:
-        """Delete what the client acknowledged (``since``), return what is newer, in order."""
+        """Delete what the client acknowledged (``since``), return what is newer, in order.
+
+        ``check`` False (nothing was sent to the user since ``since``) skips the query unless
+        this device still has to acknowledge what it was given last time.
+        """
+        inbox = (req.user_id, req.device_id)
+        if not check and inbox not in self._unacked:
+            return []
         async with self.db.session() as s:
             rows = (
                 await s.execute(
@@ -559,11 +571,16 @@ class DeviceService:
                         ToDevice.stream <= since,
                     )
                 )
-        return [
+        out = [
             {"sender": sender, "type": etype, "content": loads(content)}
             for stream, sender, etype, content in rows
             if stream > (since or 0)
         ]
+        if out:
+            self._unacked.add(inbox)
+        else:
+            self._unacked.discard(inbox)
+        return out
 
     # ------------------------------------------------------------------ profile
 
@@ -617,6 +634,7 @@ class DeviceService:
                 )
             else:
                 row.content, row.stream = dumps(content), pos
+            self.notifier.mark([req.user_id], pos, "account_data")
         self.notifier.notify([req.user_id], pos)
 
     async def account_data(self, user_id: str, room_id: str, data_type: str) -> JsonDict:

@@ -19,6 +19,13 @@ class Notifier(Protocol):
     def latest(self, user_id: str) -> int:
         """The newest position known to concern the user (at least the start position)."""
 
+    def mark(self, user_ids: Iterable[str], pos: int, kind: str) -> None:
+        """Called inside the writing transaction, before it commits: data of ``kind`` at ``pos``
+        concerns these users. ``/sync`` skips the queries of kinds nothing was marked for."""
+
+    def changed(self, user_id: str, kind: str) -> int:
+        """The newest position marked for the user and kind (at least the start position)."""
+
     async def wait(self, user_id: str, after: int, timeout_s: float) -> bool:
         """Return True when something newer than ``after`` concerns the user, False after
         ``timeout_s`` seconds."""
@@ -29,6 +36,7 @@ class InProcessNotifier:
         # Before the first notification, anything up to the start position may concern anybody.
         self.start = start
         self._latest: dict[str, int] = {}
+        self._kinds: dict[tuple[str, str], int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     def notify(self, user_ids: Iterable[str], pos: int) -> None:
@@ -41,6 +49,14 @@ class InProcessNotifier:
 
     def latest(self, user_id: str) -> int:
         return max(self._latest.get(user_id, 0), self.start)
+
+    def mark(self, user_ids: Iterable[str], pos: int, kind: str) -> None:
+        for user in user_ids:
+            if self._kinds.get((user, kind), 0) < pos:
+                self._kinds[(user, kind)] = pos
+
+    def changed(self, user_id: str, kind: str) -> int:
+        return max(self._kinds.get((user_id, kind), 0), self.start)
 
     async def wait(self, user_id: str, after: int, timeout_s: float) -> bool:
         if self.latest(user_id) > after:

@@ -409,6 +409,7 @@ class RoomService:
                     s, first + i, room_id, me, etype, content, key, history_visibility=hv
                 )
             last = first + len(events) - 1
+            self.notifier.mark([me, *invites], last, "room")
         self.notifier.notify([me, *invites], last)
         return room_id
 
@@ -493,6 +494,7 @@ class RoomService:
                 history_visibility=auth.history_visibility,
             )
             notify = await self.members_to_notify(s, room_id)
+            self.notifier.mark({*notify, target}, pos, "room")
         self.notifier.notify({*notify, target}, pos)
 
     async def do_forget(self, req: Requester, room_id: str) -> None:
@@ -566,6 +568,7 @@ class RoomService:
             )
             for media_id in links:
                 s.add(MediaRoom(media_id=media_id, room_id=room_id))
+            self.notifier.mark(notify, pos, "room")
         self.notifier.notify(notify, pos)
         return ev.event_id
 
@@ -603,6 +606,7 @@ class RoomService:
                 history_visibility=auth.history_visibility,
             )
             notify = await self.members_to_notify(s, room_id)
+            self.notifier.mark(notify, pos, "room")
         self.notifier.notify(notify, pos)
         return ev.event_id
 
@@ -661,6 +665,7 @@ class RoomService:
                 }
             )
             notify = await self.members_to_notify(s, room_id)
+            self.notifier.mark(notify, pos, "room")
         self.notifier.notify(notify, pos)
         return ev.event_id
 

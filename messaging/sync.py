@@ -97,8 +97,11 @@ class SyncService:
             old = [r for r in joined if r not in fresh]
             join: dict[str, JsonDict] = {}
 
+            def marked(kind: str) -> bool:
+                return since is None or p.full_state or self.notifier.changed(me, kind) > since
+
             # rooms the client knew already: what happened since, in one query
-            if old and since is not None:
+            if old and since is not None and marked("room"):
                 rows = list(
                     (
                         await s.execute(
@@ -209,7 +212,12 @@ class SyncService:
 
             # account data
             global_data: list[JsonDict] = []
-            for ad in await self.devices.account_data_since(s, me, since or 0, upto):
+            new_data = (
+                await self.devices.account_data_since(s, me, since or 0, upto)
+                if marked("account_data")
+                else []
+            )
+            for ad in new_data:
                 item = {"type": ad.type, "content": loads(ad.content)}
                 if ad.room_id == "":
                     global_data.append(item)
@@ -231,10 +239,14 @@ class SyncService:
             changed: set[str] = set()
             left: set[str] = set()
             if since is not None:
-                changed, left = await self._device_lists(s, me, since, upto, join, fresh, leave)
+                changed, left = await self._device_lists(
+                    s, me, since, upto, join, fresh, leave, marked("device_list")
+                )
             otk, fallback = await self.devices.key_counts(s, me, req.device_id)
 
-        to_device = await self.devices.to_device_for_sync(req, since, upto)
+        to_device = await self.devices.to_device_for_sync(
+            req, since, upto, check=since is None or self.notifier.changed(me, "to_device") > since
+        )
         has_data = bool(join or invite or leave or to_device or changed or left or global_data)
         next_pos = upto
         if since is not None and not has_data:
@@ -261,17 +273,22 @@ class SyncService:
         join: dict[str, JsonDict],
         fresh: set[str],
         leave: dict[str, JsonDict],
+        devices_marked: bool,
     ) -> tuple[set[str], set[str]]:
         """Users whose devices changed (or who newly share a room with me), and users who no
         longer share any room with me. Cheap when nothing changed: one query."""
-        changed_devices = set(
-            (
-                await s.execute(
-                    select(DeviceListChange.user_id)
-                    .where(DeviceListChange.stream > since, DeviceListChange.stream <= upto)
-                    .distinct()
-                )
-            ).scalars()
+        changed_devices = (
+            set(
+                (
+                    await s.execute(
+                        select(DeviceListChange.user_id)
+                        .where(DeviceListChange.stream > since, DeviceListChange.stream <= upto)
+                        .distinct()
+                    )
+                ).scalars()
+            )
+            if devices_marked
+            else set()
         )
         joined_now: set[str] = set()
         departed: set[str] = set()
