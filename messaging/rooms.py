@@ -3,8 +3,9 @@ enforces (membership, join rules, power levels, history visibility)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, select
@@ -143,6 +144,77 @@ def _text(content: JsonDict, key: str) -> str | None:
     return v if isinstance(v, str) else None
 
 
+@dataclass
+class _Pending:
+    room_id: str
+    sender: str
+    event_type: str
+    content: JsonDict
+    txn: tuple[str, str]
+    links: list[str]
+    notify: list[str]
+    fut: asyncio.Future[Event] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class SendBatcher:
+    """Group commit for messages: whatever was submitted while a transaction ran goes into the
+    next one. One stream allocation and one commit per batch, instead of per message."""
+
+    MAX_BATCH = 500
+
+    def __init__(self, rooms: RoomService) -> None:
+        self.rooms = rooms
+        self._queue: list[_Pending] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: _Pending) -> Event:
+        self._queue.append(item)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return await asyncio.shield(item.fut)
+
+    async def _drain(self) -> None:
+        rooms = self.rooms
+        while self._queue:
+            batch = self._queue[: self.MAX_BATCH]
+            del self._queue[: self.MAX_BATCH]
+            events: list[Event] = []
+            users: set[str] = set()
+            try:
+                async with rooms.db.transaction() as s:
+                    first = await allocate(s, len(batch))
+                    links: set[tuple[str, str]] = set()
+                    for i, it in enumerate(batch):
+                        events.append(
+                            await rooms._append(
+                                s,
+                                first + i,
+                                it.room_id,
+                                it.sender,
+                                it.event_type,
+                                it.content,
+                                txn=it.txn,
+                            )
+                        )
+                        links.update((m, it.room_id) for m in it.links)
+                        users.update(it.notify)
+                    for media_id, room_id in links:
+                        s.add(MediaRoom(media_id=media_id, room_id=room_id))
+                    last = first + len(batch) - 1
+                    rooms.notifier.mark(users, last, "room")
+            except Exception as exc:
+                for it in batch:
+                    if not it.fut.done():
+                        it.fut.set_exception(exc)
+                continue
+            rooms.notifier.notify(users, last)
+            for it, ev in zip(batch, events, strict=True):
+                if not it.fut.done():
+                    it.fut.set_result(ev)
+
+
 class RoomService:
     def __init__(
         self,
@@ -154,6 +226,7 @@ class RoomService:
         media: MediaService | None = None,
     ) -> None:
         self.media = media
+        self._batcher = SendBatcher(self)
         self.db = db
         self.clock = clock
         self.notifier = notifier
@@ -555,21 +628,11 @@ class RoomService:
                 else []
             )
             notify = await self.members_to_notify(s, room_id)
-        async with self.db.transaction() as s:
-            pos = await allocate(s)
-            ev = await self._append(
-                s,
-                pos,
-                room_id,
-                req.user_id,
-                event_type,
-                content,
-                txn=(req.device_id, txn_id),
+        ev = await self._batcher.submit(
+            _Pending(
+                room_id, req.user_id, event_type, content, (req.device_id, txn_id), links, notify
             )
-            for media_id in links:
-                s.add(MediaRoom(media_id=media_id, room_id=room_id))
-            self.notifier.mark(notify, pos, "room")
-        self.notifier.notify(notify, pos)
+        )
         return ev.event_id
 
     async def do_set_state(
