@@ -6,7 +6,7 @@
 With --database-url the bench creates its accounts (bench0..benchN-1) in that database first (the
 server must allow that many logins: start it with KONSIL_MATRIX_LOGIN_BURST=1000). Each client
 long-polls /sync in its own task while it sends --messages messages into its room, one after the
-other. Prints throughput, send→delivery latency percentiles (measured in this process, one
+other (or every --interval seconds, for latency under a given load). Prints throughput, send→delivery latency percentiles (measured in this process, one
 clock), and the server's CPU seconds and peak RSS when --pid is given (Linux /proc).
 """
 
@@ -75,7 +75,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Bench:
-    def __init__(self, url: str, users: int, rooms: int, messages: int) -> None:
+    def __init__(
+        self, url: str, users: int, rooms: int, messages: int, interval: float = 0.0
+    ) -> None:
+        self.interval = interval
         self.url = url
         self.n = users
         self.rooms_n = rooms
@@ -141,7 +144,11 @@ class Bench:
     async def send_loop(self, i: int) -> int:
         c = self.clients[i]
         room = self.room_ids[i % self.rooms_n]
+        if self.interval:
+            await asyncio.sleep(self.interval * i / self.n)  # spread the clients out
         for k in range(self.messages):
+            if self.interval and k:
+                await asyncio.sleep(self.interval)
             body = f"bench {i} {k}"
             self.sent_at[body] = time.perf_counter()
             resp = await c.room_send(room, "m.room.message", {"msgtype": "m.text", "body": body})
@@ -196,10 +203,16 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--rooms", type=int, default=20)
     ap.add_argument("--messages", type=int, default=20)
+    ap.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds each client waits between its sends (0: send as fast as possible)",
+    )
     args = ap.parse_args()
     if args.database_url:
         asyncio.run(provision(args.database_url, args.users))
-    asyncio.run(Bench(args.url, args.users, args.rooms, args.messages).run(args.pid))
+    asyncio.run(Bench(args.url, args.users, args.rooms, args.messages, args.interval).run(args.pid))
 
 
 if __name__ == "__main__":
