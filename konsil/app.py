@@ -38,10 +38,11 @@ FeatureSetup = Callable[[web.Application], None]
 
 def feature_setups() -> list[FeatureSetup]:
     """Each feature package's ``web.setup(app)``: routes, app keys, cleanup contexts, panels."""
+    import messaging.web
     import rcp.web
     import video.web
 
-    return [rcp.web.setup, video.web.setup]
+    return [messaging.web.setup, rcp.web.setup, video.web.setup]
 
 
 def make_jinja(translator: Translator) -> jinja2.Environment:

@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extra_commands() -> list[Callable[[Any], None]]:
     """Feature packages add their commands here (worker, simulate, documents …)."""
-    return []
+    from messaging.cli import register as messaging_commands
+
+    return [messaging_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,13 @@ class MatrixConfig:
     registration_enabled: bool = False
     max_upload_bytes: int = 50 * 1024 * 1024
     sync_timeout_max_ms: int = 30_000
+    login_rate_per_s: float = 0.5
+    login_burst: int = 20
+    send_rate_per_s: float = 20.0
+    send_burst: int = 100
+    upload_rate_per_s: float = 1.0
+    upload_burst: int = 20
+    retention_check_seconds: int = 3600  # 0: only `konsil messaging-purge`
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # A fixed pool: opening a SQLite connection (thread + schema parse) costs more than a query.
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, pool_size=max(pool_size, 20), max_overflow=0
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,891 @@
+"""Rooms: creation, membership, events, state, history, with the authorisation rules a homeserver
+enforces (membership, join rules, power levels, history visibility)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from konsil.clock import Clock, ms
+from konsil.db import Database
+from konsil.errors import BadRequest, Forbidden, NotFound, ValidationError
+from konsil.identity.models import Account
+from messaging.common import (
+    JsonDict,
+    Requester,
+    allocate,
+    dumps,
+    loads,
+    localpart_of,
+    make_token,
+    new_event_id,
+    random_id,
+)
+from messaging.media import MediaService
+from messaging.models import CurrentState, Event, MediaRoom, Membership, Profile, Room
+from messaging.notifier import Notifier
+from messaging.policy import InvitePolicy
+
+AUTH_TYPES = (
+    "m.room.create",
+    "m.room.power_levels",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+)
+STRIPPED_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.canonical_alias",
+)
+KEEP_ON_REDACT = {
+    "m.room.member": ("membership",),
+    "m.room.create": ("creator",),
+    "m.room.join_rules": ("join_rule",),
+    "m.room.power_levels": (
+        "ban",
+        "events",
+        "events_default",
+        "kick",
+        "redact",
+        "state_default",
+        "users",
+        "users_default",
+    ),
+    "m.room.history_visibility": ("history_visibility",),
+}
+MAX_CONTENT_BYTES = 65_536
+
+
+def event_json(ev: Event, req: Requester | None = None) -> JsonDict:
+    d: JsonDict = {
+        "event_id": ev.event_id,
+        "room_id": ev.room_id,
+        "sender": ev.sender,
+        "type": ev.type,
+        "content": loads(ev.content),
+        "origin_server_ts": ev.origin_server_ts,
+    }
+    unsigned: JsonDict = {}
+    if ev.state_key is not None:
+        d["state_key"] = ev.state_key
+    if ev.type == "m.room.redaction":
+        d["redacts"] = d["content"].get("redacts")
+    if (
+        req is not None
+        and ev.txn_id
+        and ev.sender == req.user_id
+        and ev.txn_device == req.device_id
+    ):
+        unsigned["transaction_id"] = ev.txn_id
+    if ev.redacted_because:
+        unsigned["redacted_because"] = loads(ev.redacted_because)
+    d["unsigned"] = unsigned
+    return d
+
+
+def stripped(ev: Event) -> JsonDict:
+    return {
+        "type": ev.type,
+        "state_key": ev.state_key or "",
+        "content": loads(ev.content),
+        "sender": ev.sender,
+    }
+
+
+@dataclass
+class AuthState:
+    creator: str
+    power_levels: JsonDict | None
+    join_rule: str
+    history_visibility: str
+
+    def power(self, user_id: str) -> int:
+        if self.power_levels is None:
+            return 100 if user_id == self.creator else 0
+        users = self.power_levels.get("users") or {}
+        level: Any = users.get(user_id, self.power_levels.get("users_default", 0))
+        try:
+            return int(level)
+        except (TypeError, ValueError):
+            return 0
+
+    def needed(self, action: str, default: int) -> int:
+        if self.power_levels is None:
+            return default
+        try:
+            return int(self.power_levels.get(action, default))
+        except (TypeError, ValueError):
+            return default
+
+    def needed_for_event(self, event_type: str, is_state: bool) -> int:
+        pl = self.power_levels or {}
+        events = pl.get("events") or {}
+        if event_type in events:
+            try:
+                return int(events[event_type])
+            except (TypeError, ValueError):
+                return 100
+        if is_state:
+            return self.needed("state_default", 50)
+        return self.needed("events_default", 0)
+
+
+def _text(content: JsonDict, key: str) -> str | None:
+    v = content.get(key)
+    return v if isinstance(v, str) else None
+
+
+@dataclass
+class _Pending:
+    room_id: str
+    sender: str
+    event_type: str
+    content: JsonDict
+    txn: tuple[str, str]
+    links: list[str]
+    notify: list[str]
+    fut: asyncio.Future[Event] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class SendBatcher:
+    """Group commit for messages: whatever was submitted while a transaction ran goes into the
+    next one. One stream allocation and one commit per batch, instead of per message."""
+
+    MAX_BATCH = 500
+
+    def __init__(self, rooms: RoomService) -> None:
+        self.rooms = rooms
+        self._queue: list[_Pending] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: _Pending) -> Event:
+        self._queue.append(item)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return await asyncio.shield(item.fut)
+
+    async def _drain(self) -> None:
+        rooms = self.rooms
+        while self._queue:
+            batch = self._queue[: self.MAX_BATCH]
+            del self._queue[: self.MAX_BATCH]
+            events: list[Event] = []
+            users: set[str] = set()
+            try:
+                async with rooms.db.transaction() as s:
+                    first = await allocate(s, len(batch))
+                    links: set[tuple[str, str]] = set()
+                    for i, it in enumerate(batch):
+                        events.append(
+                            await rooms._append(
+                                s,
+                                first + i,
+                                it.room_id,
+                                it.sender,
+                                it.event_type,
+                                it.content,
+                                txn=it.txn,
+                            )
+                        )
+                        links.update((m, it.room_id) for m in it.links)
+                        users.update(it.notify)
+                    for media_id, room_id in links:
+                        s.add(MediaRoom(media_id=media_id, room_id=room_id))
+                    last = first + len(batch) - 1
+                    rooms.notifier.mark(users, last, "room")
+            except Exception as exc:
+                for it in batch:
+                    if not it.fut.done():
+                        it.fut.set_exception(exc)
+                continue
+            rooms.notifier.notify(users, last)
+            for it, ev in zip(batch, events, strict=True):
+                if not it.fut.done():
+                    it.fut.set_result(ev)
+
+
+class RoomService:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        notifier: Notifier,
+        server_name: str,
+        invite_policy: InvitePolicy,
+        media: MediaService | None = None,
+    ) -> None:
+        self.media = media
+        self._batcher = SendBatcher(self)
+        self.db = db
+        self.clock = clock
+        self.notifier = notifier
+        self.server_name = server_name
+        self.invite_policy = invite_policy
+
+    # ------------------------------------------------------------------ reading state
+
+    async def state_events(
+        self, s: AsyncSession, room_id: str, types: Iterable[str] | None = None
+    ) -> dict[tuple[str, str], Event]:
+        q = (
+            select(Event)
+            .join(CurrentState, CurrentState.stream == Event.stream)
+            .where(CurrentState.room_id == room_id)
+        )
+        if types is not None:
+            q = q.where(CurrentState.type.in_(list(types)))
+        rows = (await s.execute(q)).scalars()
+        return {(e.type, e.state_key or ""): e for e in rows}
+
+    async def auth_state(self, s: AsyncSession, room_id: str) -> AuthState:
+        st = await self.state_events(s, room_id, AUTH_TYPES)
+        create = st.get(("m.room.create", ""))
+        if create is None:
+            raise NotFound("no such room")
+        pl = st.get(("m.room.power_levels", ""))
+        jr = st.get(("m.room.join_rules", ""))
+        hv = st.get(("m.room.history_visibility", ""))
+        return AuthState(
+            creator=create.sender,
+            power_levels=loads(pl.content) if pl else None,
+            join_rule=(_text(loads(jr.content), "join_rule") if jr else None) or "invite",
+            history_visibility=(_text(loads(hv.content), "history_visibility") if hv else None)
+            or "shared",
+        )
+
+    async def membership(self, s: AsyncSession, room_id: str, user_id: str) -> Membership | None:
+        return await s.get(Membership, (room_id, user_id))
+
+    async def members_to_notify(self, s: AsyncSession, room_id: str) -> list[str]:
+        rows = await s.execute(
+            select(Membership.user_id).where(
+                Membership.room_id == room_id, Membership.membership.in_(("join", "invite"))
+            )
+        )
+        return list(rows.scalars())
+
+    async def _require_joined(self, s: AsyncSession, room_id: str, user_id: str) -> Membership:
+        m = await self.membership(s, room_id, user_id)
+        if m is None or m.membership != "join":
+            if await s.get(Room, room_id) is None:
+                raise NotFound("no such room")
+            raise Forbidden("you are not a member of this room")
+        return m
+
+    # ------------------------------------------------------------------ writing events
+
+    async def _append(
+        self,
+        s: AsyncSession,
+        pos: int,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: JsonDict,
+        state_key: str | None = None,
+        *,
+        history_visibility: str = "shared",
+        txn: tuple[str, str] | None = None,
+    ) -> Event:
+        ev = Event(
+            stream=pos,
+            event_id=new_event_id(),
+            room_id=room_id,
+            sender=sender,
+            type=event_type,
+            state_key=state_key,
+            content=dumps(content),
+            origin_server_ts=ms(self.clock.now()),
+            txn_device=txn[0] if txn else None,
+            txn_id=txn[1] if txn else None,
+        )
+        s.add(ev)
+        if state_key is not None:
+            cs = await s.get(CurrentState, (room_id, event_type, state_key))
+            if cs is None:
+                s.add(
+                    CurrentState(room_id=room_id, type=event_type, state_key=state_key, stream=pos)
+                )
+            else:
+                cs.stream = pos
+            if event_type == "m.room.member":
+                await self._update_membership(
+                    s, room_id, state_key, str(content.get("membership")), pos, history_visibility
+                )
+        return ev
+
+    async def _update_membership(
+        self, s: AsyncSession, room_id: str, user_id: str, new: str, pos: int, hv: str
+    ) -> None:
+        m = await s.get(Membership, (room_id, user_id))
+        old = m.membership if m is not None else None
+        if new == "join" and old != "join":
+            if hv in ("shared", "world_readable"):
+                visible_from = 0
+            elif hv == "invited" and old == "invite" and m is not None:
+                visible_from = m.visible_from
+            else:
+                visible_from = pos
+        elif new == "invite":
+            visible_from = pos
+        elif m is not None and old == "join":
+            visible_from = m.visible_from  # they keep what they could see until now
+        else:
+            visible_from = pos + 1  # never joined: nothing of the timeline is theirs
+        if m is None:
+            s.add(
+                Membership(
+                    room_id=room_id,
+                    user_id=user_id,
+                    membership=new,
+                    stream=pos,
+                    visible_from=visible_from,
+                    forgotten=False,
+                )
+            )
+        else:
+            if new == "join" and old == "join":
+                visible_from = m.visible_from
+            m.membership, m.stream, m.visible_from, m.forgotten = new, pos, visible_from, False
+
+    async def _displayname(self, s: AsyncSession, user_id: str) -> str | None:
+        p = await s.get(Profile, user_id)
+        if p is not None and p.displayname:
+            return p.displayname
+        local = localpart_of(user_id, self.server_name)
+        account = (
+            await s.execute(select(Account.display_name).where(Account.username == local))
+        ).scalar_one_or_none()
+        return account
+
+    async def _account_for(self, s: AsyncSession, user_id: str) -> Account:
+        local = localpart_of(user_id, self.server_name)
+        account = (
+            (await s.execute(select(Account).where(Account.username == local))).scalar_one_or_none()
+            if local
+            else None
+        )
+        if account is None or not account.is_active:
+            raise NotFound(f"unknown user {user_id}")
+        return account
+
+    # ------------------------------------------------------------------ createRoom
+
+    async def do_create_room(self, req: Requester, body: JsonDict) -> str:
+        if req.is_guest:
+            raise Forbidden("guest accounts cannot create rooms", errcode="M_FORBIDDEN")
+        preset = body.get("preset")
+        visibility = body.get("visibility", "private")
+        if preset is None:
+            preset = "public_chat" if visibility == "public" else "private_chat"
+        if preset not in ("private_chat", "trusted_private_chat", "public_chat"):
+            raise BadRequest("unknown preset", errcode="M_INVALID_PARAM")
+        invites = body.get("invite") or []
+        initial_state = body.get("initial_state") or []
+        name, topic = body.get("name"), body.get("topic")
+        override = body.get("power_level_content_override") or {}
+        creation = body.get("creation_content") or {}
+        is_direct = body.get("is_direct", False)
+        if (
+            not isinstance(invites, list)
+            or not all(isinstance(u, str) for u in invites)
+            or not isinstance(initial_state, list)
+            or not all(
+                isinstance(e, dict)
+                and isinstance(e.get("type"), str)
+                and isinstance(e.get("content"), dict)
+                and isinstance(e.get("state_key", ""), str)
+                for e in initial_state
+            )
+            or (name is not None and not isinstance(name, str))
+            or (topic is not None and not isinstance(topic, str))
+            or not isinstance(override, dict)
+            or not isinstance(creation, dict)
+            or not isinstance(is_direct, bool)
+        ):
+            raise BadRequest("malformed createRoom request", errcode="M_BAD_JSON")
+        room_id = f"!{random_id(18)}:{self.server_name}"
+        me = req.user_id
+        pl: JsonDict = {
+            "users": {me: 100},
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                "m.room.tombstone": 100,
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": 0,
+            "notifications": {"room": 50},
+        }
+        if preset == "trusted_private_chat":
+            for u in invites:
+                pl["users"][u] = 100
+        pl.update(override)
+        events: list[tuple[str, str | None, JsonDict]] = [
+            ("m.room.create", "", {**creation, "creator": me, "room_version": "10"}),
+            ("m.room.member", me, {"membership": "join"}),
+            ("m.room.power_levels", "", pl),
+            (
+                "m.room.join_rules",
+                "",
+                {"join_rule": "public" if preset == "public_chat" else "invite"},
+            ),
+            ("m.room.history_visibility", "", {"history_visibility": "shared"}),
+        ]
+        if preset != "public_chat":
+            events.append(("m.room.guest_access", "", {"guest_access": "can_join"}))
+        for e in initial_state:
+            events.append((e["type"], e.get("state_key", ""), e["content"]))
+        if name:
+            events.append(("m.room.name", "", {"name": name}))
+        if topic:
+            events.append(("m.room.topic", "", {"topic": topic}))
+        for u in invites:
+            content: JsonDict = {"membership": "invite"}
+            if is_direct:
+                content["is_direct"] = True
+            events.append(("m.room.member", u, content))
+        async with self.db.transaction() as s:
+            for u in invites:
+                target = await self._account_for(s, u)
+                await self.invite_policy.check(s, req, u, target)
+            first = await allocate(s, len(events))
+            s.add(Room(room_id=room_id, creator=me, created_at=self.clock.now()))
+            hv = "shared"
+            for i, (etype, key, content) in enumerate(events):
+                if etype == "m.room.member" and content.get("membership") == "join":
+                    content = {**content, "displayname": await self._displayname(s, me)}
+                if etype == "m.room.history_visibility":
+                    hv = _text(content, "history_visibility") or hv
+                await self._append(
+                    s, first + i, room_id, me, etype, content, key, history_visibility=hv
+                )
+            last = first + len(events) - 1
+            self.notifier.mark([me, *invites], last, "room")
+        self.notifier.notify([me, *invites], last)
+        return room_id
+
+    # ------------------------------------------------------------------ membership
+
+    async def do_membership(
+        self,
+        req: Requester,
+        room_id: str,
+        target: str,
+        new: str,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        me = req.user_id
+        async with self.db.transaction() as s:
+            auth = await self.auth_state(s, room_id)
+            mine = await self.membership(s, room_id, me)
+            theirs = mine if target == me else await self.membership(s, room_id, target)
+            my_ms = mine.membership if mine else "leave"
+            their_ms = theirs.membership if theirs else "leave"
+            content: JsonDict = {"membership": new}
+            if new == "join":
+                if target != me:
+                    raise Forbidden("you can only join for yourself")
+                if their_ms == "ban":
+                    raise Forbidden("you are banned from this room")
+                if their_ms == "join":
+                    return
+                if auth.join_rule != "public" and their_ms != "invite":
+                    raise Forbidden("this room is invite-only")
+                content["displayname"] = await self._displayname(s, me)
+            elif new == "invite":
+                if my_ms != "join":
+                    raise Forbidden("you are not a member of this room")
+                if their_ms == "ban":
+                    raise Forbidden("that user is banned from this room")
+                if their_ms in ("join", "invite"):
+                    if their_ms == "join":
+                        raise Forbidden("that user is already in the room")
+                    return
+                if auth.power(me) < auth.needed("invite", 0):
+                    raise Forbidden("your power level does not allow inviting")
+                account = await self._account_for(s, target)
+                await self.invite_policy.check(s, req, target, account)
+                content["displayname"] = account.display_name
+            elif new == "leave" and target == me:
+                if my_ms not in ("join", "invite"):
+                    raise Forbidden("you are not in this room")
+            elif new == "leave":  # kick, or unban
+                if my_ms != "join":
+                    raise Forbidden("you are not a member of this room")
+                if their_ms == "ban":
+                    if auth.power(me) < auth.needed("ban", 50):
+                        raise Forbidden("your power level does not allow unbanning")
+                elif their_ms in ("join", "invite"):
+                    if auth.power(me) < auth.needed("kick", 50) or auth.power(me) <= auth.power(
+                        target
+                    ):
+                        raise Forbidden("your power level does not allow kicking this user")
+                else:
+                    raise Forbidden("that user is not in the room")
+            elif new == "ban":
+                if my_ms != "join":
+                    raise Forbidden("you are not a member of this room")
+                if auth.power(me) < auth.needed("ban", 50) or auth.power(me) <= auth.power(target):
+                    raise Forbidden("your power level does not allow banning this user")
+                await self._account_for(s, target)
+            else:
+                raise BadRequest("unknown membership", errcode="M_INVALID_PARAM")
+            if reason:
+                content["reason"] = reason
+            pos = await allocate(s)
+            await self._append(
+                s,
+                pos,
+                room_id,
+                me,
+                "m.room.member",
+                content,
+                target,
+                history_visibility=auth.history_visibility,
+            )
+            notify = await self.members_to_notify(s, room_id)
+            self.notifier.mark({*notify, target}, pos, "room")
+        self.notifier.notify({*notify, target}, pos)
+
+    async def do_forget(self, req: Requester, room_id: str) -> None:
+        async with self.db.transaction() as s:
+            m = await self.membership(s, room_id, req.user_id)
+            if m is None:
+                return
+            if m.membership in ("join", "invite"):
+                raise BadRequest("leave the room before forgetting it", errcode="M_UNKNOWN")
+            m.forgotten = True
+
+    async def joined_rooms(self, req: Requester) -> list[str]:
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(Membership.room_id).where(
+                    Membership.user_id == req.user_id, Membership.membership == "join"
+                )
+            )
+            return list(rows.scalars())
+
+    # ------------------------------------------------------------------ events
+
+    @staticmethod
+    def _check_content(content: JsonDict) -> None:
+        if len(dumps(content).encode()) > MAX_CONTENT_BYTES:
+            raise BadRequest("event content is too large", errcode="M_TOO_LARGE")
+
+    async def do_send(
+        self, req: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
+    ) -> str:
+        self._check_content(content)
+        if event_type in ("m.room.redaction", "m.room.member", "m.room.create"):
+            raise Forbidden("use the dedicated endpoint for this event type")
+        # Checks first, in a read session; the write transaction then only takes a stream
+        # position and inserts, so the position lock (and SQLite's writer lock) is held briefly.
+        async with self.db.session() as s:
+            await self._require_joined(s, room_id, req.user_id)
+            seen = (
+                await s.execute(
+                    select(Event.event_id).where(
+                        Event.sender == req.user_id,
+                        Event.txn_device == req.device_id,
+                        Event.txn_id == txn_id,
+                        Event.room_id == room_id,
+                    )
+                )
+            ).scalar_one_or_none()
+            if seen is not None:
+                return seen
+            auth = await self.auth_state(s, room_id)
+            if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
+                raise Forbidden("your power level does not allow sending this event")
+            links = (
+                await self.media.media_to_link(
+                    s, req, room_id, dumps(content), event_type == "m.room.encrypted"
+                )
+                if self.media is not None
+                else []
+            )
+            notify = await self.members_to_notify(s, room_id)
+        ev = await self._batcher.submit(
+            _Pending(
+                room_id, req.user_id, event_type, content, (req.device_id, txn_id), links, notify
+            )
+        )
+        return ev.event_id
+
+    async def do_set_state(
+        self, req: Requester, room_id: str, event_type: str, state_key: str, content: JsonDict
+    ) -> str:
+        self._check_content(content)
+        if event_type == "m.room.create":
+            raise Forbidden("the create event cannot be replaced")
+        async with self.db.transaction() as s:
+            await self._require_joined(s, room_id, req.user_id)
+            auth = await self.auth_state(s, room_id)
+            if event_type == "m.room.member":
+                if state_key != req.user_id or content.get("membership") != "join":
+                    raise Forbidden("use the membership endpoints to change membership")
+            elif auth.power(req.user_id) < auth.needed_for_event(event_type, True):
+                raise Forbidden("your power level does not allow changing this state")
+            if (
+                state_key.startswith("@")
+                and state_key != req.user_id
+                and auth.power(req.user_id) < 100
+            ):
+                raise Forbidden("state keyed by another user's id is theirs to set")
+            if event_type == "m.room.power_levels":
+                self._check_power_change(auth, req.user_id, content)
+            pos = await allocate(s)
+            ev = await self._append(
+                s,
+                pos,
+                room_id,
+                req.user_id,
+                event_type,
+                content,
+                state_key,
+                history_visibility=auth.history_visibility,
+            )
+            notify = await self.members_to_notify(s, room_id)
+            self.notifier.mark(notify, pos, "room")
+        self.notifier.notify(notify, pos)
+        return ev.event_id
+
+    @staticmethod
+    def _check_power_change(auth: AuthState, me: str, content: JsonDict) -> None:
+        mine = auth.power(me)
+        users = content.get("users") or {}
+        if not isinstance(users, dict):
+            raise BadRequest("users must be an object", errcode="M_BAD_JSON")
+        old_users = (auth.power_levels or {}).get("users") or {}
+        for user, level in users.items():
+            if not isinstance(level, int):
+                raise BadRequest("power levels are integers", errcode="M_BAD_JSON")
+            old = old_users.get(user, 0)
+            if level != old and (level > mine or (old >= mine and user != me)):
+                raise Forbidden("you cannot grant or remove power at or above your own level")
+
+    async def do_redact(
+        self, req: Requester, room_id: str, event_id: str, txn_id: str, reason: str | None
+    ) -> str:
+        async with self.db.transaction() as s:
+            await self._require_joined(s, room_id, req.user_id)
+            target = (
+                await s.execute(
+                    select(Event).where(Event.event_id == event_id, Event.room_id == room_id)
+                )
+            ).scalar_one_or_none()
+            if target is None:
+                raise NotFound("no such event")
+            auth = await self.auth_state(s, room_id)
+            if target.sender != req.user_id and auth.power(req.user_id) < auth.needed("redact", 50):
+                raise Forbidden("your power level does not allow redacting others' events")
+            content: JsonDict = {"redacts": event_id}
+            if reason:
+                content["reason"] = reason
+            pos = await allocate(s)
+            ev = await self._append(
+                s,
+                pos,
+                room_id,
+                req.user_id,
+                "m.room.redaction",
+                content,
+                txn=(req.device_id, txn_id),
+            )
+            keep = KEEP_ON_REDACT.get(target.type, ())
+            old = loads(target.content)
+            target.content = dumps({k: old[k] for k in keep if k in old})
+            target.redacted_because = dumps(
+                {
+                    "event_id": ev.event_id,
+                    "sender": req.user_id,
+                    "type": "m.room.redaction",
+                    "content": content,
+                    "origin_server_ts": ev.origin_server_ts,
+                }
+            )
+            notify = await self.members_to_notify(s, room_id)
+            self.notifier.mark(notify, pos, "room")
+        self.notifier.notify(notify, pos)
+        return ev.event_id
+
+    # ------------------------------------------------------------------ reading
+
+    async def _visible_range(self, s: AsyncSession, room_id: str, user_id: str) -> tuple[int, int]:
+        m = await self.membership(s, room_id, user_id)
+        if m is None or m.membership == "invite":
+            if await s.get(Room, room_id) is None:
+                raise NotFound("no such room")
+            raise Forbidden("you are not a member of this room")
+        upper = 2**62 if m.membership == "join" else m.stream
+        if m.visible_from > upper:
+            raise Forbidden("you are not a member of this room")
+        return m.visible_from, upper
+
+    async def room_state(self, req: Requester, room_id: str) -> list[JsonDict]:
+        async with self.db.session() as s:
+            await self._require_joined(s, room_id, req.user_id)
+            st = await self.state_events(s, room_id)
+            return [event_json(e) for e in sorted(st.values(), key=lambda e: e.stream)]
+
+    async def state_content(
+        self, req: Requester, room_id: str, event_type: str, state_key: str
+    ) -> JsonDict:
+        async with self.db.session() as s:
+            await self._require_joined(s, room_id, req.user_id)
+            cs = await s.get(CurrentState, (room_id, event_type, state_key))
+            ev = await s.get(Event, cs.stream) if cs is not None else None
+            if ev is None:
+                raise NotFound("no such state")
+            content: JsonDict = loads(ev.content)
+            return content
+
+    async def messages(
+        self,
+        req: Requester,
+        room_id: str,
+        *,
+        from_pos: int | None,
+        to_pos: int | None,
+        backwards: bool,
+        limit: int,
+        current: int,
+    ) -> JsonDict:
+        limit = max(1, min(limit, 1000))
+        async with self.db.session() as s:
+            lo, hi = await self._visible_range(s, room_id, req.user_id)
+            q = select(Event).where(
+                Event.room_id == room_id, Event.stream >= lo, Event.stream <= hi
+            )
+            if backwards:
+                start = current if from_pos is None else from_pos
+                q = q.where(Event.stream <= start)
+                if to_pos is not None:
+                    q = q.where(Event.stream > to_pos)
+                q = q.order_by(Event.stream.desc())
+            else:
+                start = 0 if from_pos is None else from_pos
+                q = q.where(Event.stream > start)
+                if to_pos is not None:
+                    q = q.where(Event.stream <= to_pos)
+                q = q.order_by(Event.stream)
+            rows = list((await s.execute(q.limit(limit))).scalars())
+        out: JsonDict = {"chunk": [event_json(e, req) for e in rows], "start": make_token(start)}
+        if len(rows) == limit:
+            out["end"] = make_token(rows[-1].stream - 1 if backwards else rows[-1].stream)
+        return out
+
+    async def context(self, req: Requester, room_id: str, event_id: str, limit: int) -> JsonDict:
+        limit = max(0, min(limit, 100))
+        async with self.db.session() as s:
+            lo, hi = await self._visible_range(s, room_id, req.user_id)
+            ev = (
+                await s.execute(
+                    select(Event).where(Event.event_id == event_id, Event.room_id == room_id)
+                )
+            ).scalar_one_or_none()
+            if ev is None or not (lo <= ev.stream <= hi):
+                raise NotFound("no such event")
+            base = select(Event).where(
+                Event.room_id == room_id, Event.stream >= lo, Event.stream <= hi
+            )
+            before = list(
+                (
+                    await s.execute(
+                        base.where(Event.stream < ev.stream)
+                        .order_by(Event.stream.desc())
+                        .limit(limit // 2 + limit % 2)
+                    )
+                ).scalars()
+            )
+            after = list(
+                (
+                    await s.execute(
+                        base.where(Event.stream > ev.stream)
+                        .order_by(Event.stream)
+                        .limit(limit // 2)
+                    )
+                ).scalars()
+            )
+            st = await self.state_events(s, room_id)
+        return {
+            "event": event_json(ev, req),
+            "events_before": [event_json(e, req) for e in before],
+            "events_after": [event_json(e, req) for e in after],
+            "start": make_token((before[-1].stream if before else ev.stream) - 1),
+            "end": make_token(after[-1].stream if after else ev.stream),
+            "state": [event_json(e) for e in st.values()],
+        }
+
+    async def joined_members(self, req: Requester, room_id: str) -> JsonDict:
+        async with self.db.session() as s:
+            await self._require_joined(s, room_id, req.user_id)
+            rows = (
+                await s.execute(
+                    select(Event)
+                    .join(
+                        Membership,
+                        and_(
+                            Membership.room_id == Event.room_id,
+                            Membership.stream == Event.stream,
+                        ),
+                    )
+                    .where(Membership.room_id == room_id, Membership.membership == "join")
+                )
+            ).scalars()
+            joined: JsonDict = {}
+            for e in rows:
+                c = loads(e.content)
+                joined[e.state_key or ""] = {
+                    "display_name": c.get("displayname"),
+                    "avatar_url": c.get("avatar_url"),
+                }
+            return {"joined": joined}
+
+    async def members(self, req: Requester, room_id: str) -> JsonDict:
+        async with self.db.session() as s:
+            await self._require_joined(s, room_id, req.user_id)
+            st = await self.state_events(s, room_id, ["m.room.member"])
+            return {"chunk": [event_json(e) for e in st.values()]}
+
+    async def invite_state(self, s: AsyncSession, room_id: str, user_id: str) -> list[JsonDict]:
+        st = await self.state_events(s, room_id, STRIPPED_TYPES)
+        out = [stripped(e) for e in st.values()]
+        member = await s.get(CurrentState, (room_id, "m.room.member", user_id))
+        if member is not None:
+            ev = await s.get(Event, member.stream)
+            if ev is not None:
+                out.append(stripped(ev))
+                inviter = await s.get(CurrentState, (room_id, "m.room.member", ev.sender))
+                inv = await s.get(Event, inviter.stream) if inviter else None
+                if inv is not None and inv.sender != user_id:
+                    out.append(stripped(inv))
+        return out
+
+    def content_type_check(self, content: Any) -> JsonDict:
+        if not isinstance(content, dict):
+            raise ValidationError("content must be a JSON object", fields={"content": "object"})
+        return content

@@ -1,0 +1,673 @@
+"""Matrix Client-Server API handlers (thin: parse, call the homeserver's services, answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from konsil import appkeys as K
+from konsil.errors import BadRequest, TooLarge, Unauthorized, ValidationError
+from konsil.ratelimit import RateLimiter
+from konsil.web.request import client_ip, json_response, read_json
+from messaging.common import JsonDict, Requester, parse_token
+from messaging.notifier import InProcessNotifier
+from messaging.service import Homeserver
+from messaging.sync import SyncParams, current_stream
+
+log = logging.getLogger("konsil.messaging")
+HS = web.AppKey("matrix_homeserver", Homeserver)
+LIMITS = web.AppKey("matrix_rate_limits", dict[str, RateLimiter])
+
+V3 = "/_matrix/client/v3"
+routes = web.RouteTableDef()
+VERSIONS = [
+    "v1.1",
+    "v1.2",
+    "v1.3",
+    "v1.4",
+    "v1.5",
+    "v1.6",
+    "v1.7",
+    "v1.8",
+    "v1.9",
+    "v1.10",
+    "v1.11",
+]
+
+
+def hs(request: web.Request) -> Homeserver:
+    return request.app[HS]
+
+
+async def requester(request: web.Request) -> Requester:
+    auth = request.headers.get("Authorization", "")
+    token: str | None = None
+    if auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    if not token:
+        token = request.query.get("access_token")
+    if not token:
+        raise Unauthorized("missing access token", errcode="M_MISSING_TOKEN")
+    return await hs(request).devices.requester(token)
+
+
+def limit(request: web.Request, which: str, key: str) -> None:
+    request.app[LIMITS][which].check(key, which)
+
+
+def own_user(req: Requester, user_id: str) -> None:
+    if user_id != req.user_id:
+        from konsil.errors import Forbidden
+
+        raise Forbidden("you can only access your own data")
+
+
+def int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer", fields={name: "integer"}) from None
+
+
+EMPTY: JsonDict = {}
+
+
+# ---------------------------------------------------------------- discovery
+
+
+@routes.get("/_matrix/client/versions")
+async def versions(request: web.Request) -> web.Response:
+    return json_response({"versions": VERSIONS, "unstable_features": {}})
+
+
+@routes.get("/.well-known/matrix/client")
+async def well_known(request: web.Request) -> web.Response:
+    return json_response({"m.homeserver": {"base_url": request.app[K.CONFIG].base_url}})
+
+
+@routes.get(V3 + "/capabilities")
+async def capabilities(request: web.Request) -> web.Response:
+    await requester(request)
+    return json_response(
+        {
+            "capabilities": {
+                "m.change_password": {"enabled": False},
+                "m.room_versions": {"default": "10", "available": {"10": "stable"}},
+                "m.set_displayname": {"enabled": True},
+                "m.set_avatar_url": {"enabled": True},
+                "m.3pid_changes": {"enabled": False},
+            }
+        }
+    )
+
+
+# ---------------------------------------------------------------- login and devices
+
+
+@routes.get(V3 + "/login")
+async def login_flows(request: web.Request) -> web.Response:
+    return json_response({"flows": [{"type": "m.login.password"}]})
+
+
+@routes.post(V3 + "/login")
+async def login(request: web.Request) -> web.Response:
+    limit(request, "login", client_ip(request) or "unknown")
+    body = await read_json(request)
+    return json_response(await hs(request).devices.do_login(body, ip=client_ip(request)))
+
+
+@routes.post(V3 + "/register")
+async def register(request: web.Request) -> web.Response:
+    from konsil.errors import Forbidden
+
+    raise Forbidden(
+        "registration is disabled: accounts are provisioned by administrators",
+        errcode="M_FORBIDDEN",
+    )
+
+
+@routes.post(V3 + "/logout")
+async def logout(request: web.Request) -> web.Response:
+    req = await requester(request)
+    await hs(request).devices.do_logout(req)
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/logout/all")
+async def logout_all(request: web.Request) -> web.Response:
+    req = await requester(request)
+    await hs(request).devices.do_logout_all(req)
+    return json_response(EMPTY)
+
+
+@routes.get(V3 + "/account/whoami")
+async def whoami(request: web.Request) -> web.Response:
+    req = await requester(request)
+    return json_response(
+        {"user_id": req.user_id, "device_id": req.device_id, "is_guest": req.is_guest}
+    )
+
+
+@routes.get(V3 + "/devices")
+async def devices(request: web.Request) -> web.Response:
+    req = await requester(request)
+    return json_response({"devices": await hs(request).devices.devices(req)})
+
+
+@routes.get(V3 + "/devices/{device_id}")
+async def device(request: web.Request) -> web.Response:
+    req = await requester(request)
+    return json_response(await hs(request).devices.device(req, request.match_info["device_id"]))
+
+
+@routes.put(V3 + "/devices/{device_id}")
+async def rename_device(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    await hs(request).devices.do_rename_device(req, request.match_info["device_id"], body)
+    return json_response(EMPTY)
+
+
+async def _delete_devices(request: web.Request, req: Requester, ids: list[str]) -> web.Response:
+    body = await read_json(request)
+    challenge = await hs(request).devices.check_uia(req, body, ip=client_ip(request))
+    if challenge is not None:
+        return json_response(challenge, status=401)
+    await hs(request).devices.do_delete_devices(req, ids)
+    return json_response(EMPTY)
+
+
+@routes.delete(V3 + "/devices/{device_id}")
+async def delete_device(request: web.Request) -> web.Response:
+    req = await requester(request)
+    device_id = request.match_info["device_id"]
+    await hs(request).devices.device(req, device_id)  # 404 before asking for a password
+    return await _delete_devices(request, req, [device_id])
+
+
+@routes.post(V3 + "/delete_devices")
+async def delete_devices(request: web.Request) -> web.Response:
+    req = await requester(request)
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise BadRequest("the body is not valid JSON", errcode="M_NOT_JSON") from None
+    ids = body.get("devices") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
+        raise BadRequest("devices must be a list of device ids", errcode="M_BAD_JSON")
+    challenge = await hs(request).devices.check_uia(req, body, ip=client_ip(request))
+    if challenge is not None:
+        return json_response(challenge, status=401)
+    await hs(request).devices.do_delete_devices(req, ids)
+    return json_response(EMPTY)
+
+
+# ---------------------------------------------------------------- profile
+
+
+@routes.get(V3 + "/profile/{user_id}")
+async def profile(request: web.Request) -> web.Response:
+    await requester(request)
+    return json_response(await hs(request).devices.profile(request.match_info["user_id"]))
+
+
+@routes.get(V3 + "/profile/{user_id}/{field:displayname|avatar_url}")
+async def profile_field(request: web.Request) -> web.Response:
+    await requester(request)
+    p = await hs(request).devices.profile(request.match_info["user_id"])
+    field = request.match_info["field"]
+    return json_response({field: p.get(field)})
+
+
+@routes.put(V3 + "/profile/{user_id}/{field:displayname|avatar_url}")
+async def set_profile_field(request: web.Request) -> web.Response:
+    req = await requester(request)
+    own_user(req, request.match_info["user_id"])
+    field = request.match_info["field"]
+    body = await read_json(request)
+    await hs(request).devices.do_set_profile(req, field, body.get(field))
+    return json_response(EMPTY)
+
+
+# ---------------------------------------------------------------- rooms
+
+
+@routes.post(V3 + "/createRoom")
+async def create_room(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    return json_response({"room_id": await hs(request).rooms.do_create_room(req, body)})
+
+
+def _target(body: JsonDict) -> str:
+    target = body.get("user_id")
+    if not isinstance(target, str) or not target:
+        raise BadRequest("user_id is required", errcode="M_BAD_JSON")
+    return target
+
+
+def _reason(body: JsonDict) -> str | None:
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest("reason must be a string", errcode="M_BAD_JSON")
+    return reason
+
+
+@routes.post(V3 + "/rooms/{room_id}/{action:invite|kick|ban|unban}")
+async def member_action(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    action = request.match_info["action"]
+    new = {"invite": "invite", "kick": "leave", "ban": "ban", "unban": "leave"}[action]
+    await hs(request).rooms.do_membership(
+        req, request.match_info["room_id"], _target(body), new, reason=_reason(body)
+    )
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/rooms/{room_id}/leave")
+async def leave(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    await hs(request).rooms.do_membership(
+        req, request.match_info["room_id"], req.user_id, "leave", reason=_reason(body)
+    )
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/rooms/{room_id}/forget")
+async def forget(request: web.Request) -> web.Response:
+    req = await requester(request)
+    await hs(request).rooms.do_forget(req, request.match_info["room_id"])
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/rooms/{room_id}/join")
+@routes.post(V3 + "/join/{room_id}")
+async def join(request: web.Request) -> web.Response:
+    req = await requester(request)
+    await read_json(request)
+    room_id = request.match_info["room_id"]
+    if not room_id.startswith("!"):
+        from konsil.errors import NotFound
+
+        raise NotFound("room aliases are not supported: join by room id")
+    await hs(request).rooms.do_membership(req, room_id, req.user_id, "join")
+    return json_response({"room_id": room_id})
+
+
+@routes.get(V3 + "/joined_rooms")
+async def joined_rooms(request: web.Request) -> web.Response:
+    req = await requester(request)
+    return json_response({"joined_rooms": await hs(request).rooms.joined_rooms(req)})
+
+
+@routes.get(V3 + "/rooms/{room_id}/state")
+async def room_state(request: web.Request) -> web.Response:
+    req = await requester(request)
+    return json_response(await hs(request).rooms.room_state(req, request.match_info["room_id"]))
+
+
+@routes.get(V3 + "/rooms/{room_id}/state/{event_type}")
+@routes.get(V3 + "/rooms/{room_id}/state/{event_type}/{state_key:.*}")
+async def state_event(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    return json_response(
+        await hs(request).rooms.state_content(
+            req, mi["room_id"], mi["event_type"], mi.get("state_key", "")
+        )
+    )
+
+
+@routes.put(V3 + "/rooms/{room_id}/state/{event_type}")
+@routes.put(V3 + "/rooms/{room_id}/state/{event_type}/{state_key:.*}")
+async def set_state(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    body = await read_json(request)
+    event_id = await hs(request).rooms.do_set_state(
+        req, mi["room_id"], mi["event_type"], mi.get("state_key", ""), body
+    )
+    return json_response({"event_id": event_id})
+
+
+@routes.put(V3 + "/rooms/{room_id}/send/{event_type}/{txn_id}")
+async def send(request: web.Request) -> web.Response:
+    req = await requester(request)
+    limit(request, "send", req.user_id)
+    mi = request.match_info
+    body = await read_json(request)
+    event_id = await hs(request).rooms.do_send(
+        req, mi["room_id"], mi["event_type"], mi["txn_id"], body
+    )
+    return json_response({"event_id": event_id})
+
+
+@routes.put(V3 + "/rooms/{room_id}/redact/{event_id}/{txn_id}")
+async def redact(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    body = await read_json(request)
+    event_id = await hs(request).rooms.do_redact(
+        req, mi["room_id"], mi["event_id"], mi["txn_id"], _reason(body)
+    )
+    return json_response({"event_id": event_id})
+
+
+@routes.get(V3 + "/rooms/{room_id}/messages")
+async def messages(request: web.Request) -> web.Response:
+    req = await requester(request)
+    direction = request.query.get("dir", "b")
+    if direction not in ("b", "f"):
+        raise ValidationError("dir must be b or f", fields={"dir": "b or f"})
+    server = hs(request)
+    return json_response(
+        await server.rooms.messages(
+            req,
+            request.match_info["room_id"],
+            from_pos=parse_token(request.query.get("from"), "from"),
+            to_pos=parse_token(request.query.get("to"), "to"),
+            backwards=direction == "b",
+            limit=int_param(request, "limit", 10),
+            current=await server.sync.position(),
+        )
+    )
+
+
+@routes.get(V3 + "/rooms/{room_id}/context/{event_id}")
+async def context(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    return json_response(
+        await hs(request).rooms.context(
+            req, mi["room_id"], mi["event_id"], int_param(request, "limit", 10)
+        )
+    )
+
+
+@routes.get(V3 + "/rooms/{room_id}/joined_members")
+async def joined_members(request: web.Request) -> web.Response:
+    req = await requester(request)
+    return json_response(await hs(request).rooms.joined_members(req, request.match_info["room_id"]))
+
+
+@routes.get(V3 + "/rooms/{room_id}/members")
+async def members(request: web.Request) -> web.Response:
+    req = await requester(request)
+    return json_response(await hs(request).rooms.members(req, request.match_info["room_id"]))
+
+
+@routes.put(V3 + "/rooms/{room_id}/typing/{user_id}")
+async def typing(request: web.Request) -> web.Response:
+    req = await requester(request)
+    own_user(req, request.match_info["user_id"])
+    body = await read_json(request)
+    is_typing = body.get("typing")
+    timeout = body.get("timeout", 30_000)
+    if not isinstance(is_typing, bool) or not isinstance(timeout, int):
+        raise BadRequest("typing (boolean) is required", errcode="M_BAD_JSON")
+    await hs(request).do_typing(req, request.match_info["room_id"], is_typing, timeout)
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/rooms/{room_id}/receipt/{receipt_type}/{event_id}")
+async def receipt(request: web.Request) -> web.Response:
+    req = await requester(request)
+    await read_json(request)
+    mi = request.match_info
+    await hs(request).do_receipt(req, mi["room_id"], mi["receipt_type"], mi["event_id"])
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/rooms/{room_id}/read_markers")
+async def read_markers(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    await hs(request).do_read_markers(req, request.match_info["room_id"], body)
+    return json_response(EMPTY)
+
+
+# ---------------------------------------------------------------- account data and filters
+
+
+@routes.get(V3 + "/user/{user_id}/account_data/{data_type}")
+@routes.get(V3 + "/user/{user_id}/rooms/{room_id}/account_data/{data_type}")
+async def get_account_data(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    own_user(req, mi["user_id"])
+    return json_response(
+        await hs(request).devices.account_data(req.user_id, mi.get("room_id", ""), mi["data_type"])
+    )
+
+
+@routes.put(V3 + "/user/{user_id}/account_data/{data_type}")
+@routes.put(V3 + "/user/{user_id}/rooms/{room_id}/account_data/{data_type}")
+async def put_account_data(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    own_user(req, mi["user_id"])
+    body = await read_json(request)
+    await hs(request).devices.do_set_account_data(req, mi.get("room_id", ""), mi["data_type"], body)
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/user/{user_id}/filter")
+async def create_filter(request: web.Request) -> web.Response:
+    req = await requester(request)
+    own_user(req, request.match_info["user_id"])
+    body = await read_json(request)
+    return json_response({"filter_id": await hs(request).devices.do_create_filter(req, body)})
+
+
+@routes.get(V3 + "/user/{user_id}/filter/{filter_id}")
+async def get_filter(request: web.Request) -> web.Response:
+    req = await requester(request)
+    own_user(req, request.match_info["user_id"])
+    return json_response(
+        await hs(request).devices.filter(req.user_id, request.match_info["filter_id"])
+    )
+
+
+@routes.get(V3 + "/pushrules/")
+async def pushrules(request: web.Request) -> web.Response:
+    await requester(request)
+    return json_response({"global": {}})
+
+
+# ---------------------------------------------------------------- sync
+
+
+async def _timeline_limit(request: web.Request, req: Requester) -> int:
+    raw = request.query.get("filter")
+    if not raw:
+        return 20
+    if raw.lstrip().startswith("{"):
+        try:
+            f: Any = json.loads(raw)
+        except ValueError:
+            raise BadRequest("filter is not valid JSON", errcode="M_NOT_JSON") from None
+    else:
+        f = await hs(request).devices.filter(req.user_id, raw)
+    try:
+        value = f["room"]["timeline"]["limit"]
+    except (KeyError, TypeError):
+        return 20
+    return value if isinstance(value, int) and value > 0 else 20
+
+
+@routes.get(V3 + "/sync")
+async def sync(request: web.Request) -> web.Response:
+    req = await requester(request)
+    cfg = request.app[K.CONFIG].matrix
+    timeout = max(0, min(int_param(request, "timeout", 0), cfg.sync_timeout_max_ms))
+    params = SyncParams(
+        since=parse_token(request.query.get("since")),
+        timeout_ms=timeout,
+        timeline_limit=await _timeline_limit(request, req),
+        full_state=request.query.get("full_state") == "true",
+    )
+    return json_response(await hs(request).sync.sync(req, params))
+
+
+# ---------------------------------------------------------------- keys and to-device
+
+
+@routes.post(V3 + "/keys/upload")
+async def keys_upload(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    return json_response(await hs(request).devices.do_upload_keys(req, body))
+
+
+@routes.post(V3 + "/keys/query")
+async def keys_query(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    return json_response(await hs(request).devices.query_keys(req, body))
+
+
+@routes.post(V3 + "/keys/claim")
+async def keys_claim(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    return json_response(await hs(request).devices.do_claim_keys(req, body))
+
+
+@routes.get(V3 + "/keys/changes")
+async def keys_changes(request: web.Request) -> web.Response:
+    req = await requester(request)
+    from_pos = parse_token(request.query.get("from"), "from") or 0
+    to_pos = parse_token(request.query.get("to"), "to")
+    if to_pos is None:
+        to_pos = await hs(request).sync.position()
+    return json_response(await hs(request).devices.key_changes(req, from_pos, to_pos))
+
+
+@routes.put(V3 + "/sendToDevice/{event_type}/{txn_id}")
+async def send_to_device(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request, max_bytes=4 * 1024 * 1024)
+    mi = request.match_info
+    await hs(request).devices.do_send_to_device(req, mi["event_type"], mi["txn_id"], body)
+    return json_response(EMPTY)
+
+
+# ---------------------------------------------------------------- directory
+
+
+@routes.post(V3 + "/user_directory/search")
+async def user_directory(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    term = body.get("search_term")
+    lim = body.get("limit", 10)
+    if not isinstance(term, str) or not isinstance(lim, int):
+        raise BadRequest("search_term (string) is required", errcode="M_BAD_JSON")
+    return json_response(await hs(request).search_directory(req, term, lim))
+
+
+# ---------------------------------------------------------------- media
+
+
+@routes.post("/_matrix/media/v3/upload")
+async def upload(request: web.Request) -> web.Response:
+    req = await requester(request)
+    limit(request, "upload", req.user_id)
+    server = hs(request)
+    max_bytes = server.media.max_bytes
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise TooLarge("the file is larger than the upload limit", errcode="M_TOO_LARGE")
+    data = await request.content.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge("the file is larger than the upload limit", errcode="M_TOO_LARGE")
+    filename = request.query.get("filename")
+    mxc = await server.media.do_upload(
+        req, data, request.headers.get("Content-Type", "application/octet-stream"), filename
+    )
+    return json_response({"content_uri": mxc})
+
+
+@routes.get("/_matrix/client/v1/media/config")
+@routes.get("/_matrix/media/v3/config")
+async def media_config(request: web.Request) -> web.Response:
+    await requester(request)
+    return json_response({"m.upload.size": hs(request).media.max_bytes})
+
+
+@routes.get("/_matrix/client/v1/media/download/{server}/{media_id}")
+@routes.get("/_matrix/client/v1/media/download/{server}/{media_id}/{filename}")
+@routes.get("/_matrix/client/v1/media/thumbnail/{server}/{media_id}")
+async def download(request: web.Request) -> web.StreamResponse:
+    req = await requester(request)
+    mi = request.match_info
+    stored = await hs(request).media.fetch(req, mi["server"], mi["media_id"])
+    resp = web.FileResponse(stored.path)
+    resp.content_type = stored.content_type
+    name = mi.get("filename") or stored.filename
+    disposition = "inline" if stored.content_type.startswith("image/") else "attachment"
+    if name:
+        from urllib.parse import quote
+
+        resp.headers["Content-Disposition"] = f"{disposition}; filename*=utf-8''{quote(name)}"
+    else:
+        resp.headers["Content-Disposition"] = disposition
+    resp.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return resp
+
+
+# ---------------------------------------------------------------- setup
+
+
+async def _retention_loop(server: Homeserver, every_s: int) -> None:
+    while True:
+        # wall-clock pacing on purpose: a fake clock in tests must not spin this loop
+        await asyncio.sleep(every_s)
+        try:
+            await server.do_purge_expired()
+        except Exception:
+            log.exception("retention purge failed")
+
+
+def setup(app: web.Application) -> None:
+    cfg = app[K.CONFIG].matrix
+
+    async def homeserver_ctx(app: web.Application) -> AsyncIterator[None]:
+        server = app[HS] = Homeserver.build(
+            app[K.CONFIG],
+            app[K.DB],
+            app[K.CLOCK],
+            app[K.AUTH],
+            app[K.AUDIT],
+            InProcessNotifier(start=await current_stream(app[K.DB])),
+        )
+        task = (
+            asyncio.create_task(_retention_loop(server, cfg.retention_check_seconds))
+            if cfg.retention_check_seconds > 0
+            else None
+        )
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    clock = app[K.CLOCK]
+    app[LIMITS] = {
+        "login": RateLimiter(clock, rate=cfg.login_rate_per_s, burst=cfg.login_burst),
+        "send": RateLimiter(clock, rate=cfg.send_rate_per_s, burst=cfg.send_burst),
+        "upload": RateLimiter(clock, rate=cfg.upload_rate_per_s, burst=cfg.upload_burst),
+    }
+    app.cleanup_ctx.append(homeserver_ctx)
+    app.router.add_routes(routes)
