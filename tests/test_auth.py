@@ -282,7 +282,7 @@ async def test_admin_edits_practitioner(
             "specialty": "astrology",
         },
     )
-    assert bad.status == 400 and "unknown specialty code" in await bad.text()
+    assert bad.status == 400 and "spécialité inconnue" in await bad.text()
     demote = await client.post(
         f"/admin/accounts/{admin.account_id}",
         data={"csrf_token": csrf, "display_name": "Admin", "role": "practitioner"},

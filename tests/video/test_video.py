@@ -169,8 +169,8 @@ async def test_schedule_form_validates_the_new_patient(client: Client, doctor: P
     )
     assert resp.status == 400
     text = await resp.text()
-    assert "wrong Luhn check digit" in text
-    assert "is not an e-mail address" in text
+    assert "chiffre de contrôle Luhn erroné" in text
+    assert "adresse électronique" in text
     home = await client.get("/video")
     assert home.status == 200
 
