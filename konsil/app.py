@@ -41,8 +41,9 @@ def feature_setups() -> list[FeatureSetup]:
     import messaging.web
     import rcp.web
     import video.web
+    import workflow.web
 
-    return [messaging.web.setup, rcp.web.setup, video.web.setup]
+    return [messaging.web.setup, rcp.web.setup, video.web.setup, workflow.web.setup]
 
 
 def make_jinja(translator: Translator) -> jinja2.Environment:

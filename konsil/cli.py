@@ -309,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Feature packages add their commands here (worker, simulate, documents …)."""
     from messaging.cli import register as messaging_commands
+    from workflow.cli import register as workflow_commands
 
-    return [messaging_commands]
+    return [messaging_commands, workflow_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,6 +78,9 @@ class WorkflowConfig:
     client_cert: str = ""
     client_key: str = ""
     ca_file: str = ""
+    lease_seconds: int = 60
+    worker_batch: int = 100
+    worker_concurrency: int = 32
 
 
 @dataclass(frozen=True)

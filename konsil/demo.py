@@ -90,14 +90,40 @@ async def seed(config: Config) -> dict[str, str]:
 
 
 def demo_sidecars(config: Config) -> list[tuple[str, web.Application, int]]:
-    """Other services the demo runs beside Konsil (the DSP and CNS simulators, once they exist)."""
-    return []
+    """Other services the demo runs beside Konsil: the DSP and CNS simulators."""
+    from workflow.simulators import cns, dsp
+    from workflow.simulators.common import SimulatorSettings
+
+    store = config.data_path / "simulators"
+    return [
+        ("DSP simulator", dsp.create_app(SimulatorSettings(store / "dsp")), config.port + 1),
+        ("CNS simulator", cns.create_app(SimulatorSettings(store / "cns")), config.port + 2),
+    ]
+
+
+def demo_config(config: Config) -> Config:
+    """Point the workflow connectors at the demo's simulators."""
+    from dataclasses import replace
+
+    from workflow.simulators.cns import PATH as CNS_PATH
+    from workflow.simulators.dsp import ITI41_PATH
+
+    base = f"http://{config.host}"
+    return replace(
+        config,
+        workflow=replace(
+            config.workflow,
+            dsp_url=config.workflow.dsp_url or f"{base}:{config.port + 1}{ITI41_PATH}",
+            cns_url=config.workflow.cns_url or f"{base}:{config.port + 2}{CNS_PATH}",
+        ),
+    )
 
 
 async def _main(config: Config) -> None:
     await upgrade(config.effective_database_url)
     logins = await seed(config)
     runners: list[web.AppRunner] = []
+    config = demo_config(config)
     app = create_app(config)
     for title, side_app, port in [("Konsil", app, config.port), *demo_sidecars(config)]:
         runner = web.AppRunner(side_app, access_log=None)

@@ -1,0 +1,226 @@
+"""The clinical document store: versions, statuses, exact bytes, hashes and signatures.
+
+A draft may change; once final, a document's bytes never change again (the service refuses). A
+correction is a new version in the same set that replaces the old one, which becomes ``amended``;
+a document issued by mistake becomes ``entered-in-error``. Every read or write of a document is a
+patient-data access and is audited in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from konsil.audit.service import Actor, AuditLog
+from konsil.clock import Clock
+from konsil.errors import Conflict, NotFound, ValidationError
+from workflow.models import ClinicalDocument, new_id
+from workflow.signing import KeyRing, verifier_for
+
+CONFIDENTIALITY = ("N", "R", "V")
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    kind: str
+    type_code: str
+    patient_id: str
+    organisation_id: str
+    content: bytes
+    author_account_id: str | None = None
+    author_practitioner_id: str | None = None
+    legal_authenticator_id: str | None = None
+    confidentiality: str = "N"
+    mime_type: str = "text/xml"
+    document_id: str | None = None  # chosen by the caller when the bytes already carry it
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    ok: bool
+    reason: str
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_new_document(new: NewDocument) -> None:
+    errors: dict[str, str] = {}
+    if not new.content:
+        errors["content"] = "the document is empty"
+    if not new.type_code.startswith("DT-"):
+        errors["type_code"] = "expected an eSanté document type code DT-xxxxx"
+    if new.confidentiality not in CONFIDENTIALITY:
+        errors["confidentiality"] = f"must be one of {', '.join(CONFIDENTIALITY)}"
+    if not new.kind:
+        errors["kind"] = "required"
+    if errors:
+        raise ValidationError("the document is not valid", fields=errors)
+
+
+class DocumentStore:
+    def __init__(self, clock: Clock, audit: AuditLog, keys: KeyRing) -> None:
+        self.clock = clock
+        self.audit = audit
+        self.keys = keys
+
+    # ------------------------------------------------------------------ writes (caller's tx)
+
+    async def do_create(
+        self,
+        s: AsyncSession,
+        actor: Actor,
+        new: NewDocument,
+        *,
+        status: Literal["draft", "final"] = "final",
+        replaces: ClinicalDocument | None = None,
+    ) -> ClinicalDocument:
+        """Store a document (signed when final) in the caller's transaction."""
+        check_new_document(new)
+        now = self.clock.now()
+        doc = ClinicalDocument(
+            id=new.document_id or new_id(),
+            set_id=replaces.set_id if replaces else new_id(),
+            version=replaces.version + 1 if replaces else 1,
+            replaces_id=replaces.id if replaces else None,
+            kind=new.kind,
+            type_code=new.type_code,
+            patient_id=new.patient_id,
+            author_account_id=new.author_account_id,
+            author_practitioner_id=new.author_practitioner_id,
+            legal_authenticator_id=new.legal_authenticator_id,
+            organisation_id=new.organisation_id,
+            status="draft",
+            confidentiality=new.confidentiality,
+            mime_type=new.mime_type,
+            created_at=now,
+            content=new.content,
+            sha256=sha256_hex(new.content),
+            size=len(new.content),
+        )
+        if status == "final":
+            await self._finalise(s, doc)
+        s.add(doc)
+        await s.flush()
+        await self.audit.record(
+            s,
+            actor,
+            "document.create" if replaces is None else "document.replace",
+            patient_id=doc.patient_id,
+            resource=f"document/{doc.id}",
+            details={"type": doc.type_code, "status": doc.status, "version": doc.version},
+        )
+        return doc
+
+    async def do_update_draft(
+        self, s: AsyncSession, actor: Actor, document_id: str, content: bytes
+    ) -> ClinicalDocument:
+        doc = await self._get_for_update(s, document_id)
+        if doc.status != "draft":
+            raise Conflict(
+                "a final document cannot change: issue a new version that replaces it",
+                fields={"status": doc.status},
+            )
+        if not content:
+            raise ValidationError("the document is empty", fields={"content": "required"})
+        doc.content = content
+        doc.sha256 = sha256_hex(content)
+        doc.size = len(content)
+        await self.audit.record(
+            s, actor, "document.update", patient_id=doc.patient_id, resource=f"document/{doc.id}"
+        )
+        return doc
+
+    async def do_finalise(
+        self, s: AsyncSession, actor: Actor, document_id: str
+    ) -> ClinicalDocument:
+        doc = await self._get_for_update(s, document_id)
+        if doc.status != "draft":
+            raise Conflict("the document is already final", fields={"status": doc.status})
+        await self._finalise(s, doc)
+        await self.audit.record(
+            s, actor, "document.finalise", patient_id=doc.patient_id, resource=f"document/{doc.id}"
+        )
+        return doc
+
+    async def do_replace(
+        self, s: AsyncSession, actor: Actor, document_id: str, new: NewDocument
+    ) -> ClinicalDocument:
+        """A correction: a new final version in the same set; the old one becomes amended."""
+        old = await self._get_for_update(s, document_id)
+        if old.status != "final":
+            raise Conflict(
+                "only the current final version can be replaced", fields={"status": old.status}
+            )
+        if new.patient_id != old.patient_id:
+            raise ValidationError(
+                "a replacement must concern the same patient", fields={"patient_id": "differs"}
+            )
+        old.status = "amended"
+        return await self.do_create(s, actor, new, status="final", replaces=old)
+
+    async def do_mark_entered_in_error(
+        self, s: AsyncSession, actor: Actor, document_id: str
+    ) -> ClinicalDocument:
+        doc = await self._get_for_update(s, document_id)
+        if doc.status not in ("final", "draft"):
+            raise Conflict("the document is not current", fields={"status": doc.status})
+        doc.status = "entered-in-error"
+        await self.audit.record(
+            s,
+            actor,
+            "document.entered-in-error",
+            patient_id=doc.patient_id,
+            resource=f"document/{doc.id}",
+        )
+        return doc
+
+    async def _finalise(self, s: AsyncSession, doc: ClinicalDocument) -> None:
+        signer = await self.keys.signer_for(s, doc.organisation_id)
+        doc.signature = signer.sign(doc.content)
+        doc.signing_key_id = signer.key_id
+        doc.status = "final"
+        doc.finalised_at = self.clock.now()
+
+    async def _get_for_update(self, s: AsyncSession, document_id: str) -> ClinicalDocument:
+        doc = (
+            await s.execute(
+                select(ClinicalDocument).where(ClinicalDocument.id == document_id).with_for_update()
+            )
+        ).scalar_one_or_none()
+        if doc is None:
+            raise NotFound("no such document")
+        return doc
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, s: AsyncSession, actor: Actor, document_id: str) -> ClinicalDocument:
+        doc = await s.get(ClinicalDocument, document_id)
+        if doc is None:
+            raise NotFound("no such document")
+        await self.audit.record(
+            s, actor, "document.read", patient_id=doc.patient_id, resource=f"document/{doc.id}"
+        )
+        return doc
+
+
+async def verify_document(s: AsyncSession, document_id: str) -> VerifyOutcome:
+    """Check a stored document: hash of its exact bytes, and its detached signature."""
+    doc = await s.get(ClinicalDocument, document_id)
+    if doc is None:
+        return VerifyOutcome(False, "no such document")
+    if doc.signature is None or doc.signing_key_id is None:
+        return VerifyOutcome(False, f"the document is not signed (status {doc.status})")
+    if sha256_hex(doc.content) != doc.sha256:
+        return VerifyOutcome(False, "SHA-256 of the stored bytes does not match the recorded hash")
+    verifier = await verifier_for(s, doc.signing_key_id)
+    if verifier is None:
+        return VerifyOutcome(False, "the signing key is unknown")
+    if not verifier.verify(doc.content, doc.signature):
+        return VerifyOutcome(False, "the signature does not match the document bytes")
+    return VerifyOutcome(True, f"signature valid (key {doc.signing_key_id}, {doc.size} bytes)")

@@ -1,0 +1,435 @@
+"""The transactional outbox and its delivery worker.
+
+``Outbox.enqueue`` writes a row in the caller's transaction, so a document and the message that
+carries it commit (or vanish) together. ``DeliveryWorker`` claims due rows and delivers them after
+commit. A claim is a lease: on PostgreSQL rows are picked with ``FOR UPDATE SKIP LOCKED`` so
+concurrent workers never take the same row; on SQLite the claiming transaction is ``BEGIN
+IMMEDIATE`` (one writer at a time, across processes) and the UPDATE re-checks that the row is still
+due. A worker that dies leaves rows ``in_flight`` until their lease expires; another worker then
+takes them again. That redelivery is harmless because every message carries its idempotency key
+and receivers answer a repeated key with their first acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from konsil.audit.service import Actor, AuditLog
+from konsil.clock import Clock
+from konsil.db import Database
+from konsil.errors import Conflict, NotFound, ValidationError
+from workflow.models import ClinicalDocument, OutboxAttempt, OutboxMessage
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("cns", "dsp")
+
+
+@dataclass(frozen=True)
+class DocumentPayload:
+    """The stored document a message carries, as the connectors need it."""
+
+    id: str
+    set_id: str
+    version: int
+    replaces_id: str | None
+    type_code: str
+    confidentiality: str
+    mime_type: str
+    created_at: datetime
+    content: bytes
+    sha256: str
+    size: int
+    signature: bytes | None
+    signing_key_id: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message_id: str
+    target: str
+    kind: str
+    idempotency_key: str
+    attempt: int
+    payload: Mapping[str, Any]
+    document: DocumentPayload | None
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """``delivered``; ``rejected`` (permanent: never retried); ``retry`` (transient)."""
+
+    outcome: Literal["delivered", "rejected", "retry"]
+    target_url: str
+    http_status: int | None = None
+    reference: str | None = None
+    error: str | None = None
+
+
+class Transport(Protocol):
+    async def deliver(self, delivery: Delivery) -> DeliveryResult: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with equal jitter: half the delay fixed, half random."""
+
+    base_seconds: float = 2.0
+    cap_seconds: float = 3600.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        full: float = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        return float(full / 2 + rng.random() * full / 2)
+
+
+@dataclass
+class MessageView:
+    message: OutboxMessage
+    attempts: list[OutboxAttempt] = field(default_factory=list)
+
+
+class Outbox:
+    """Writing to the outbox (in the caller's transaction) and the operator's view of it."""
+
+    def __init__(self, db: Database, clock: Clock, audit: AuditLog, *, max_attempts: int) -> None:
+        self.db = db
+        self.clock = clock
+        self.audit = audit
+        self.max_attempts = max_attempts
+
+    async def enqueue(
+        self,
+        session: AsyncSession,
+        target: str,
+        payload: Mapping[str, Any],
+        idempotency_key: str,
+        *,
+        kind: str = "document",
+        document_id: str | None = None,
+        author_account_id: str | None = None,
+    ) -> OutboxMessage:
+        if target not in TARGETS:
+            raise ValidationError("unknown outbox target", fields={"target": target})
+        if not idempotency_key or len(idempotency_key) > 100:
+            raise ValidationError(
+                "an idempotency key is required", fields={"idempotency_key": "1-100 characters"}
+            )
+        now = self.clock.now()
+        msg = OutboxMessage(
+            target=target,
+            kind=kind,
+            idempotency_key=idempotency_key,
+            payload=json.dumps(dict(payload), sort_keys=True, separators=(",", ":")),
+            document_id=document_id,
+            author_account_id=author_account_id,
+            status="pending",
+            attempts=0,
+            max_attempts=self.max_attempts,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        session.add(msg)
+        return msg
+
+    async def messages(self, *, status: str | None = None, limit: int = 200) -> list[MessageView]:
+        async with self.db.session() as s:
+            q = select(OutboxMessage).order_by(OutboxMessage.created_at.desc()).limit(limit)
+            if status:
+                q = q.where(OutboxMessage.status == status)
+            msgs = (await s.execute(q)).scalars().all()
+            return await self._with_attempts(s, msgs)
+
+    async def message(self, message_id: str) -> MessageView:
+        async with self.db.session() as s:
+            msg = await s.get(OutboxMessage, message_id)
+            if msg is None:
+                raise NotFound("no such outgoing message")
+            return (await self._with_attempts(s, [msg]))[0]
+
+    async def rejections_for_author(self, account_id: str) -> list[OutboxMessage]:
+        """Permanently rejected messages about this author's documents, with the reasons."""
+        async with self.db.session() as s:
+            q = (
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.author_account_id == account_id,
+                    OutboxMessage.status == "rejected",
+                )
+                .order_by(OutboxMessage.created_at.desc())
+            )
+            return list((await s.execute(q)).scalars().all())
+
+    async def counts(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)
+            )
+            return dict(rows.tuples())
+
+    async def do_retry(self, actor: Actor, message_id: str) -> OutboxMessage:
+        """Operator: send a dead (or rejected) message again, with a fresh attempt budget."""
+        async with self.db.transaction() as s:
+            msg = await s.get(OutboxMessage, message_id, with_for_update=True)
+            if msg is None:
+                raise NotFound("no such outgoing message")
+            if msg.status not in ("dead", "rejected"):
+                raise Conflict(
+                    "only dead or rejected messages can be retried", fields={"status": msg.status}
+                )
+            msg.status = "pending"
+            msg.max_attempts = msg.attempts + self.max_attempts
+            msg.next_attempt_at = self.clock.now()
+            msg.lease_until = None
+            msg.claimed_by = None
+            await self.audit.record(
+                s,
+                actor,
+                "outbox.retry",
+                resource=f"outbox/{msg.id}",
+                details={"target": msg.target},
+            )
+            return msg
+
+    async def _with_attempts(
+        self, s: AsyncSession, msgs: Sequence[OutboxMessage]
+    ) -> list[MessageView]:
+        views = {m.id: MessageView(m) for m in msgs}
+        if views:
+            attempts = await s.execute(
+                select(OutboxAttempt)
+                .where(OutboxAttempt.message_id.in_(list(views)))
+                .order_by(OutboxAttempt.id)
+            )
+            for a in attempts.scalars():
+                views[a.message_id].attempts.append(a)
+        return list(views.values())
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now),
+        and_(OutboxMessage.status == "in_flight", OutboxMessage.lease_until < now),
+    )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    batch_size: int = 100
+    concurrency: int = 32
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.25
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        transports: Mapping[str, Transport],
+        *,
+        worker_id: str,
+        settings: WorkerSettings | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.transports = transports
+        self.worker_id = worker_id
+        self.settings = settings or WorkerSettings()
+        self.backoff = backoff or Backoff()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Tell an idle worker that rows were committed (saves a poll interval)."""
+        self._wake.set()
+
+    async def claim(self) -> list[Delivery]:
+        now = self.clock.now()
+        lease = now + timedelta(seconds=self.settings.lease_seconds)
+        async with self.db.transaction() as s:
+            q = (
+                select(OutboxMessage.id)
+                .where(_due(now), OutboxMessage.target.in_(list(self.transports)))
+                .order_by(OutboxMessage.next_attempt_at)
+                .limit(self.settings.batch_size)
+            )
+            if not self.db.sqlite:
+                q = q.with_for_update(skip_locked=True)
+            ids = list((await s.execute(q)).scalars())
+            if not ids:
+                return []
+            claimed = list(
+                (
+                    await s.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id.in_(ids), _due(now))
+                        .values(
+                            status="in_flight",
+                            lease_until=lease,
+                            claimed_by=self.worker_id,
+                            attempts=OutboxMessage.attempts + 1,
+                        )
+                        .returning(OutboxMessage.id)
+                    )
+                ).scalars()
+            )
+            rows = (
+                await s.execute(
+                    select(OutboxMessage, ClinicalDocument)
+                    .outerjoin(ClinicalDocument, ClinicalDocument.id == OutboxMessage.document_id)
+                    .where(OutboxMessage.id.in_(claimed))
+                    .execution_options(populate_existing=True)
+                )
+            ).tuples()
+            return [_delivery(m, d) for m, d in rows]
+
+    async def run_once(self) -> int:
+        """Claim one batch, deliver it, record the outcomes. Returns how many were handled."""
+        batch = await self.claim()
+        if not batch:
+            return 0
+        sem = asyncio.Semaphore(self.settings.concurrency)
+
+        async def one(d: Delivery) -> tuple[Delivery, DeliveryResult, float, datetime]:
+            async with sem:
+                at = self.clock.now()
+                t0 = self.clock.monotonic()
+                transport = self.transports.get(d.target)
+                if transport is None:
+                    result = DeliveryResult("retry", "", error=f"no transport for {d.target}")
+                else:
+                    try:
+                        result = await transport.deliver(d)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # every failure of one delivery is a retry
+                        result = DeliveryResult(
+                            "retry", "", error=f"{type(exc).__name__}: {exc}"[:500]
+                        )
+                return d, result, (self.clock.monotonic() - t0) * 1000, at
+
+        outcomes = await asyncio.gather(*(one(d) for d in batch))
+        await self._record(outcomes)
+        return len(batch)
+
+    async def _record(
+        self, outcomes: Sequence[tuple[Delivery, DeliveryResult, float, datetime]]
+    ) -> None:
+        now = self.clock.now()
+        async with self.db.transaction() as s:
+            for d, r, latency_ms, at in outcomes:
+                s.add(
+                    OutboxAttempt(
+                        message_id=d.message_id,
+                        number=d.attempt,
+                        at=at,
+                        worker=self.worker_id,
+                        target_url=r.target_url[:500],
+                        outcome="error" if r.outcome == "retry" else r.outcome,
+                        http_status=r.http_status,
+                        latency_ms=round(latency_ms),
+                        error=r.error,
+                    )
+                )
+                values: dict[str, Any]
+                if r.outcome == "delivered":
+                    values = {
+                        "status": "delivered",
+                        "delivered_at": now,
+                        "remote_reference": r.reference,
+                        "last_error": None,
+                    }
+                elif r.outcome == "rejected":
+                    values = {"status": "rejected", "last_error": r.error}
+                else:
+                    msg_max = (
+                        await s.execute(
+                            select(OutboxMessage.max_attempts).where(
+                                OutboxMessage.id == d.message_id
+                            )
+                        )
+                    ).scalar_one()
+                    if d.attempt >= msg_max:
+                        values = {"status": "dead", "last_error": r.error}
+                    else:
+                        delay = self.backoff.delay(d.attempt, self.rng)
+                        values = {
+                            "status": "pending",
+                            "next_attempt_at": now + timedelta(seconds=delay),
+                            "last_error": r.error,
+                        }
+                values.update(lease_until=None, claimed_by=None)
+                # Only while the claim is still ours: after a lease expiry another worker owns it.
+                await s.execute(
+                    update(OutboxMessage)
+                    .where(
+                        OutboxMessage.id == d.message_id,
+                        OutboxMessage.claimed_by == self.worker_id,
+                        OutboxMessage.status == "in_flight",
+                    )
+                    .values(**values)
+                )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; a failing round is logged and retried after a pause."""
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox delivery round failed")
+                handled = 0
+            if handled:
+                continue
+            self._wake.clear()
+            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
+            _done, pending = await asyncio.wait(
+                waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for t in pending:
+                t.cancel()
+
+
+def _delivery(m: OutboxMessage, d: ClinicalDocument | None) -> Delivery:
+    doc = None
+    if d is not None:
+        doc = DocumentPayload(
+            id=d.id,
+            set_id=d.set_id,
+            version=d.version,
+            replaces_id=d.replaces_id,
+            type_code=d.type_code,
+            confidentiality=d.confidentiality,
+            mime_type=d.mime_type,
+            created_at=d.created_at,
+            content=d.content,
+            sha256=d.sha256,
+            size=d.size,
+            signature=d.signature,
+            signing_key_id=d.signing_key_id,
+        )
+    return Delivery(
+        message_id=m.id,
+        target=m.target,
+        kind=m.kind,
+        idempotency_key=m.idempotency_key,
+        attempt=m.attempts,
+        payload=json.loads(m.payload),
+        document=doc,
+    )

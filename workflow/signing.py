@@ -1,0 +1,140 @@
+"""Document signatures: a ``Signer`` interface and the Ed25519 implementation (PyNaCl).
+
+Each organisation has one signing key. Its private half is stored sealed (NaCl SecretBox) with a
+key derived from the configured ``workflow.signing_key_secret`` (or the server's ``secret_key``),
+so a copy of the database alone cannot sign. A qualified e-signature provider can replace
+``Ed25519Signer`` behind the same interface: signing is detached, over the exact document bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import nacl.encoding
+import nacl.exceptions
+import nacl.hash
+import nacl.secret
+import nacl.signing
+import nacl.utils
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from konsil.clock import Clock
+from konsil.errors import ConfigError
+from workflow.models import SigningKey
+
+ALGORITHM = "ed25519"
+_KDF_PERSON = b"konsil-sign-key"  # personalisation: this derived key seals signing keys only
+
+
+class Signer(Protocol):
+    """Signs exact bytes with a detached signature; ``key_id`` names the key for verification."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+class Verifier(Protocol):
+    def verify(self, data: bytes, signature: bytes) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Ed25519Signer:
+    key_id: str
+    _key: nacl.signing.SigningKey
+
+    def sign(self, data: bytes) -> bytes:
+        signature: bytes = self._key.sign(data).signature
+        return signature
+
+
+@dataclass(frozen=True)
+class Ed25519Verifier:
+    public_key: bytes
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        try:
+            nacl.signing.VerifyKey(self.public_key).verify(data, signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+            return False
+        return True
+
+
+def sealing_box(secret: str) -> nacl.secret.SecretBox:
+    if len(secret) < 16:
+        raise ConfigError(
+            "workflow.signing_key_secret (or secret_key) must be set, at least 16 characters, "
+            "to protect the organisations' signing keys"
+        )
+    key = nacl.hash.blake2b(
+        secret.encode(),
+        digest_size=nacl.secret.SecretBox.KEY_SIZE,
+        person=_KDF_PERSON.ljust(16, b"\0")[:16],
+        encoder=nacl.encoding.RawEncoder,
+    )
+    return nacl.secret.SecretBox(key)
+
+
+class KeyRing:
+    """Organisation signing keys: created on first use, unsealed once and kept in memory."""
+
+    def __init__(self, secret: str, clock: Clock) -> None:
+        self._box = sealing_box(secret)
+        self._clock = clock
+        self._cache: dict[str, Ed25519Signer] = {}
+
+    async def signer_for(self, session: AsyncSession, organisation_id: str) -> Signer:
+        cached = self._cache.get(organisation_id)
+        if cached is not None:
+            return cached
+        row = await self._row(session, organisation_id)
+        if row is None:
+            row = await self._create(session, organisation_id)
+        try:
+            seed = self._box.decrypt(row.sealed_private_key)
+        except nacl.exceptions.CryptoError:
+            raise ConfigError(
+                "cannot unseal the organisation's signing key: signing_key_secret changed?"
+            ) from None
+        signer = Ed25519Signer(row.id, nacl.signing.SigningKey(seed))
+        self._cache[organisation_id] = signer
+        return signer
+
+    async def _row(self, session: AsyncSession, organisation_id: str) -> SigningKey | None:
+        return (
+            await session.execute(
+                select(SigningKey).where(SigningKey.organisation_id == organisation_id)
+            )
+        ).scalar_one_or_none()
+
+    async def _create(self, session: AsyncSession, organisation_id: str) -> SigningKey:
+        key = nacl.signing.SigningKey.generate()
+        row = SigningKey(
+            organisation_id=organisation_id,
+            algorithm=ALGORITHM,
+            public_key=bytes(key.verify_key),
+            sealed_private_key=bytes(self._box.encrypt(bytes(key))),
+            created_at=self._clock.now(),
+        )
+        try:
+            async with session.begin_nested():
+                session.add(row)
+                await session.flush()
+        except IntegrityError:  # another process created it first: use theirs
+            existing = await self._row(session, organisation_id)
+            assert existing is not None
+            return existing
+        return row
+
+
+async def verifier_for(session: AsyncSession, key_id: str) -> Verifier | None:
+    row = await session.get(SigningKey, key_id)
+    if row is None:
+        return None
+    if row.algorithm != ALGORITHM:  # pragma: no cover - only one algorithm so far
+        return None
+    return Ed25519Verifier(row.public_key)

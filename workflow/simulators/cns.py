@@ -1,0 +1,131 @@
+"""The CNS eCIT simulator: receives sick-leave certificates as signed CDA in a JSON envelope.
+
+``POST /ecit/v1/certificates``. A repeated idempotency key gets the first acknowledgement again
+(nothing is stored twice); the same key with other content is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from workflow.simulators.common import (
+    SimulatorSettings,
+    SubmissionStore,
+    apply_faults,
+    cda_patient_matricule,
+    cda_type_code,
+    matricule_problem,
+)
+
+PATH = "/ecit/v1/certificates"
+SICK_LEAVE = "DT-20002"
+SETTINGS = web.AppKey("cns_settings", SimulatorSettings)
+STORE = web.AppKey("cns_store", SubmissionStore)
+
+REQUIRED = (
+    "idempotency_key",
+    "document_id",
+    "patient_matricule",
+    "document",
+    "signature",
+    "sha256",
+    "size",
+)
+
+
+def rejection(status: int, *reasons: tuple[str, str]) -> web.Response:
+    return web.json_response(
+        {"status": "rejected", "reasons": [{"code": c, "message": m} for c, m in reasons]},
+        status=status,
+    )
+
+
+def check_envelope(body: Any, validate: Any) -> tuple[list[tuple[str, str]], bytes]:
+    if not isinstance(body, dict):
+        return [("MALFORMED", "the body must be a JSON object")], b""
+    missing = [k for k in REQUIRED if not body.get(k)]
+    if missing:
+        return [("MISSING_FIELD", f"missing: {', '.join(missing)}")], b""
+    try:
+        doc = base64.b64decode(body["document"], validate=True)
+        sig = base64.b64decode(body["signature"], validate=True)
+    except (binascii.Error, TypeError):
+        return [("MALFORMED", "document and signature must be base64")], b""
+    reasons: list[tuple[str, str]] = []
+    if hashlib.sha256(doc).hexdigest() != body["sha256"]:
+        reasons.append(("HASH_MISMATCH", "sha256 does not match the document"))
+    if len(doc) != body["size"]:
+        reasons.append(("SIZE_MISMATCH", "size does not match the document"))
+    if len(sig) != 64:
+        reasons.append(("SIGNATURE_INVALID", "a detached Ed25519 signature has 64 bytes"))
+    problem = matricule_problem(str(body["patient_matricule"]))
+    if problem:
+        reasons.append(("INVALID_MATRICULE", problem))
+    errors = validate(doc)
+    if errors:
+        reasons.extend(("CDA_INVALID", e) for e in errors[:10])
+        return reasons, doc
+    if cda_type_code(doc) != SICK_LEAVE:
+        reasons.append(("UNSUPPORTED_DOCUMENT_TYPE", f"eCIT accepts {SICK_LEAVE} only"))
+    if cda_patient_matricule(doc) != body["patient_matricule"]:
+        reasons.append(("PATIENT_MISMATCH", "the CDA's patient is not the envelope's patient"))
+    return reasons, doc
+
+
+async def submit(request: web.Request) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    fault = await apply_faults(settings)
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return rejection(400, ("MALFORMED", "the body is not JSON"))
+    key = body.get("idempotency_key") if isinstance(body, dict) else None
+    header = request.headers.get("Idempotency-Key")
+    if header and key and header != key:
+        return rejection(400, ("IDEMPOTENCY_KEY_MISMATCH", "header and body keys differ"))
+    if isinstance(key, str) and key:
+        async with store.lock(key):
+            previous = store.get(key)
+            if previous is not None:
+                if previous["sha256"] != body.get("sha256"):
+                    return rejection(
+                        409, ("IDEMPOTENCY_KEY_REUSED", "this key was used for another document")
+                    )
+                return web.json_response(previous["acknowledgement"], status=200)
+            reasons, doc = check_envelope(body, settings.validator)
+            if reasons:
+                return rejection(422, *reasons)
+            ack = {
+                "status": "accepted",
+                "cns_reference": f"CNS-CIT-{store.count + 1:08d}",
+                "idempotency_key": key,
+                "received_at": datetime.now(UTC).isoformat(),
+            }
+            meta = {k: v for k, v in body.items() if k != "document"}
+            store.put(key, doc, "document.xml", {**meta, "acknowledgement": ack})
+        if fault == "lost":
+            raise web.HTTPServiceUnavailable(text="simulated lost answer")
+        return web.json_response(ack, status=201)
+    reasons, _ = check_envelope(body, settings.validator)
+    return rejection(422, *(reasons or [("MISSING_FIELD", "missing: idempotency_key")]))
+
+
+def create_app(settings: SimulatorSettings) -> web.Application:
+    app = web.Application(client_max_size=20 * 1024**2)
+    app[SETTINGS] = settings
+    app[STORE] = SubmissionStore(settings.store)
+    app.router.add_post(PATH, submit)
+    app.router.add_get("/healthz", lambda _r: _ok())
+    return app
+
+
+async def _ok() -> web.Response:
+    return web.Response(text="ok")

@@ -1,0 +1,134 @@
+"""What both simulators share: the injectable document validator, fault injection and the store.
+
+The store keeps each accepted submission in its own folder: the document exactly as received and
+a ``metadata.json`` with the metadata and the acknowledgement that was sent. It is read back at
+start-up, so a restarted simulator still recognises a repeated idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from lxml import etree
+
+from konsil.errors import ValidationError
+from konsil.identity.matricule import check_matricule
+from workflow.cda.xsd import parse, xsd_errors
+
+# The CDA check the simulators apply: XML Schema today; the LU profile validator when merged.
+Validator = Callable[[bytes], list[str]]
+# Decides the fate of one request: None (handle it), "503", "timeout" (never answer), or "lost"
+# (handle and store it, then answer 503 as if the answer was lost on the way back).
+FaultPlan = Callable[[], str | None]
+
+HL7 = "urn:hl7-org:v3"
+MATRICULE_OID = "1.3.182.4.4"
+
+
+def random_faults(rate: float, rng: random.Random) -> FaultPlan:
+    def plan() -> str | None:
+        if rate <= 0 or rng.random() >= rate:
+            return None
+        return rng.choice(("503", "timeout", "lost"))
+
+    return plan
+
+
+def scripted_faults(script: list[str | None]) -> FaultPlan:
+    """Faults in a fixed order (tests), then none."""
+    it: Iterator[str | None] = iter(script)
+    return lambda: next(it, None)
+
+
+@dataclass
+class SimulatorSettings:
+    store: Path
+    latency_ms: int = 0
+    faults: FaultPlan = field(default=lambda: None)
+    validator: Validator = xsd_errors
+    timeout_hang_seconds: float = 3600.0
+
+
+def safe_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", key)[:150]
+
+
+class SubmissionStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._acks: dict[str, dict[str, Any]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        for meta in root.glob("*/metadata.json"):
+            data = json.loads(meta.read_text())
+            self._acks[data["dedupe_key"]] = data
+        self.count = len(self._acks)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._acks.get(key)
+
+    def put(self, key: str, document: bytes, filename: str, metadata: dict[str, Any]) -> None:
+        folder = self.root / safe_name(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / filename).write_bytes(document)
+        data = {**metadata, "dedupe_key": key, "file": filename}
+        tmp = folder / "metadata.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        # metadata.json appears last and atomically: its presence means "accepted and stored"
+        os.replace(tmp, folder / "metadata.json")
+        self._acks[key] = data
+        self.count += 1
+
+
+async def apply_faults(settings: SimulatorSettings) -> str | None:
+    """Latency first, then the planned fault; returns "lost" for a store-then-fail fault."""
+    if settings.latency_ms:
+        await asyncio.sleep(settings.latency_ms / 1000)
+    fault = settings.faults()
+    if fault == "503":
+        raise web.HTTPServiceUnavailable(text="simulated outage")
+    if fault == "timeout":
+        await asyncio.sleep(settings.timeout_hang_seconds)
+        raise web.HTTPGatewayTimeout(text="simulated timeout")
+    return fault
+
+
+def cda_patient_matricule(xml: bytes) -> str | None:
+    try:
+        root = parse(xml)
+    except etree.XMLSyntaxError:
+        return None
+    for el in root.iterfind(f"{{{HL7}}}recordTarget/{{{HL7}}}patientRole/{{{HL7}}}id"):
+        if el.get("root") == MATRICULE_OID:
+            ext = el.get("extension")
+            return None if ext is None else str(ext)
+    return None
+
+
+def cda_type_code(xml: bytes) -> str | None:
+    try:
+        root = parse(xml)
+    except etree.XMLSyntaxError:
+        return None
+    code = root.find(f"{{{HL7}}}code")
+    return None if code is None else code.get("code")
+
+
+def matricule_problem(value: str) -> str | None:
+    try:
+        check_matricule(value)
+    except ValidationError as exc:
+        return exc.message
+    return None
