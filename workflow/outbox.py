@@ -177,7 +177,7 @@ class Outbox:
             rows = await s.execute(
                 select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)
             )
-            return dict(rows.tuples())
+            return {str(r[0]): int(r[1]) for r in rows}
 
     async def do_retry(self, actor: Actor, message_id: str) -> OutboxMessage:
         """Operator: send a dead (or rejected) message again, with a fresh attempt budget."""
@@ -295,8 +295,8 @@ class DeliveryWorker:
                     .where(OutboxMessage.id.in_(claimed))
                     .execution_options(populate_existing=True)
                 )
-            ).tuples()
-            return [_delivery(m, d) for m, d in rows]
+            ).all()
+            return [_delivery(r[0], r[1]) for r in rows]
 
     async def run_once(self) -> int:
         """Claim one batch, deliver it, record the outcomes. Returns how many were handled."""

@@ -123,9 +123,9 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = SubmissionStore(settings.store)
     app.router.add_post(PATH, submit)
-    app.router.add_get("/healthz", lambda _r: _ok())
+    app.router.add_get("/healthz", healthz)
     return app
 
 
-async def _ok() -> web.Response:
+async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")

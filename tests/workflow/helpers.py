@@ -1,0 +1,141 @@
+"""Test helpers: a schema-valid minimal CDA, and the workflow services over one database.
+
+The CDA builders live in another branch; until they merge, tests and the benchmark use this small
+document (the shape of tests/workflow/test_xsd.py's MINIMAL) with a varying patient and id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+
+from konsil.audit.service import SYSTEM, Actor, AuditLog
+from konsil.auth.passwords import FAST_FOR_TESTS, PasswordHasher
+from konsil.clock import Clock
+from konsil.db import Database
+from konsil.identity.matricule import make_matricule
+from konsil.identity.models import Organisation, Patient
+from konsil.identity.service import IdentityService, NewAccount, NewPatient
+from workflow.documents import DocumentStore, NewDocument
+from workflow.models import ClinicalDocument, OutboxMessage, new_id
+from workflow.outbox import Outbox
+from workflow.signing import KeyRing
+
+SECRET = "signing-secret-for-tests-0123456789"
+
+
+def minimal_cda(matricule: str, document_id: str, *, type_code: str = "DT-20002") -> bytes:
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<ClinicalDocument xmlns="urn:hl7-org:v3">
+  <realmCode code="LU"/>
+  <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
+  <templateId root="1.3.182.11.1"/>
+  <id root="1.3.182.99.1" extension="{document_id}"/>
+  <code code="{type_code}" codeSystem="1.3.182.5.9" displayName="Certificat d'incapacité de travail"/>
+  <effectiveTime value="20261127100000+0100"/>
+  <confidentialityCode code="N" codeSystem="2.16.840.1.113883.5.25"/>
+  <languageCode code="fr-LU"/>
+  <recordTarget><patientRole><id root="1.3.182.4.4" extension="{matricule}"/></patientRole></recordTarget>
+  <author><time value="20261127"/><assignedAuthor><id root="1.2.3" extension="a"/></assignedAuthor></author>
+  <custodian><assignedCustodian><representedCustodianOrganization><id root="1.2.3"/></representedCustodianOrganization></assignedCustodian></custodian>
+  <component><nonXMLBody><text>Incapacité de travail du 27/11/2026 au 30/11/2026.</text></nonXMLBody></component>
+</ClinicalDocument>
+""".encode()
+
+
+@dataclass
+class Workflow:
+    db: Database
+    clock: Clock
+    audit: AuditLog
+    identity: IdentityService
+    keys: KeyRing
+    documents: DocumentStore
+    outbox: Outbox
+    org: Organisation
+    author: Actor
+    author_id: str
+
+    async def patient(self, n: int) -> Patient:
+        year = 1950 + n % 60
+        return await self.identity.do_create_patient(
+            SYSTEM,
+            NewPatient(
+                matricule=make_matricule(f"{year}0101", n % 1000),
+                given_name="Test",
+                family_name=f"Patient{n}",
+                birth_date=date(year, 1, 1),
+                sex="U",
+            ),
+        )
+
+    async def issue_certificate(
+        self,
+        patient: Patient,
+        *,
+        target: str = "cns",
+        content: bytes | None = None,
+        envelope_matricule: str | None = None,
+    ) -> tuple[ClinicalDocument, OutboxMessage]:
+        """Sign and store a certificate and queue it for ``target``, in one transaction."""
+        doc_id = new_id()
+        async with self.db.transaction() as s:
+            doc = await self.documents.do_create(
+                s,
+                self.author,
+                NewDocument(
+                    kind="sick-leave",
+                    type_code="DT-20002",
+                    patient_id=patient.id,
+                    organisation_id=self.org.id,
+                    content=content or minimal_cda(patient.matricule, doc_id),
+                    author_account_id=self.author_id,
+                    document_id=doc_id,
+                ),
+            )
+            msg = await self.outbox.enqueue(
+                s,
+                target,
+                {"patient_matricule": envelope_matricule or patient.matricule},
+                f"{target}-{doc.id}",
+                document_id=doc.id,
+                author_account_id=self.author_id,
+            )
+        return doc, msg
+
+
+async def make_workflow(db: Database, clock: Clock, *, max_attempts: int = 5) -> Workflow:
+    audit = AuditLog(clock)
+    identity = IdentityService(db, clock, PasswordHasher(FAST_FOR_TESTS), audit)
+    org = await identity.do_create_organisation(SYSTEM, f"Hôpital {new_id()[:6]}", "hospital")
+    account = await identity.do_create_account(
+        SYSTEM,
+        NewAccount(
+            username=f"dr{new_id()[:8]}",
+            password="pw-0123456789-abcdef",
+            role="practitioner",
+            display_name="Dr Test",
+            organisation_id=org.id,
+        ),
+    )
+    keys = KeyRing(SECRET, clock)
+    return Workflow(
+        db=db,
+        clock=clock,
+        audit=audit,
+        identity=identity,
+        keys=keys,
+        documents=DocumentStore(clock, audit, keys),
+        outbox=Outbox(db, clock, audit, max_attempts=max_attempts),
+        org=org,
+        author=Actor(account.id),
+        author_id=account.id,
+    )
+
+
+def stored_documents(store_root: object) -> list[dict[str, object]]:
+    from pathlib import Path
+
+    root = Path(str(store_root))
+    return [json.loads(p.read_text()) for p in sorted(root.glob("*/metadata.json"))]
