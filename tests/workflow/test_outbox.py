@@ -74,7 +74,11 @@ async def message(wf: Workflow, message_id: str) -> OutboxMessage:
 
 @needs_schema
 async def test_retries_through_5xx_and_timeouts_then_delivered_exactly_once(
-    wf: Workflow, clock: FakeClock, aiohttp_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
+    wf: Workflow,
+    clock: FakeClock,
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
 ) -> None:
     # 503, a hung request (client timeout), then an answer lost after the CNS stored it
     url, _ = await start_cns(aiohttp_server, tmp_path / "cns", ["503", "timeout", "lost"])
@@ -96,7 +100,11 @@ async def test_retries_through_5xx_and_timeouts_then_delivered_exactly_once(
 
 @needs_schema
 async def test_permanent_rejection_is_not_retried_and_reaches_the_author(
-    wf: Workflow, clock: FakeClock, aiohttp_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
+    wf: Workflow,
+    clock: FakeClock,
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
 ) -> None:
     url, _ = await start_cns(aiohttp_server, tmp_path / "cns", [])
     patient, other = await wf.patient(2), await wf.patient(3)
@@ -113,7 +121,11 @@ async def test_permanent_rejection_is_not_retried_and_reaches_the_author(
 
 @needs_schema
 async def test_dead_letter_then_manual_retry(
-    wf: Workflow, clock: FakeClock, aiohttp_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
+    wf: Workflow,
+    clock: FakeClock,
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
 ) -> None:
     url, _ = await start_cns(aiohttp_server, tmp_path / "cns", ["503"] * 4)
     patient = await wf.patient(4)
@@ -158,7 +170,11 @@ async def test_concurrent_workers_never_send_twice(wf: Workflow, db_url: str) ->
     dbs = [Database(db_url), Database(db_url)]
     workers = [
         DeliveryWorker(
-            d, wf.clock, {"cns": transport}, worker_id=f"w{i}", settings=WorkerSettings(batch_size=25)
+            d,
+            wf.clock,
+            {"cns": transport},
+            worker_id=f"w{i}",
+            settings=WorkerSettings(batch_size=25),
         )
         for i, d in enumerate(dbs)
     ]
