@@ -56,11 +56,20 @@ async def worker_context(
     config: Config, db: Database, clock: Clock, started: Callable[[DeliveryWorker], None]
 ) -> AsyncIterator[None]:
     """For ``app.cleanup_ctx``: deliver while the server runs, stop cleanly with it."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(config, db, clock, stop, started=started))
-    yield
-    stop.set()
-    try:
-        await asyncio.wait_for(task, timeout=10)
-    except TimeoutError:
-        task.cancel()
+    async with client_session(config.workflow) as http:
+        worker = DeliveryWorker(
+            db,
+            clock,
+            build_transports(config.workflow, http),
+            worker_id=worker_id(),
+            settings=settings_of(config),
+        )
+        started(worker)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        yield
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except TimeoutError:
+            task.cancel()
