@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
@@ -36,6 +36,10 @@ from workflow.models import OutboxMessage
 class NoAudit(AuditLog):
     async def record(self, *args: Any, **kwargs: Any) -> Any:
         return None
+
+
+def spawn(cmd: list[str], env: dict[str, str], log: BinaryIO) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
 
 
 def free_port() -> int:
@@ -91,13 +95,8 @@ async def run(url: str, n: int, concurrency: int, audit: bool, tmp: Path) -> Non
     store = tmp / "cns"
     log = (tmp / "bench.log").open("ab")
     procs = [
-        subprocess.Popen(
-            [*konsil, "simulate", "cns", "--port", str(port), "--store", str(store)],
-            env=env,
-            stdout=log,
-            stderr=log,
-        ),
-        subprocess.Popen([*konsil, "worker", "--database-url", url], env=env, stdout=log, stderr=log),
+        spawn([*konsil, "simulate", "cns", "--port", str(port), "--store", str(store)], env, log),
+        spawn([*konsil, "worker", "--database-url", url], env, log),
     ]
     try:
         await asyncio.sleep(1.5)  # let both processes start
@@ -116,7 +115,7 @@ async def run(url: str, n: int, concurrency: int, audit: bool, tmp: Path) -> Non
                 break
             await asyncio.sleep(0.05)
         total_s = time.perf_counter() - t0
-        lat = sorted((d - c).total_seconds() * 1000 for c, d in rows)
+        lat = sorted((d - c).total_seconds() * 1000 for c, d in rows if d is not None)
         q = statistics.quantiles(lat, n=100)
         kind = "postgresql" if url.startswith("postgresql") else "sqlite"
         stored = sum(1 for _ in store.glob("*/metadata.json"))

@@ -1,7 +1,7 @@
 """Document signatures: a ``Signer`` interface and the Ed25519 implementation (PyNaCl).
 
 Each organisation has one signing key. Its private half is stored sealed (NaCl SecretBox) with a
-key derived from the configured ``workflow.signing_key_secret`` (or the server's ``secret_key``),
+key derived (``konsil.crypto.Sealer``) from ``workflow.signing_key_secret`` or ``secret_key``,
 so a copy of the database alone cannot sign. A qualified e-signature provider can replace
 ``Ed25519Signer`` behind the same interface: signing is detached, over the exact document bytes.
 """
@@ -11,22 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import nacl.encoding
 import nacl.exceptions
-import nacl.hash
-import nacl.secret
 import nacl.signing
-import nacl.utils
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock
+from konsil.crypto import Sealer
 from konsil.errors import ConfigError
 from workflow.models import SigningKey
 
 ALGORITHM = "ed25519"
-_KDF_PERSON = b"konsil-sign-key"  # personalisation: this derived key seals signing keys only
+SEALING_PURPOSE = "workflow-signkey"  # the derived key seals signing keys only
 
 
 class Signer(Protocol):
@@ -64,26 +61,20 @@ class Ed25519Verifier:
         return True
 
 
-def sealing_box(secret: str) -> nacl.secret.SecretBox:
+def sealer(secret: str) -> Sealer:
     if len(secret) < 16:
         raise ConfigError(
             "workflow.signing_key_secret (or secret_key) must be set, at least 16 characters, "
             "to protect the organisations' signing keys"
         )
-    key = nacl.hash.blake2b(
-        secret.encode(),
-        digest_size=nacl.secret.SecretBox.KEY_SIZE,
-        person=_KDF_PERSON.ljust(16, b"\0")[:16],
-        encoder=nacl.encoding.RawEncoder,
-    )
-    return nacl.secret.SecretBox(key)
+    return Sealer(secret, SEALING_PURPOSE)
 
 
 class KeyRing:
     """Organisation signing keys: created on first use, unsealed once and kept in memory."""
 
     def __init__(self, secret: str, clock: Clock) -> None:
-        self._box = sealing_box(secret)
+        self._sealer = sealer(secret)
         self._clock = clock
         self._cache: dict[str, Ed25519Signer] = {}
 
@@ -95,8 +86,8 @@ class KeyRing:
         if row is None:
             row = await self._create(session, organisation_id)
         try:
-            seed = self._box.decrypt(row.sealed_private_key)
-        except nacl.exceptions.CryptoError:
+            seed = self._sealer.open(row.sealed_private_key)
+        except ValueError:
             raise ConfigError(
                 "cannot unseal the organisation's signing key: signing_key_secret changed?"
             ) from None
@@ -117,7 +108,7 @@ class KeyRing:
             organisation_id=organisation_id,
             algorithm=ALGORITHM,
             public_key=bytes(key.verify_key),
-            sealed_private_key=bytes(self._box.encrypt(bytes(key))),
+            sealed_private_key=self._sealer.seal(bytes(key)),
             created_at=self._clock.now(),
         )
         try:

@@ -1,22 +1,27 @@
 """Test helpers: a schema-valid minimal CDA, and the workflow services over one database.
 
-The CDA builders live in another branch; until they merge, tests and the benchmark use this small
-document (the shape of tests/workflow/test_xsd.py's MINIMAL) with a varying patient and id.
+Certificates come from the real sick-leave builder, with a varying patient and document id (the
+CDA id is the document's OID, which is also its XDS uniqueId).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 
 from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.auth.passwords import FAST_FOR_TESTS, PasswordHasher
 from konsil.clock import Clock
 from konsil.db import Database
-from konsil.identity.matricule import make_matricule
+from konsil.identity.matricule import birth_date_of, make_matricule
 from konsil.identity.models import Organisation, Patient
 from konsil.identity.service import IdentityService, NewAccount, NewPatient
+from tests.workflow import samples
+from workflow.cda.sick_leave import Diagnosis, SickLeave, build_sick_leave
+from workflow.cda.teleconsultation import Teleconsultation, build_teleconsultation
+from workflow.cda.values import Header, Identifier
+from workflow.connectors.xds import oid_of
 from workflow.documents import DocumentStore, NewDocument
 from workflow.models import ClinicalDocument, OutboxMessage, new_id
 from workflow.outbox import Outbox
@@ -26,22 +31,56 @@ SECRET = "signing-secret-for-tests-0123456789"
 
 
 def minimal_cda(matricule: str, document_id: str, *, type_code: str = "DT-20002") -> bytes:
+    """A small schema-valid CDA that does NOT pass the LU profile (for refusal tests)."""
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <ClinicalDocument xmlns="urn:hl7-org:v3">
-  <realmCode code="LU"/>
   <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
-  <templateId root="1.3.182.11.1"/>
   <id root="1.3.182.99.1" extension="{document_id}"/>
-  <code code="{type_code}" codeSystem="1.3.182.5.9" displayName="Certificat d'incapacité de travail"/>
+  <code code="{type_code}" codeSystem="1.3.182.5.9"/>
   <effectiveTime value="20261127100000+0100"/>
   <confidentialityCode code="N" codeSystem="2.16.840.1.113883.5.25"/>
-  <languageCode code="fr-LU"/>
   <recordTarget><patientRole><id root="1.3.182.4.4" extension="{matricule}"/></patientRole></recordTarget>
   <author><time value="20261127"/><assignedAuthor><id root="1.2.3" extension="a"/></assignedAuthor></author>
   <custodian><assignedCustodian><representedCustodianOrganization><id root="1.2.3"/></representedCustodianOrganization></assignedCustodian></custodian>
-  <component><nonXMLBody><text>Incapacité de travail du 27/11/2026 au 30/11/2026.</text></nonXMLBody></component>
+  <component><nonXMLBody><text>x</text></nonXMLBody></component>
 </ClinicalDocument>
 """.encode()
+
+
+def _header(matricule: str, document_id: str) -> Header:
+    birth = birth_date_of(matricule) or date(1980, 1, 1)
+    patient = replace(samples.ANNE, matricule=matricule, birth_date=birth)
+    ident = Identifier(oid_of(document_id))
+    return Header(
+        document_id=ident,
+        set_id=ident,
+        patient=patient,
+        author=samples.GP,
+        organisation=samples.CLINIC,
+    )
+
+
+def certificate_cda(matricule: str, document_id: str) -> bytes:
+    """A real sick-leave certificate (the builders' output: XSD + LU profile valid)."""
+    cert = SickLeave("illness", date(2026, 11, 27), date(2026, 12, 3), diagnosis=FLU)
+    return build_sick_leave(cert, _header(matricule, document_id), now=samples.NOW)
+
+
+def teleconsultation_cda(matricule: str, document_id: str) -> bytes:
+    """A valid document of another type than the sick-leave certificate."""
+    return build_teleconsultation(CONSULT, _header(matricule, document_id), now=samples.NOW)
+
+
+FLU = Diagnosis("J11.1", "Grippe avec d'autres manifestations respiratoires")
+CONSULT = Teleconsultation(
+    start=datetime(2026, 11, 26, 17, 0, tzinfo=UTC),
+    end=datetime(2026, 11, 26, 17, 10, tzinfo=UTC),
+    modality="phone",
+    patient_consent=True,
+    reason="Question sur un résultat de prise de sang.",
+    findings="Hémoglobine 13,2 g/dL, normale.",
+    plan="Pas de mesure.",
+)
 
 
 @dataclass
@@ -89,7 +128,7 @@ class Workflow:
                     type_code="DT-20002",
                     patient_id=patient.id,
                     organisation_id=self.org.id,
-                    content=content or minimal_cda(patient.matricule, doc_id),
+                    content=content or certificate_cda(patient.matricule, doc_id),
                     author_account_id=self.author_id,
                     document_id=doc_id,
                 ),

@@ -14,7 +14,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from konsil.identity.matricule import make_matricule
-from tests.workflow.helpers import minimal_cda, stored_documents
+from tests.workflow.helpers import (
+    certificate_cda,
+    minimal_cda,
+    stored_documents,
+    teleconsultation_cda,
+)
 from workflow.cda.xsd import schema_available
 from workflow.connectors import xds
 from workflow.connectors.cns import CnsConnector, envelope
@@ -37,7 +42,7 @@ def delivery(
     content: bytes | None = None, matricule: str = MATRICULE, key: str | None = None
 ) -> Delivery:
     doc_id = new_id()
-    content = content or minimal_cda(MATRICULE, doc_id)
+    content = content or certificate_cda(MATRICULE, doc_id)
     return Delivery(
         message_id=new_id(),
         target="dsp",
@@ -182,9 +187,12 @@ async def test_cns_validates_and_rejects_with_reasons(
     async with http.post(url, json=body) as r:
         reasons = {x["code"] for x in (await r.json())["reasons"]}
         assert r.status == 422 and {"SIZE_MISMATCH", "CDA_INVALID"} <= reasons
-    other_type = delivery(content=minimal_cda(MATRICULE, "x", type_code="DT-10001"))
+    other_type = delivery(content=teleconsultation_cda(MATRICULE, new_id()))
     res = await conn.deliver(other_type)
     assert res.outcome == "rejected" and "UNSUPPORTED_DOCUMENT_TYPE" in (res.error or "")
+    # schema-valid but not the LU profile: refused by the same validator the builders use
+    lu = await conn.deliver(delivery(content=minimal_cda(MATRICULE, new_id())))
+    assert lu.outcome == "rejected" and "CDA_INVALID" in (lu.error or "")
     async with http.post(url, data=b"not json") as r:
         assert r.status == 400
     assert len(stored_documents(tmp_path / "cns")) == 1

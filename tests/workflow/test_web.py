@@ -12,9 +12,10 @@ from konsil.audit.service import Actor
 from konsil.config import Config, WorkflowConfig
 from konsil.identity.matricule import make_matricule
 from tests.conftest import AiohttpClient, Client, Person, web_login
-from tests.workflow.helpers import minimal_cda, stored_documents
+from tests.workflow.helpers import certificate_cda, stored_documents
 from workflow.cda.xsd import schema_available
 from workflow.documents import NewDocument
+from workflow.models import new_id
 from workflow.outbox import Delivery, DeliveryResult, DeliveryWorker
 from workflow.simulators import cns
 from workflow.simulators.common import SimulatorSettings
@@ -76,7 +77,9 @@ async def test_trace_page_lists_attempts_and_retries_dead_messages(
     assert "CDA_INVALID: x" in mine
 
 
-@pytest.mark.skipif(not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR")
+@pytest.mark.skipif(
+    not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
+)
 async def test_server_delivers_with_its_own_worker(
     aiohttp_client: AiohttpClient,
     aiohttp_server: ServerFactory,
@@ -100,11 +103,19 @@ async def test_server_delivers_with_its_own_worker(
     patient = await identity.do_create_patient(
         SYSTEM, NewPatient(m, "Ana", "Test", date(1980, 1, 1), "F")
     )
+    doc_id = new_id()
     async with app[K.DB].transaction() as s:
         doc = await app[DOCUMENTS].do_create(
             s,
             Actor("system"),
-            NewDocument("sick-leave", "DT-20002", patient.id, org.id, minimal_cda(m, "srv")),
+            NewDocument(
+                "sick-leave",
+                "DT-20002",
+                patient.id,
+                org.id,
+                certificate_cda(m, doc_id),
+                document_id=doc_id,
+            ),
         )
         msg = await app[OUTBOX].enqueue(
             s, "cns", {"patient_matricule": m}, f"cns-{doc.id}", document_id=doc.id

@@ -22,9 +22,10 @@ from lxml import etree
 
 from konsil.errors import ValidationError
 from konsil.identity.matricule import check_matricule
-from workflow.cda.xsd import parse, xsd_errors
+from workflow.cda.validation import validate_cda
+from workflow.cda.xsd import parse
 
-# The CDA check the simulators apply: XML Schema today; the LU profile validator when merged.
+# The CDA check the simulators apply (XML Schema + LU profile by default; injectable for tests).
 Validator = Callable[[bytes], list[str]]
 # Decides the fate of one request: None (handle it), "503", "timeout" (never answer), or "lost"
 # (handle and store it, then answer 503 as if the answer was lost on the way back).
@@ -54,7 +55,7 @@ class SimulatorSettings:
     store: Path
     latency_ms: int = 0
     faults: FaultPlan = field(default=lambda: None)
-    validator: Validator = xsd_errors
+    validator: Validator = validate_cda
     timeout_hang_seconds: float = 3600.0
 
 
