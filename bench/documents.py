@@ -1,6 +1,7 @@
 """Certificates signed, persisted, queued and delivered end to end to the CNS simulator.
 
     python -m bench.documents [--database-url URL] [--n 2000] [--concurrency 16] [--no-audit]
+                              [--split]
 
 The producer (this process) issues certificates as a doctor would: build (a small CDA), sign,
 store and enqueue, one transaction each, audited. A ``konsil worker`` process delivers them to a
@@ -75,7 +76,7 @@ async def produce(wf: Workflow, n: int, concurrency: int) -> float:
     return time.perf_counter() - start
 
 
-async def run(url: str, n: int, concurrency: int, audit: bool, tmp: Path) -> None:
+async def run(url: str, n: int, concurrency: int, audit: bool, split: bool, tmp: Path) -> None:
     if url.startswith("postgresql"):
         url = await fresh_pg(url)
     await upgrade(url)
@@ -94,14 +95,16 @@ async def run(url: str, n: int, concurrency: int, audit: bool, tmp: Path) -> Non
     konsil = [sys.executable, "-m", "konsil.cli"]
     store = tmp / "cns"
     log = (tmp / "bench.log").open("ab")
-    procs = [
-        spawn([*konsil, "simulate", "cns", "--port", str(port), "--store", str(store)], env, log),
-        spawn([*konsil, "worker", "--database-url", url], env, log),
-    ]
+    sim = [*konsil, "simulate", "cns", "--port", str(port), "--store", str(store)]
+    worker = [*konsil, "worker", "--database-url", url]
+    procs = [spawn(sim, env, log)] if split else [spawn(sim, env, log), spawn(worker, env, log)]
     try:
-        await asyncio.sleep(1.5)  # let both processes start
+        await asyncio.sleep(1.5)  # let the processes start
         t0 = time.perf_counter()
         produce_s = await produce(wf, n, concurrency)
+        if split:  # the worker starts only now: its delivery rate alone
+            procs.append(spawn(worker, env, log))
+            t0 = time.perf_counter()
         while True:
             async with db.session() as s:
                 rows = (
@@ -120,9 +123,10 @@ async def run(url: str, n: int, concurrency: int, audit: bool, tmp: Path) -> Non
         kind = "postgresql" if url.startswith("postgresql") else "sqlite"
         stored = sum(1 for _ in store.glob("*/metadata.json"))
         print(
-            f"{kind} n={n} producers={concurrency} audit={'on' if audit else 'off'}: "
+            f"{kind} n={n} producers={concurrency} audit={'on' if audit else 'off'}"
+            f"{' split' if split else ''}: "
             f"issued (sign+persist+enqueue) {n / produce_s:.0f}/s; "
-            f"end to end {n / total_s:.0f} certificates/s; "
+            f"{'delivery alone' if split else 'end to end'} {n / total_s:.0f} certificates/s; "
             f"commit->ack p50 {q[49]:.0f} ms p99 {q[98]:.0f} ms; simulator stored {stored}",
             flush=True,
         )
@@ -140,10 +144,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--no-audit", action="store_true")
+    ap.add_argument(
+        "--split", action="store_true", help="issue everything first, then time delivery alone"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         url = args.database_url or f"sqlite+aiosqlite:///{Path(d) / 'bench.db'}"
-        asyncio.run(run(url, args.n, args.concurrency, not args.no_audit, Path(d)))
+        asyncio.run(run(url, args.n, args.concurrency, not args.no_audit, args.split, Path(d)))
 
 
 if __name__ == "__main__":

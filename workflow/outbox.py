@@ -19,15 +19,15 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from konsil.audit.service import Actor, AuditLog
 from konsil.clock import Clock
-from konsil.db import Database
+from konsil.db import Database, UTCDateTime
 from konsil.errors import Conflict, NotFound, ValidationError
 from workflow.models import ClinicalDocument, OutboxAttempt, OutboxMessage
 
@@ -62,6 +62,7 @@ class Delivery:
     kind: str
     idempotency_key: str
     attempt: int
+    max_attempts: int
     payload: Mapping[str, Any]
     document: DocumentPayload | None
 
@@ -331,59 +332,63 @@ class DeliveryWorker:
         self, outcomes: Sequence[tuple[Delivery, DeliveryResult, float, datetime]]
     ) -> None:
         now = self.clock.now()
-        async with self.db.transaction() as s:
-            for d, r, latency_ms, at in outcomes:
-                s.add(
-                    OutboxAttempt(
-                        message_id=d.message_id,
-                        number=d.attempt,
-                        at=at,
-                        worker=self.worker_id,
-                        target_url=r.target_url[:500],
-                        outcome="error" if r.outcome == "retry" else r.outcome,
-                        http_status=r.http_status,
-                        latency_ms=round(latency_ms),
-                        error=r.error,
-                    )
-                )
-                values: dict[str, Any]
-                if r.outcome == "delivered":
-                    values = {
-                        "status": "delivered",
-                        "delivered_at": now,
-                        "remote_reference": r.reference,
-                        "last_error": None,
-                    }
-                elif r.outcome == "rejected":
-                    values = {"status": "rejected", "last_error": r.error}
+        attempts: list[dict[str, Any]] = []
+        changes: list[dict[str, Any]] = []
+        for d, r, latency_ms, at in outcomes:
+            attempts.append(
+                {
+                    "message_id": d.message_id,
+                    "number": d.attempt,
+                    "at": at,
+                    "worker": self.worker_id,
+                    "target_url": r.target_url[:500],
+                    "outcome": "error" if r.outcome == "retry" else r.outcome,
+                    "http_status": r.http_status,
+                    "latency_ms": round(latency_ms),
+                    "error": r.error,
+                }
+            )
+            status: str = r.outcome
+            next_at = now
+            if r.outcome == "retry":
+                if d.attempt >= d.max_attempts:
+                    status = "dead"
                 else:
-                    msg_max = (
-                        await s.execute(
-                            select(OutboxMessage.max_attempts).where(
-                                OutboxMessage.id == d.message_id
-                            )
-                        )
-                    ).scalar_one()
-                    if d.attempt >= msg_max:
-                        values = {"status": "dead", "last_error": r.error}
-                    else:
-                        delay = self.backoff.delay(d.attempt, self.rng)
-                        values = {
-                            "status": "pending",
-                            "next_attempt_at": now + timedelta(seconds=delay),
-                            "last_error": r.error,
-                        }
-                values.update(lease_until=None, claimed_by=None)
-                # Only while the claim is still ours: after a lease expiry another worker owns it.
-                await s.execute(
-                    update(OutboxMessage)
-                    .where(
-                        OutboxMessage.id == d.message_id,
-                        OutboxMessage.claimed_by == self.worker_id,
-                        OutboxMessage.status == "in_flight",
-                    )
-                    .values(**values)
-                )
+                    status = "pending"
+                    next_at = now + timedelta(seconds=self.backoff.delay(d.attempt, self.rng))
+            delivered = r.outcome == "delivered"
+            changes.append(
+                {
+                    "b_id": d.message_id,
+                    "b_status": status,
+                    "b_next": next_at,
+                    "b_delivered_at": now if delivered else None,
+                    "b_reference": r.reference if delivered else None,
+                    "b_error": None if delivered else r.error,
+                }
+            )
+        t = cast(Table, OutboxMessage.__table__)
+        # Only while the claim is still ours: after a lease expiry another worker owns the row.
+        stmt = (
+            update(t)
+            .where(
+                t.c.id == bindparam("b_id"),
+                t.c.claimed_by == self.worker_id,
+                t.c.status == "in_flight",
+            )
+            .values(
+                status=bindparam("b_status"),
+                next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
+                delivered_at=bindparam("b_delivered_at", type_=UTCDateTime()),
+                remote_reference=bindparam("b_reference"),
+                last_error=bindparam("b_error"),
+                lease_until=None,
+                claimed_by=None,
+            )
+        )
+        async with self.db.transaction() as s:
+            await s.execute(insert(cast(Table, OutboxAttempt.__table__)), attempts)
+            await s.execute(stmt, changes)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; a failing round is logged and retried after a pause."""
@@ -430,6 +435,7 @@ def _delivery(m: OutboxMessage, d: ClinicalDocument | None) -> Delivery:
         kind=m.kind,
         idempotency_key=m.idempotency_key,
         attempt=m.attempts,
+        max_attempts=m.max_attempts,
         payload=json.loads(m.payload),
         document=doc,
     )

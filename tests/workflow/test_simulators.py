@@ -49,6 +49,7 @@ def delivery(
         kind="document",
         idempotency_key=key or f"k-{doc_id}",
         attempt=1,
+        max_attempts=3,
         payload={"patient_matricule": matricule},
         document=DocumentPayload(
             id=doc_id,
