@@ -41,6 +41,7 @@ class DocumentPayload:
     """The stored document a message carries, as the connectors need it."""
 
     id: str
+    patient_id: str
     set_id: str
     version: int
     replaces_id: str | None
@@ -245,7 +246,9 @@ class DeliveryWorker:
         settings: WorkerSettings | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.audit = audit
         self.db = db
         self.clock = clock
         self.transports = transports
@@ -389,6 +392,19 @@ class DeliveryWorker:
         async with self.db.transaction() as s:
             await s.execute(insert(cast(Table, OutboxAttempt.__table__)), attempts)
             await s.execute(stmt, changes)
+            if self.audit is not None:
+                # Patient data left the building: one audit event per delivered document.
+                actor = Actor(f"worker:{self.worker_id}")
+                for d, r, _, _ in outcomes:
+                    if r.outcome == "delivered" and d.document is not None:
+                        await self.audit.record(
+                            s,
+                            actor,
+                            "document.deliver",
+                            patient_id=d.document.patient_id,
+                            resource=f"document/{d.document.id}",
+                            details={"target": d.target, "reference": r.reference},
+                        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; a failing round is logged and retried after a pause."""
@@ -416,6 +432,7 @@ def _delivery(m: OutboxMessage, d: ClinicalDocument | None) -> Delivery:
     if d is not None:
         doc = DocumentPayload(
             id=d.id,
+            patient_id=d.patient_id,
             set_id=d.set_id,
             version=d.version,
             replaces_id=d.replaces_id,

@@ -10,7 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from sqlalchemy import select
 
+from konsil.audit.models import AuditEvent
 from konsil.audit.service import SYSTEM
 from konsil.clock import FakeClock
 from konsil.db import Database
@@ -59,6 +61,7 @@ def worker_for(wf: Workflow, url: str, http: aiohttp.ClientSession) -> DeliveryW
         {"cns": CnsConnector(http, url)},
         worker_id="w1",
         rng=random.Random(7),
+        audit=wf.audit,
     )
 
 
@@ -96,6 +99,13 @@ async def test_retries_through_5xx_and_timeouts_then_delivered_exactly_once(
     ack = stored[0]["acknowledgement"]
     assert isinstance(ack, dict) and view.message.remote_reference == ack["cns_reference"]
     assert (tmp_path / "cns" / f"cns-{doc.id}" / "document.xml").read_bytes() == doc.content
+    async with wf.db.session() as s:
+        sent = (
+            (await s.execute(select(AuditEvent).where(AuditEvent.action == "document.deliver")))
+            .scalars()
+            .all()
+        )
+    assert [(e.patient_id, e.resource) for e in sent] == [(patient.id, f"document/{doc.id}")]
 
 
 @needs_schema

@@ -53,6 +53,7 @@ def delivery(
         payload={"patient_matricule": matricule},
         document=DocumentPayload(
             id=doc_id,
+            patient_id="p",
             set_id=doc_id,
             version=1,
             replaces_id=None,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 
+from konsil.audit.service import AuditLog
 from konsil.clock import Clock
 from konsil.config import Config
 from konsil.db import Database
@@ -45,7 +46,12 @@ async def run_worker(
     async with client_session(config.workflow) as http:
         made = transports(http) if transports else build_transports(config.workflow, http)
         worker = DeliveryWorker(
-            db, clock, made, worker_id=worker_id(), settings=settings_of(config)
+            db,
+            clock,
+            made,
+            worker_id=worker_id(),
+            settings=settings_of(config),
+            audit=AuditLog(clock),
         )
         if started:
             started(worker)
@@ -63,6 +69,7 @@ async def worker_context(
             build_transports(config.workflow, http),
             worker_id=worker_id(),
             settings=settings_of(config),
+            audit=AuditLog(clock),
         )
         started(worker)
         stop = asyncio.Event()
