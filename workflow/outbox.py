@@ -25,7 +25,7 @@ from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from konsil.audit.service import Actor, AuditLog
+from konsil.audit.service import Actor, AuditEntry, AuditLog
 from konsil.clock import Clock
 from konsil.db import Database, UTCDateTime
 from konsil.errors import Conflict, NotFound, ValidationError
@@ -394,17 +394,20 @@ class DeliveryWorker:
             await s.execute(stmt, changes)
             if self.audit is not None:
                 # Patient data left the building: one audit event per delivered document.
-                actor = Actor(f"worker:{self.worker_id}")
-                for d, r, _, _ in outcomes:
-                    if r.outcome == "delivered" and d.document is not None:
-                        await self.audit.record(
-                            s,
-                            actor,
+                await self.audit.record_many(
+                    s,
+                    Actor(f"worker:{self.worker_id}"),
+                    [
+                        AuditEntry(
                             "document.deliver",
                             patient_id=d.document.patient_id,
                             resource=f"document/{d.document.id}",
                             details={"target": d.target, "reference": r.reference},
                         )
+                        for d, r, _, _ in outcomes
+                        if r.outcome == "delivered" and d.document is not None
+                    ],
+                )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; a failing round is logged and retried after a pause."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,17 @@ class Actor:
 
 
 SYSTEM = Actor("system")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event for ``AuditLog.record_many``."""
+
+    action: str
+    patient_id: str | None = None
+    resource: str | None = None
+    outcome: str = "success"
+    details: Mapping[str, Any] | None = None
 
 
 def row_hash(prev_hash: str, ev: AuditEvent) -> str:
@@ -94,6 +105,39 @@ class AuditLog:
         session.add(ev)
         await session.flush()
         return ev
+
+    async def record_many(
+        self, session: AsyncSession, actor: Actor, entries: Sequence[AuditEntry]
+    ) -> None:
+        """Append several events at once (one lock, one read of the chain's end, one flush)."""
+        if not entries:
+            return
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        last = (
+            await session.execute(
+                select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+            )
+        ).first()
+        seq, prev = (last[0], last[1]) if last else (0, GENESIS)
+        now = self.clock.now()
+        for e in entries:
+            seq += 1
+            ev = AuditEvent(
+                seq=seq,
+                at=now,
+                actor=actor.id,
+                action=e.action,
+                patient_id=e.patient_id,
+                resource=e.resource,
+                outcome=e.outcome,
+                ip=actor.ip,
+                details=json.dumps(dict(e.details or {}), sort_keys=True, separators=(",", ":")),
+                prev_hash=prev,
+            )
+            ev.hash = prev = row_hash(prev, ev)
+            session.add(ev)
+        await session.flush()
 
 
 @dataclass(frozen=True)

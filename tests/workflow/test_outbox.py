@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from konsil.audit.models import AuditEvent
-from konsil.audit.service import SYSTEM
+from konsil.audit.service import SYSTEM, AuditEntry, verify_chain
 from konsil.clock import FakeClock
 from konsil.db import Database
 from konsil.errors import Conflict
@@ -106,6 +106,18 @@ async def test_retries_through_5xx_and_timeouts_then_delivered_exactly_once(
             .all()
         )
     assert [(e.patient_id, e.resource) for e in sent] == [(patient.id, f"document/{doc.id}")]
+    assert (await verify_chain(wf.db)).ok
+
+
+async def test_batched_audit_appends_keep_the_chain(wf: Workflow) -> None:
+    async with wf.db.transaction() as s:
+        await wf.audit.record_many(
+            s, SYSTEM, [AuditEntry("x.one", patient_id="p"), AuditEntry("x.two")]
+        )
+        await wf.audit.record_many(s, SYSTEM, [])
+        await wf.audit.record(s, SYSTEM, "x.three")
+    result = await verify_chain(wf.db)
+    assert result.ok and result.checked >= 3
 
 
 @needs_schema
