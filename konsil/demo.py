@@ -101,7 +101,7 @@ def demo_sidecars(config: Config) -> list[tuple[str, web.Application, int]]:
     ]
 
 
-def demo_config(config: Config) -> Config:
+def demo_config(config: Config, dsp_port: int, cns_port: int) -> Config:
     """Point the workflow connectors at the demo's simulators."""
     from dataclasses import replace
 
@@ -113,8 +113,8 @@ def demo_config(config: Config) -> Config:
         config,
         workflow=replace(
             config.workflow,
-            dsp_url=config.workflow.dsp_url or f"{base}:{config.port + 1}{ITI41_PATH}",
-            cns_url=config.workflow.cns_url or f"{base}:{config.port + 2}{CNS_PATH}",
+            dsp_url=config.workflow.dsp_url or f"{base}:{dsp_port}{ITI41_PATH}",
+            cns_url=config.workflow.cns_url or f"{base}:{cns_port}{CNS_PATH}",
         ),
     )
 
@@ -123,14 +123,24 @@ async def _main(config: Config) -> None:
     await upgrade(config.effective_database_url)
     logins = await seed(config)
     runners: list[web.AppRunner] = []
-    config = demo_config(config)
-    app = create_app(config)
-    for title, side_app, port in [("Konsil", app, config.port), *demo_sidecars(config)]:
+    ports: list[int] = []
+    for title, side_app, port in demo_sidecars(config):
         runner = web.AppRunner(side_app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, config.host, port).start()
+        try:
+            await web.TCPSite(runner, config.host, port).start()
+        except OSError:  # the preferred port is taken: let the system choose one
+            await web.TCPSite(runner, config.host, 0).start()
         runners.append(runner)
+        port = runner.addresses[0][1]
+        ports.append(port)
         print(f"{title}: http://{config.host}:{port}/", flush=True)
+    config = demo_config(config, *ports)
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port).start()
+    runners.append(runner)
+    print(f"Konsil: http://{config.host}:{config.port}/", flush=True)
     print(
         f"Matrix homeserver: http://{config.host}:{config.port} (server name {config.server_name})"
     )
