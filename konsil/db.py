@@ -166,14 +166,7 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def script_heads(url: str) -> set[str]:
-    """The heads the version table holds once up to date: a branch head that another branch
-    ``depends_on`` (e.g. konsil_0001 under video_0001) is absorbed by Alembic, so it is left out."""
-    script = ScriptDirectory.from_config(alembic_config(url))
-    needed: set[str] = set()
-    for rev in script.walk_revisions():
-        deps = rev.dependencies or ()
-        needed.update((deps,) if isinstance(deps, str) else deps)
-    return set(script.get_heads()) - needed
+    return set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
 
 
 async def current_heads(engine: AsyncEngine) -> set[str]:
@@ -212,7 +205,7 @@ async def revision(url: str, branch: str, message: str) -> None:
 
     await upgrade(url)
     engine = make_engine(url, pool_size=1)
-    heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    heads = script_heads(url)
     pkg_dir = _package_dir(branch)
     if pkg_dir is None:
         raise ConfigError(f"no package named {branch}")
