@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from nio import RoomCreateResponse, RoomSendResponse
 from nio.event_builders import EnableEncryptionBuilder
+from sqlalchemy import text
 
 from konsil import appkeys as K
 from tests.conftest import Client, Person
@@ -190,8 +191,6 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
         assert not [e for e in js.errors() if e["event"] == "error"], js.lines
         # the room really is encrypted: the server holds ciphertext only
         db = client.app[K.DB]
-        from sqlalchemy import text
-
         async with db.session() as s:
             rows = (
                 await s.execute(
