@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from konsil import appkeys as K
 from tests.conftest import Client, Person
+from tests.messaging.mx import login
 from tests.messaging.nio_helpers import Peer
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
@@ -205,3 +206,16 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
         stderr = await js.close()
         await alice.close()
     assert js.proc.returncode == 0, stderr[-4000:]
+    # the SDK called no endpoint the server does not know
+    assert "M_UNRECOGNIZED" not in stderr, stderr[-4000:]
+
+
+async def test_no_key_backup_is_not_found(
+    client: Client, create_user: Callable[..., Awaitable[Person]]
+) -> None:
+    """matrix-js-sdk asks for the key backup at start: "none" is 404 M_NOT_FOUND (spec)."""
+    me = await login(client, await create_user("alice"))
+    got = await me.get("/room_keys/version", status=404)
+    assert got["errcode"] == "M_NOT_FOUND"
+    resp = await client.get("/_matrix/client/v3/room_keys/version")
+    assert resp.status == 401
