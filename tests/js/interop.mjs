@@ -87,6 +87,9 @@ const client = sdk.createClient({
 });
 // In-memory crypto store: no IndexedDB in Node.
 await client.initRustCrypto({ useIndexedDB: false });
+// Share room keys with unverified devices too (the default, said explicitly): the peer's
+// devices are also marked verified below, once they are known.
+client.getCrypto().globalBlacklistUnverifiedDevices = false;
 
 const joining = new Set();
 async function join(roomId) {
