@@ -486,6 +486,16 @@ async def pushrules(request: web.Request) -> web.Response:
     return json_response({"global": {}})
 
 
+@routes.get(V3 + "/room_keys/version")
+async def room_keys_version(request: web.Request) -> web.Response:
+    """Server-side key backup is not offered: say "no backup" the way clients expect (404
+    M_NOT_FOUND), not "unknown endpoint" (matrix-js-sdk asks for it at start)."""
+    from konsil.errors import NotFound
+
+    await requester(request)
+    raise NotFound("no current backup version")
+
+
 # ---------------------------------------------------------------- sync
 
 

@@ -1,0 +1,221 @@
+"""A second, independent client: matrix-js-sdk (Rust crypto, under Node.js) talks to matrix-nio.
+
+The JS side is `tests/js/interop.mjs`, installed from `tests/js/package-lock.json` with `npm ci`
+and driven as a subprocess: it prints JSON lines of what happened (and what it decrypted), and
+takes commands as JSON lines on stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nio import RoomCreateResponse, RoomSendResponse
+from nio.event_builders import EnableEncryptionBuilder
+from sqlalchemy import text
+
+from konsil import appkeys as K
+from tests.conftest import Client, Person
+from tests.messaging.mx import login
+from tests.messaging.nio_helpers import Peer
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+SCRIPT = JS_DIR / "interop.mjs"
+DEADLINE_S = 60.0
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[str]:
+    """The `node` binary, with tests/js/node_modules installed from the lockfile (npm ci)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed for the matrix-js-sdk interop test")
+    lock = JS_DIR / "package-lock.json"
+    digest = hashlib.sha256(lock.read_bytes() + (JS_DIR / "package.json").read_bytes())
+    stamp = JS_DIR / "node_modules" / ".konsil-installed"
+    if not stamp.is_file() or stamp.read_text() != digest.hexdigest():
+        subprocess.run(
+            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
+            check=True,
+            timeout=300,
+            stdout=subprocess.DEVNULL,
+        )
+        stamp.write_text(digest.hexdigest())
+    yield node
+
+
+class JsClient:
+    """The running interop.mjs: its output lines as they come, and a way to send it commands."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(json.loads(raw))
+            self.changed.set()
+        self.changed.set()
+
+    def seen(self, **match: Any) -> bool:
+        return any(all(line.get(k) == v for k, v in match.items()) for line in self.lines)
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line["event"] in ("error", "undecryptable")]
+
+    async def command(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def close(self) -> str:
+        """Stop the process; return what it wrote on stderr (for failure messages)."""
+        with contextlib.suppress(ConnectionError):
+            await self.command(cmd="stop")
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await self.reader
+        assert self.proc.stderr is not None
+        return (await self.proc.stderr.read()).decode(errors="replace")
+
+
+async def until(nio: Peer, js: JsClient, cond: Callable[[], bool], what: str) -> None:
+    """Step the nio client and watch the JS client's output until `cond` holds (bounded)."""
+    end = time.monotonic() + DEADLINE_S
+    while not cond():
+        assert time.monotonic() < end, f"not reached: {what}; js said {js.lines}"
+        assert js.proc.returncode is None, f"js client exited; it said {js.lines}"
+        assert not js.seen(event="error"), js.lines
+        js.changed.clear()
+        await nio.step()
+        # wake on the next line from the JS client, or after a short while to sync nio again
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(js.changed.wait(), 0.1)
+
+
+async def test_js_sdk_and_nio_exchange_encrypted_messages(
+    client: Client,
+    create_user: Callable[..., Awaitable[Person]],
+    tmp_path: Path,
+    node: str,
+) -> None:
+    base = str(client.make_url("")).rstrip("/")
+    server = client.app[K.CONFIG].server_name
+    alice_p = await create_user("alice")
+    bob_p = await create_user("bob")
+    alice = Peer(base, alice_p, tmp_path / "alice", f"@alice:{server}")
+    bob_id = f"@bob:{server}"
+    await alice.login()
+    await alice.step()
+
+    created = await alice.client.room_create(
+        name="Interop", invite=[bob_id], initial_state=[EnableEncryptionBuilder().as_dict()]
+    )
+    assert isinstance(created, RoomCreateResponse), created
+    room_id = created.room_id
+
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(SCRIPT),
+        "--url",
+        base,
+        "--user",
+        bob_p.username,
+        "--password",
+        bob_p.password,
+        "--room",
+        room_id,
+        "--peer",
+        alice.client.user_id,
+        cwd=JS_DIR,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    js = JsClient(proc)
+    stderr = ""
+    try:
+        await until(alice, js, lambda: js.seen(event="ready"), "js client ready")
+        js_device = next(line["device_id"] for line in js.lines if line["event"] == "ready")
+        await until(alice, js, lambda: js.seen(event="joined", room_id=room_id), "js joined")
+        # the JS side marked alice's device verified; nio verifies bob's JS device
+        await until(
+            alice,
+            js,
+            lambda: (
+                js.seen(event="trusted", devices=[alice.client.device_id])
+                and bob_id in alice.client.rooms[room_id].users
+                and js_device
+                in {d.device_id for d in alice.client.device_store.active_user_devices(bob_id)}
+            ),
+            "both sides know each other's device",
+        )
+        alice.trust_all()
+        assert alice.client.device_store[bob_id][js_device].verified
+
+        # nio → JS
+        to_js = "nio to js: CT shows no progression"
+        sent = await alice.client.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": to_js}
+        )
+        assert isinstance(sent, RoomSendResponse), sent
+        await until(
+            alice,
+            js,
+            lambda: js.seen(event="message", body=to_js, encrypted=True),
+            "js decrypted nio's message",
+        )
+        got = next(line for line in js.lines if line.get("body") == to_js)
+        assert got["sender"] == alice.client.user_id and got["room_id"] == room_id
+
+        # JS → nio
+        to_nio = "js to nio: agree, follow-up in three months"
+        await js.command(cmd="send", room_id=room_id, body=to_nio)
+        await until(alice, js, lambda: js.seen(event="sent", room_id=room_id), "js sent")
+        await until(alice, js, lambda: to_nio in alice.texts, "nio decrypted js's message")
+        assert not alice.undecrypted
+        assert not [e for e in js.errors() if e["event"] == "error"], js.lines
+        # the room really is encrypted: the server holds ciphertext only
+        db = client.app[K.DB]
+        async with db.session() as s:
+            rows = (
+                await s.execute(
+                    text("SELECT type, content FROM matrix_events WHERE room_id = :r"),
+                    {"r": room_id},
+                )
+            ).all()
+        stored = "\n".join(f"{t} {c}" for t, c in rows)
+        assert to_js not in stored and to_nio not in stored
+        assert sum(1 for t, _ in rows if t == "m.room.encrypted") >= 2
+    finally:
+        stderr = await js.close()
+        await alice.close()
+    assert js.proc.returncode == 0, stderr[-4000:]
+    # the SDK called no endpoint the server does not know
+    assert "M_UNRECOGNIZED" not in stderr, stderr[-4000:]
+
+
+async def test_no_key_backup_is_not_found(
+    client: Client, create_user: Callable[..., Awaitable[Person]]
+) -> None:
+    """matrix-js-sdk asks for the key backup at start: "none" is 404 M_NOT_FOUND (spec)."""
+    me = await login(client, await create_user("alice"))
+    got = await me.get("/room_keys/version", status=404)
+    assert got["errcode"] == "M_NOT_FOUND"
+    resp = await client.get("/_matrix/client/v3/room_keys/version")
+    assert resp.status == 401
