@@ -24,12 +24,11 @@ from sqlalchemy import select
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
-from konsil.audit.service import SYSTEM, Actor
+from konsil.audit.service import Actor
 from konsil.clock import FakeClock, local
 from konsil.errors import RateLimited, ValidationError
 from konsil.identity.matricule import make_matricule
 from konsil.identity.models import Account
-from konsil.identity.service import NewAccount
 from tests.conftest import CSRF_RE, AiohttpClient, Client, Person, web_login
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import read_invitation_token, turn_credentials
@@ -77,27 +76,6 @@ async def _enter(guest: Client, link: str, birth: str = "1975-03-10") -> aiohttp
         data={"csrf_token": m.group(1), "birth_date": birth, "consent": "yes"},
         allow_redirects=False,
     )
-
-
-@pytest.fixture
-async def doctor(client: Client) -> Person:
-    """A general practitioner of a practice: what documents need for their author."""
-    identity = client.app[K.IDENTITY]
-    org = await identity.do_create_organisation(SYSTEM, "Cabinet Weber", "practice")
-    password = "pw-drvideo-0123456789"
-    account = await identity.do_create_account(
-        SYSTEM,
-        NewAccount(
-            username="drvideo",
-            password=password,
-            role="practitioner",
-            display_name="Anna Weber",
-            specialty="general-practice",
-            organisation_id=org.id,
-            cns_provider_code="90812100",
-        ),
-    )
-    return Person("drvideo", password, account.id, "practitioner")
 
 
 async def test_link_is_single_use_bound_to_one_browser_and_expires(

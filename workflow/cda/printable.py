@@ -84,7 +84,7 @@ def _narrative_html(text: etree._Element) -> str:
                 el.tail = child.tail
 
     copy(text, out)
-    return etree.tostring(out, method="html", encoding="unicode")
+    return str(etree.tostring(out, method="html", encoding="unicode"))
 
 
 def narrative_html(xml: bytes) -> str:
