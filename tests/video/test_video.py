@@ -503,3 +503,24 @@ async def test_pages_in_french(client: Client, doctor: Person) -> None:
     text = await (await client.get("/video")).text()
     assert "Planifier une téléconsultation" in text and "Salle d&#39;attente" in text
     assert re.search(r'<label for="f-matricule">Matricule', text)
+
+
+async def test_a_doctor_without_organisation_cannot_issue(
+    client: Client, create_user: Callable[..., Awaitable[Person]], clock: FakeClock
+) -> None:
+    lone = await create_user("drlone", "practitioner", specialty="general-practice")
+    svc: VideoService = client.app[SERVICE]
+    a = await _appointment(client, lone, 8, clock)
+    inv = await svc.do_invite(Actor(lone.account_id), a)
+    await svc.do_enter(inv.token, {"birth_date": "1975-03-10", "consent": "yes"}, None)
+    await svc.do_admit(Actor(lone.account_id), a, True)
+    clock.advance(600)
+    form = {"reason": "Toux.", "findings": "Bronchite.", "plan": "Repos."}
+    with pytest.raises(ValidationError) as refused:
+        await svc.do_after_call(Actor(lone.account_id), a, form)
+    assert refused.value.fields == {"organisation": "your account belongs to no organisation"}
+    async with client.app[K.DB].session() as s:
+        assert (await s.execute(select(ClinicalDocument))).first() is None
+        assert (await s.execute(select(VideoDocument))).first() is None
+        appt = await s.get(VideoAppointment, a)
+        assert appt is not None and appt.status == "admitted"
