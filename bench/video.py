@@ -42,7 +42,6 @@ from konsil.config import Config
 from konsil.db import Database, upgrade
 from konsil.identity.matricule import make_matricule
 from konsil.identity.service import NewAccount
-from video.domain.documents import PendingIssueQueue
 from video.domain.service import VideoService, check_schedule
 from video.web import SERVICE
 
@@ -175,7 +174,7 @@ async def sockets(n: int, tmp: Path) -> None:
     doctor = await ident.do_create_account(
         SYSTEM, NewAccount("drws", "bench-password-0123456789", "practitioner")
     )
-    svc = VideoService(db, clock, audit, VideoConfig(), SECRET, PendingIssueQueue())
+    svc = VideoService(db, clock, audit, VideoConfig(), SECRET, None)
     cookies: list[tuple[str, str]] = []
     t = time.perf_counter()
     when = (clock.now() + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M+00:00")

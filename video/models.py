@@ -1,5 +1,5 @@
 """Teleconsultation tables: appointments, invitations, consents, chat, exchanged files and the
-queue of after-call documents waiting for the workflow pipeline."""
+documents issued after the call."""
 
 from __future__ import annotations
 
@@ -85,16 +85,17 @@ class VideoFile(Base):
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class VideoPendingIssue(Base):
-    """After-call documents handed to the DocumentIssuer seam and not yet taken by the workflow
-    pipeline: the queue the workflow adapter drains (status pending → taken)."""
+class VideoDocument(Base):
+    """A document issued after the call (its signed CDA lives in ``clinical_documents``) with the
+    patient's printable copy, sealed like the exchanged files."""
 
-    __tablename__ = "video_pending_issues"
+    __tablename__ = "video_documents"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     appointment_id: Mapped[str] = mapped_column(ForeignKey("video_appointments.id"), index=True)
     patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"), index=True)
     kind: Mapped[str] = mapped_column(String(24))  # report | sick_leave | prescription
-    payload: Mapped[str] = mapped_column(Text())  # JSON of the typed request
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    document_id: Mapped[str] = mapped_column(String(32))  # the issued document's id
+    title: Mapped[str] = mapped_column(String(200))
+    pdf: Mapped[bytes] = mapped_column(LargeBinary())  # SecretBox(nonce + ciphertext)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

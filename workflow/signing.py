@@ -71,7 +71,7 @@ def sealer(secret: str) -> Sealer:
 
 
 class KeyRing:
-    """Organisation signing keys: created on first use, unsealed once and kept in memory."""
+    """Organisation signing keys: created on first use, unsealed once and kept in memory (by key id)."""
 
     def __init__(self, secret: str, clock: Clock) -> None:
         self._sealer = sealer(secret)
@@ -79,12 +79,14 @@ class KeyRing:
         self._cache: dict[str, Ed25519Signer] = {}
 
     async def signer_for(self, session: AsyncSession, organisation_id: str) -> Signer:
-        cached = self._cache.get(organisation_id)
-        if cached is not None:
-            return cached
+        # The row is read every time (it may have been created by a transaction that then
+        # rolled back); only the unsealed key is cached, by its id.
         row = await self._row(session, organisation_id)
         if row is None:
             row = await self._create(session, organisation_id)
+        cached = self._cache.get(row.id)
+        if cached is not None:
+            return cached
         try:
             seed = self._sealer.open(row.sealed_private_key)
         except ValueError:
@@ -92,7 +94,7 @@ class KeyRing:
                 "cannot unseal the organisation's signing key: signing_key_secret changed?"
             ) from None
         signer = Ed25519Signer(row.id, nacl.signing.SigningKey(seed))
-        self._cache[organisation_id] = signer
+        self._cache[row.id] = signer
         return signer
 
     async def _row(self, session: AsyncSession, organisation_id: str) -> SigningKey | None:

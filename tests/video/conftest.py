@@ -20,8 +20,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from konsil.config import SmtpConfig, TurnConfig, VideoConfig
-from tests.conftest import Person
+from konsil import appkeys as K
+from konsil.audit.service import SYSTEM
+from konsil.config import SmtpConfig, TurnConfig, VideoConfig, WorkflowConfig
+from konsil.identity.service import NewAccount
+from tests.conftest import Client, Person
 
 TURN_SECRET = "turn-shared-secret-for-tests"
 
@@ -124,8 +127,24 @@ def turn(tmp_path: Path) -> Iterator[Turn]:
 
 
 @pytest.fixture
-async def doctor(create_user: Callable[..., Awaitable[Person]]) -> Person:
-    return await create_user("drvideo", "practitioner", display_name="Dr Anna Weber")
+async def doctor(client: Client) -> Person:
+    """A general practitioner of a practice: what documents need for their author."""
+    identity = client.app[K.IDENTITY]
+    org = await identity.do_create_organisation(SYSTEM, "Cabinet Weber", "practice")
+    password = "pw-drvideo-0123456789"
+    account = await identity.do_create_account(
+        SYSTEM,
+        NewAccount(
+            username="drvideo",
+            password=password,
+            role="practitioner",
+            display_name="Anna Weber",
+            specialty="general-practice",
+            organisation_id=org.id,
+            cns_provider_code="90812100",
+        ),
+    )
+    return Person("drvideo", password, account.id, "practitioner")
 
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -137,11 +156,16 @@ def video_server(
     make_app: Callable[..., web.Application],
 ) -> ServerFactory:
     async def start(
-        *, smtp_port: int = 0, turn: Turn | None = None, force_relay: bool = False
+        *,
+        smtp_port: int = 0,
+        turn: Turn | None = None,
+        force_relay: bool = False,
+        workflow: WorkflowConfig | None = None,
     ) -> TestServer:
         changes: dict[str, Any] = {
             "video": VideoConfig(force_relay=force_relay),
             "smtp": SmtpConfig(host="127.0.0.1" if smtp_port else "", port=smtp_port or 25),
+            "workflow": workflow or WorkflowConfig(),
         }
         if turn is not None:
             changes["turn"] = TurnConfig(secret=TURN_SECRET, urls=(turn.url,), ttl_seconds=600)

@@ -6,22 +6,31 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
 from konsil.audit.service import Actor
 from konsil.clock import FakeClock
+from konsil.config import WorkflowConfig
 from konsil.identity.matricule import make_matricule
 from tests.conftest import Person
 from tests.video.conftest import ServerFactory, Smtp, Turn
 from video.domain.service import check_schedule
-from video.models import VideoAppointment, VideoPendingIssue
+from video.models import VideoAppointment
 from video.web import SERVICE
+from workflow.cda.validation import validate_cda
+from workflow.models import ClinicalDocument
+from workflow.simulators import cns, dsp
+from workflow.simulators.common import SimulatorSettings
+from workflow.web.keys import OUTBOX, WORKER
 
 pytestmark = pytest.mark.e2e
 
@@ -82,9 +91,23 @@ async def admit_and_connect(doctor: Any, patient: Any, base: str, appointment: s
 
 
 async def test_teleconsultation_from_invitation_to_documents(
-    browser: Any, video_server: ServerFactory, smtp: Smtp, doctor: Person
+    browser: Any,
+    video_server: ServerFactory,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    smtp: Smtp,
+    doctor: Person,
+    clock: FakeClock,
+    tmp_path: Path,
 ) -> None:
-    server = await video_server(smtp_port=smtp.port)
+    # The DSP and the CNS: the simulators, in-process on free ports, validating what they get.
+    dsp_sim = await aiohttp_server(dsp.create_app(SimulatorSettings(tmp_path / "dsp")))
+    cns_sim = await aiohttp_server(cns.create_app(SimulatorSettings(tmp_path / "cns")))
+    wf = WorkflowConfig(
+        dsp_url=str(dsp_sim.make_url(dsp.ITI41_PATH)),
+        cns_url=str(cns_sim.make_url(cns.PATH)),
+        worker_enabled=True,
+    )
+    server = await video_server(smtp_port=smtp.port, workflow=wf)
     base = f"http://127.0.0.1:{server.port}"
     app = server.app
     assert app is not None
@@ -172,11 +195,13 @@ async def test_teleconsultation_from_invitation_to_documents(
     refused = await ctx_third.request.get(f"{base}{href}")
     assert refused.status == 403
 
-    # Hang up: the doctor lands on the after-call screen, the patient's page says it ended.
+    # Hang up after a ten-minute consultation: the doctor lands on the after-call screen, the
+    # patient's page says it ended.
+    clock.advance(600)
     await doc.click("#btn-hangup")
     await doc.wait_for_url(f"{base}/video/appointments/{appointment}/after")
     await pat.wait_for_selector("text=The teleconsultation has ended.")
-    await pat.wait_for_selector("#doc-list")  # the room page reloads into its after-call view
+    await pat.wait_for_selector("#file-list")  # the room page reloads into its after-call view
 
     await doc.fill("#f-reason", "Fièvre et courbatures depuis hier.")
     await doc.fill("#f-findings", "Syndrome grippal.")
@@ -190,28 +215,38 @@ async def test_teleconsultation_from_invitation_to_documents(
     await doc.click("#after-submit")
     await doc.wait_for_selector("#saved")
 
+    # Signed, stored and queued with the form; the in-process worker delivers them.
     async with app[K.DB].session() as s:
-        rows = (
-            (
-                await s.execute(
-                    select(VideoPendingIssue).where(VideoPendingIssue.appointment_id == appointment)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        docs = (await s.execute(select(ClinicalDocument))).scalars().all()
         appt = await s.get(VideoAppointment, appointment)
         assert appt is not None and appt.status == "ended"
         assert json.loads(appt.check_result or "{}")["camera"] is True
+    assert sorted(d.kind for d in docs) == ["sick-leave", "teleconsultation-report"]
+    outbox = app[OUTBOX]
+    for _ in range(50):
+        views = await outbox.messages()
+        if all(v.message.status == "delivered" for v in views):
+            break
+        await app[WORKER].run_once()
+    assert sorted((v.message.target, v.message.status) for v in views) == [
+        ("cns", "delivered"),
+        ("dsp", "delivered"),
+        ("dsp", "delivered"),
+    ]
+    # What the DSP and the CNS stored is the documents as issued, and valid.
+    stored = {store: sorted((tmp_path / store).glob("*/document.xml")) for store in ("dsp", "cns")}
+    assert len(stored["dsp"]) == 2 and len(stored["cns"]) == 1
+    for path in stored["dsp"] + stored["cns"]:
+        xml = path.read_bytes()
+        assert validate_cda(xml) == []
+        assert xml in {d.content for d in docs}
+    assert b"DT-20002" in stored["cns"][0].read_bytes()
+    async with app[K.DB].session() as s:
         events = (
             (await s.execute(select(AuditEvent).where(AuditEvent.action.like("video.%"))))
             .scalars()
             .all()
         )
-    assert sorted(r.kind for r in rows) == ["report", "sick_leave"]
-    assert all(r.status == "pending" for r in rows)
-    cert = json.loads(next(r.payload for r in rows if r.kind == "sick_leave"))["document"]
-    assert cert["diagnosis"] == {"code": "J11.1", "label": "Grippe"} and cert["kind"] == "illness"
     actions = {e.action for e in events}
     assert {
         "video.schedule",
@@ -227,11 +262,18 @@ async def test_teleconsultation_from_invitation_to_documents(
     } <= actions
     assert all(e.patient_id == appt.patient_id for e in events)
 
-    # The patient's link still shows their documents.
+    # The patient's link offers their documents as PDF (the certificate: the patient's copy).
     await pat.goto(link)
-    await pat.wait_for_selector("text=Consultation report")
-    assert "Syndrome grippal." in await pat.content()
-    assert await pat.locator("#doc-list a", has_text="analyse.pdf").count() == 1
+    cert = pat.locator("#doc-list li[data-kind=sick_leave] a")
+    await cert.wait_for()
+    pdf = await ctx_pat.request.get(f"{base}{await cert.get_attribute('href')}")
+    assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert (await pdf.body()).startswith(b"%PDF-")
+    assert await pat.locator("#doc-list li[data-kind=report] a").count() == 1
+    assert await pat.locator("#file-list a", has_text="analyse.pdf").count() == 1
+    # The doctor's appointment page shows where each document went.
+    await doc.goto(f"{base}/video/appointments/{appointment}")
+    assert await doc.locator("#doc-list [data-status=delivered]").count() == 3
     assert csp_violations == []
     for ctx in (ctx_doc, ctx_pat, ctx_third):
         await ctx.close()

@@ -23,17 +23,22 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamT
 from sqlalchemy import select
 
 from konsil import appkeys as K
+from konsil.audit.models import AuditEvent
 from konsil.audit.service import Actor
-from konsil.clock import FakeClock
+from konsil.clock import FakeClock, local
 from konsil.errors import RateLimited, ValidationError
 from konsil.identity.matricule import make_matricule
+from konsil.identity.models import Account
 from tests.conftest import CSRF_RE, AiohttpClient, Client, Person, web_login
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import read_invitation_token, turn_credentials
 from video.domain.documents import check_after_call
 from video.domain.service import VideoService, check_schedule
-from video.models import VideoFile, VideoInvitation, VideoPendingIssue
+from video.models import VideoAppointment, VideoDocument, VideoFile, VideoInvitation
 from video.web import GUEST_COOKIE, SERVICE
+from workflow.cda.validation import validate_cda
+from workflow.documents import verify_document
+from workflow.models import ClinicalDocument, OutboxMessage
 
 PDF = b"%PDF-1.4\n%%EOF\n"
 
@@ -71,11 +76,6 @@ async def _enter(guest: Client, link: str, birth: str = "1975-03-10") -> aiohttp
         data={"csrf_token": m.group(1), "birth_date": birth, "consent": "yes"},
         allow_redirects=False,
     )
-
-
-@pytest.fixture
-async def doctor(create_user: Callable[..., Awaitable[Person]]) -> Person:
-    return await create_user("drvideo", "practitioner")
 
 
 async def test_link_is_single_use_bound_to_one_browser_and_expires(
@@ -383,7 +383,7 @@ def test_after_call_form_validation() -> None:
     assert line.reimbursable and line.duration_days == 7
 
 
-async def test_after_call_documents_reach_the_issuer_queue(
+async def test_after_call_documents_are_signed_stored_and_queued(
     client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
 ) -> None:
     a = await _appointment(client, doctor, 7, clock)
@@ -396,11 +396,22 @@ async def test_after_call_documents_reach_the_issuer_queue(
     )
     assert early.status == 409
     await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
+    clock.advance(12 * 60)
+    day = local(clock.now()).date()
     form = {
         "csrf_token": csrf,
         "reason": "Mal de gorge.",
         "findings": "Angine.",
         "plan": "Antalgique.",
+        "dx_code": "J02.9",
+        "dx_label": "Pharyngite aiguë",
+        "sick_leave": "on",
+        "sl_kind": "illness",
+        "sl_dx_code": "J02.9",
+        "sl_dx_label": "Pharyngite aiguë",
+        "sl_outings": "no",
+        "sl_start": day.isoformat(),
+        "sl_end": (day + timedelta(days=2)).isoformat(),
         "prescription": "on",
         "rx_1_name": "Paracétamol 1 g",
         "rx_1_atc": "N02BE01",
@@ -417,19 +428,73 @@ async def test_after_call_documents_reach_the_issuer_queue(
     }
     bad = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_1_days": "0"})
     assert bad.status == 400 and "between 1 and 365" in await bad.text()
+    # The builder refuses what the form let through: shown on the form, nothing written.
+    past = (day - timedelta(days=1)).isoformat()
+    refused = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_start": past})
+    text = await refused.text()
+    assert refused.status == 400 and 'id="e-rx_start"' in text
+    assert "cannot start in the past" in text
+    async with client.app[K.DB].session() as s:
+        assert (await s.execute(select(ClinicalDocument))).first() is None
+        assert (await s.execute(select(OutboxMessage))).first() is None
+        assert (await s.execute(select(VideoDocument))).first() is None
+        appt = await s.get(VideoAppointment, a)
+        assert appt is not None and appt.status == "admitted"
+
     ok = await client.post(f"/video/appointments/{a}/after", data=form, allow_redirects=False)
     assert ok.status == 303
     async with client.app[K.DB].session() as s:
-        rows = (await s.execute(select(VideoPendingIssue))).scalars().all()
-    assert sorted(r.kind for r in rows) == ["prescription", "report"]
-    rx = json.loads(next(r.payload for r in rows if r.kind == "prescription"))
-    assert rx["context"]["appointment_id"] == a
-    assert rx["context"]["patient_consent"] is True
-    assert rx["document"]["lines"][0]["name"] == "Paracétamol 1 g"
-    assert rx["document"]["lines"][0]["dose"] == "1"
-    room = await patient.get(f"/video/room/{a}")
-    text = await room.text()
-    assert room.status == 200 and "Paracétamol 1 g" in text and "Angine." in text
+        docs = {d.kind: d for d in (await s.execute(select(ClinicalDocument))).scalars()}
+        msgs = (await s.execute(select(OutboxMessage))).scalars().all()
+        account = await s.get(Account, doctor.account_id)
+        assert account is not None and account.organisation_id is not None
+        for d in docs.values():
+            assert validate_cda(d.content) == []
+            assert (await verify_document(s, d.id)).ok
+            assert d.status == "final" and d.organisation_id == account.organisation_id
+            assert d.author_account_id == doctor.account_id
+            assert d.legal_authenticator_id == d.author_practitioner_id is not None
+    assert sorted(docs) == ["prescription", "sick-leave", "teleconsultation-report"]
+    assert docs["sick-leave"].type_code == "DT-20002"
+    assert b"J02.9" in docs["teleconsultation-report"].content
+    assert b"N02BE01" in docs["prescription"].content
+    kind_of = {d.id: kind for kind, d in docs.items()}
+    routed = sorted((kind_of[m.document_id or ""], m.target) for m in msgs)
+    assert routed == [
+        ("prescription", "dsp"),
+        ("sick-leave", "cns"),
+        ("sick-leave", "dsp"),
+        ("teleconsultation-report", "dsp"),
+    ]
+    assert {m.idempotency_key for m in msgs} == {f"{m.target}-{m.document_id}" for m in msgs}
+
+    # Issued once: a second submission is refused.
+    again = await client.post(f"/video/appointments/{a}/after", data=form)
+    assert again.status == 409
+    detail = await (await client.get(f"/video/appointments/{a}")).text()
+    assert detail.count('data-status="pending"') == 4
+
+    room = await (await patient.get(f"/video/room/{a}")).text()
+    links = re.findall(rf'href="(/video/documents/{a}/[0-9a-f]+)"', room)
+    assert len(links) == 3
+    for link in links:
+        resp = await patient.get(link)
+        assert resp.status == 200 and resp.content_type == "application/pdf"
+        assert (await resp.read()).startswith(b"%PDF-")
+    async with client.app[K.DB].session() as s:
+        audited = (
+            (
+                await s.execute(
+                    select(AuditEvent).where(AuditEvent.action == "video.document.download")
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(audited) == 3
+    # Once the link has expired, the copies are gone with it.
+    clock.advance(80 * 3600)
+    assert (await patient.get(links[0])).status == 403
 
 
 async def test_pages_in_french(client: Client, doctor: Person) -> None:
@@ -438,3 +503,24 @@ async def test_pages_in_french(client: Client, doctor: Person) -> None:
     text = await (await client.get("/video")).text()
     assert "Planifier une téléconsultation" in text and "Salle d&#39;attente" in text
     assert re.search(r'<label for="f-matricule">Matricule', text)
+
+
+async def test_a_doctor_without_organisation_cannot_issue(
+    client: Client, create_user: Callable[..., Awaitable[Person]], clock: FakeClock
+) -> None:
+    lone = await create_user("drlone", "practitioner", specialty="general-practice")
+    svc: VideoService = client.app[SERVICE]
+    a = await _appointment(client, lone, 8, clock)
+    inv = await svc.do_invite(Actor(lone.account_id), a)
+    await svc.do_enter(inv.token, {"birth_date": "1975-03-10", "consent": "yes"}, None)
+    await svc.do_admit(Actor(lone.account_id), a, True)
+    clock.advance(600)
+    form = {"reason": "Toux.", "findings": "Bronchite.", "plan": "Repos."}
+    with pytest.raises(ValidationError) as refused:
+        await svc.do_after_call(Actor(lone.account_id), a, form)
+    assert refused.value.fields == {"organisation": "your account belongs to no organisation"}
+    async with client.app[K.DB].session() as s:
+        assert (await s.execute(select(ClinicalDocument))).first() is None
+        assert (await s.execute(select(VideoDocument))).first() is None
+        appt = await s.get(VideoAppointment, a)
+        assert appt is not None and appt.status == "admitted"

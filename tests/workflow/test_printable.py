@@ -1,4 +1,5 @@
-"""Printable sick-leave certificates: the PDF holds what each reader may see, and no more."""
+"""Printable sick-leave certificates: the PDF holds what each reader may see, and no more; any
+CDA's narrative as PDF."""
 
 from __future__ import annotations
 
@@ -10,14 +11,22 @@ from pypdf import PdfReader
 from workflow.cda.sick_leave import Diagnosis, SickLeave
 
 try:
-    from workflow.cda.printable import sick_leave_html, sick_leave_pdf
+    from workflow.cda.printable import (
+        narrative_html,
+        narrative_pdf,
+        sick_leave_html,
+        sick_leave_pdf,
+    )
 except OSError as exc:  # WeasyPrint loads Pango when imported
     pytest.skip(
         f"WeasyPrint cannot load Pango (apt-get install libpango-1.0-0 libpangoft2-1.0-0): {exc}",
         allow_module_level=True,
     )
 
-from .samples import NOW, header
+from workflow.models import new_id
+
+from .helpers import teleconsultation_cda
+from .samples import ANNE, NOW, header
 from .test_sick_leave import CASES
 
 
@@ -77,3 +86,13 @@ def test_html_is_escaped_and_never_fetches() -> None:
 def test_unknown_copy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown copy"):
         sick_leave_html(CASES["illness"], header(), copy="insurer", now=NOW)  # type: ignore[arg-type]
+
+
+def test_narrative_pdf_of_a_teleconsultation_report() -> None:
+    xml = teleconsultation_cda(ANNE.matricule, new_id())
+    html = narrative_html(xml)
+    assert "<script" not in html and "ID=" not in html  # only known tags, no attributes
+    text = pdf_text(narrative_pdf(xml))
+    assert "Compte rendu de téléconsultation" in text
+    assert "Constatations" in text and "Hémoglobine 13,2 g/dL, normale." in text
+    assert "Schmit Anne" in text and "Dr Marc Weber" in text

@@ -1,16 +1,13 @@
 """After-call documents: typed values, their validation, and the ``DocumentIssuer`` seam.
 
-The workflow package (CDA builders, signing, outbox to DSP/CNS) implements ``DocumentIssuer``.
-Until it is wired in, ``PendingIssueQueue`` records each request in ``video_pending_issues``
-with status ``pending``: that table is the queue the workflow adapter drains.
+``video.domain.issuer.WorkflowIssuer`` implements ``DocumentIssuer`` with the workflow package
+(CDA builders, signing, outbox to DSP/CNS).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -19,7 +16,6 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.errors import ValidationError
-from video.models import VideoPendingIssue
 
 ICD10_RE = re.compile(r"^[A-TV-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
 MAX_LEAVE_DAYS = 366
@@ -127,69 +123,43 @@ class AfterCallDocuments:
     prescription: Prescription | None = None
 
 
-class DocumentIssuer(Protocol):
-    """Turns after-call values into issued documents (signed CDA → DSP, CIT → CNS).
+@dataclass(frozen=True)
+class Issued:
+    """What the issuer hands back for one document: its id in the document store and the
+    patient's printable copy (PDF)."""
 
-    Called inside the transaction that records the consultation's end; returns a reference
-    of the issued (or queued) document.
+    document_id: str
+    title: str
+    pdf: bytes
+
+
+class DocumentIssuer(Protocol):
+    """Turns after-call values into issued documents (signed CDA → DSP, CIT → CNS and DSP).
+
+    The ``issue_*`` methods are called inside the transaction that records the consultation's
+    end: a document and its outgoing messages commit with the form or not at all. A value the
+    builders refuse raises ``ValidationError``. ``wake`` is called after the commit.
     """
 
     async def issue_report(
         self, s: AsyncSession, ctx: IssueContext, report: ConsultationReport
-    ) -> str: ...
+    ) -> Issued: ...
 
     async def issue_sick_leave(
         self, s: AsyncSession, ctx: IssueContext, cert: SickLeaveCertificate
-    ) -> str: ...
+    ) -> Issued: ...
 
     async def issue_prescription(
         self, s: AsyncSession, ctx: IssueContext, rx: Prescription
-    ) -> str: ...
+    ) -> Issued: ...
 
+    async def delivery(
+        self, s: AsyncSession, document_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Each document's outgoing messages: (target, status)."""
+        ...
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, date | datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
-class PendingIssueQueue:
-    """The honest in-package issuer: each request becomes a ``pending`` row for the workflow
-    adapter to drain (it marks rows ``taken`` once it has built and queued the document)."""
-
-    async def _put(self, s: AsyncSession, ctx: IssueContext, kind: str, value: Any) -> str:
-        row = VideoPendingIssue(
-            appointment_id=ctx.appointment_id,
-            patient_id=ctx.patient_id,
-            kind=kind,
-            payload=json.dumps(
-                {"context": _jsonable(ctx), "document": _jsonable(value)}, ensure_ascii=False
-            ),
-            status="pending",
-            created_at=ctx.consultation_at,
-        )
-        s.add(row)
-        await s.flush()
-        return row.id
-
-    async def issue_report(
-        self, s: AsyncSession, ctx: IssueContext, report: ConsultationReport
-    ) -> str:
-        return await self._put(s, ctx, "report", report)
-
-    async def issue_sick_leave(
-        self, s: AsyncSession, ctx: IssueContext, cert: SickLeaveCertificate
-    ) -> str:
-        return await self._put(s, ctx, "sick_leave", cert)
-
-    async def issue_prescription(self, s: AsyncSession, ctx: IssueContext, rx: Prescription) -> str:
-        return await self._put(s, ctx, "prescription", rx)
+    def wake(self) -> None: ...
 
 
 # ---------------------------------------------------------------- the after-call form

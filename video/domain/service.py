@@ -33,10 +33,10 @@ from video.domain.documents import DocumentIssuer, IssueContext, check_after_cal
 from video.models import (
     VideoAppointment,
     VideoConsent,
+    VideoDocument,
     VideoFile,
     VideoInvitation,
     VideoMessage,
-    VideoPendingIssue,
 )
 
 CONSENT_VERSION = "2026-1"
@@ -154,7 +154,7 @@ class VideoService:
         audit: AuditLog,
         cfg: VideoConfig,
         secret_key: str,
-        issuer: DocumentIssuer,
+        issuer: DocumentIssuer | None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -769,6 +769,13 @@ class VideoService:
             if appt.status not in ("admitted", "ended"):
                 raise Conflict("documents are written after the consultation")
             docs = check_after_call(form, to_utc(appt.starts_at).astimezone(LUXEMBOURG).date())
+            already = (
+                await s.execute(
+                    select(VideoDocument.id).where(VideoDocument.appointment_id == appt.id).limit(1)
+                )
+            ).first()
+            if already is not None:
+                raise Conflict("the documents of this consultation have already been issued")
             if appt.status == "admitted":
                 appt.status = "ended"
                 appt.ended_at = self.clock.now()
@@ -787,11 +794,30 @@ class VideoService:
                 end=to_utc(appt.ended_at or now),
                 patient_consent=consented,
             )
-            refs = [await self.issuer.issue_report(s, ctx, docs.report)]
+            issuer = self.issuer
+            if issuer is None:
+                raise Conflict("no document pipeline is configured (the workflow feature)")
+            issued = [("report", await issuer.issue_report(s, ctx, docs.report))]
             if docs.sick_leave is not None:
-                refs.append(await self.issuer.issue_sick_leave(s, ctx, docs.sick_leave))
+                issued.append(
+                    ("sick_leave", await issuer.issue_sick_leave(s, ctx, docs.sick_leave))
+                )
             if docs.prescription is not None:
-                refs.append(await self.issuer.issue_prescription(s, ctx, docs.prescription))
+                issued.append(
+                    ("prescription", await issuer.issue_prescription(s, ctx, docs.prescription))
+                )
+            for kind, doc in issued:
+                s.add(
+                    VideoDocument(
+                        appointment_id=appt.id,
+                        patient_id=appt.patient_id,
+                        kind=kind,
+                        document_id=doc.document_id,
+                        title=doc.title,
+                        pdf=self.sealer.seal(doc.pdf),
+                        created_at=now,
+                    )
+                )
             await self.audit.record(
                 s,
                 actor,
@@ -804,27 +830,54 @@ class VideoService:
                     "prescription": docs.prescription is not None,
                 },
             )
-            return refs
+        issuer.wake()
+        return [doc.document_id for _kind, doc in issued]
 
     async def documents(self, appointment_id: str) -> list[dict[str, Any]]:
-        """The after-call documents of an appointment, as handed to the issuer."""
+        """The documents issued after the call, each with its delivery (target, status)."""
         async with self.db.session() as s:
             rows = (
-                await s.execute(
-                    select(VideoPendingIssue)
-                    .where(VideoPendingIssue.appointment_id == appointment_id)
-                    .order_by(VideoPendingIssue.created_at, VideoPendingIssue.kind)
+                (
+                    await s.execute(
+                        select(VideoDocument)
+                        .where(VideoDocument.appointment_id == appointment_id)
+                        .order_by(VideoDocument.created_at, VideoDocument.kind)
+                    )
                 )
-            ).scalars()
+                .scalars()
+                .all()
+            )
+            delivery = (
+                await self.issuer.delivery(s, [r.document_id for r in rows]) if self.issuer else {}
+            )
             return [
                 {
                     "id": r.id,
                     "kind": r.kind,
-                    "status": r.status,
-                    "document": json.loads(r.payload)["document"],
+                    "title": r.title,
+                    "document_id": r.document_id,
+                    "delivery": delivery.get(r.document_id, []),
                 }
                 for r in rows
             ]
+
+    async def do_document_pdf(
+        self, party: Party, appointment_id: str, document_id: str
+    ) -> tuple[str, bytes]:
+        """The printable copy of an issued document (file name, PDF bytes), audited."""
+        async with self.db.transaction() as s:
+            doc = await s.get(VideoDocument, document_id)
+            if doc is None or doc.appointment_id != appointment_id:
+                raise NotFound("no such document")
+            await self.audit.record(
+                s,
+                party.actor,
+                "video.document.download",
+                patient_id=doc.patient_id,
+                resource=f"video/{appointment_id}/document/{doc.id}",
+                details={"kind": doc.kind},
+            )
+            return f"{doc.kind.replace('_', '-')}-{doc.id[:8]}.pdf", self.sealer.open(doc.pdf)
 
 
 def _num(v: Any) -> float | None:

@@ -32,10 +32,12 @@ from konsil.web.request import (
 from video.domain import mail
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import turn_credentials
-from video.domain.documents import FREQUENCY_UNITS, ROUTES, UNITS, PendingIssueQueue
+from video.domain.documents import FREQUENCY_UNITS, ROUTES, UNITS
+from video.domain.issuer import WorkflowIssuer
 from video.domain.service import GuestPrincipal, Party, VideoService, check_schedule
 from video.web.hub import Hub
 from video.web.i18n import FRENCH
+from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
 
 log = logging.getLogger("konsil.video")
 
@@ -160,6 +162,7 @@ async def _detail(
             "error": error,
             "check": json.loads(appt.check_result) if appt.check_result else None,
             "starts_local": local(appt.starts_at).strftime("%Y-%m-%dT%H:%M"),
+            "docs": await _svc(request).documents(appt.id),
         },
         status=400 if error else 200,
     )
@@ -443,6 +446,20 @@ async def upload(request: web.Request) -> web.Response:
     return json_response(info, status=201)
 
 
+@routes.get("/video/documents/{appointment}/{document}")
+async def document_pdf(request: web.Request) -> web.Response:
+    party, appt = await _party(request, "video.document.open")
+    name, data = await _svc(request).do_document_pdf(party, appt.id, request.match_info["document"])
+    return web.Response(
+        body=data,
+        content_type="application/pdf",
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+        },
+    )
+
+
 @routes.get("/video/files/{appointment}/{file}")
 async def download(request: web.Request) -> web.Response:
     party, appt = await _party(request, "video.file.open")
@@ -580,13 +597,25 @@ def setup(app: web.Application) -> None:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE] = VideoService(
-            app[K.DB], app[K.CLOCK], app[K.AUDIT], cfg.video, cfg.secret_key, PendingIssueQueue()
+            app[K.DB], app[K.CLOCK], app[K.AUDIT], cfg.video, cfg.secret_key, None
         )
         yield
         await app[HUB].close_all()
         await app[CHECKS].close_all()
 
     app.cleanup_ctx.append(ctx)
+
+    async def install_issuer(app: web.Application) -> None:
+        # on_startup runs after every cleanup context: the workflow services exist by now.
+        if DOCUMENTS in app:
+
+            def wake() -> None:
+                if WORKER in app:
+                    app[WORKER].wake()
+
+            app[SERVICE].issuer = WorkflowIssuer(app[DOCUMENTS], app[OUTBOX], wake)
+
+    app.on_startup.append(install_issuer)
 
     async def on_shutdown(app: web.Application) -> None:
         with contextlib.suppress(asyncio.CancelledError):
