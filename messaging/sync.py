@@ -58,6 +58,7 @@ class SyncService:
         self.devices = devices
         self.ephemeral = ephemeral
         self._mships: dict[str, tuple[int, int, list[Mship]]] = {}
+        self._base: int | None = None  # a committed position read from the database
 
     async def position(self) -> int:
         async with self.db.session() as s:
@@ -115,7 +116,14 @@ class SyncService:
         forget_gen = self.rooms.forget_gen.get(me, 0)
         otk_gen = self.devices.otk_generation(me, req.device_id)
         async with self.db.session() as s:
-            upto = await current_position(s)
+            if since is not None and not p.full_state and self._base is not None:
+                # Everything up to the notifier's head has committed; so has everything up to
+                # the position this process read from the database once (before it notified).
+                upto = max(self._base, self.notifier.head())
+            else:
+                upto = await current_position(s)
+                if self._base is None:
+                    self._base = upto
             mships = await self._memberships(s, me, upto, forget_gen)
             joined = {m.room_id: m for m in mships if m.membership == "join"}
             fresh = {
