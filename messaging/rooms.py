@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock, ms
@@ -64,6 +64,13 @@ KEEP_ON_REDACT = {
     "m.room.history_visibility": ("history_visibility",),
 }
 MAX_CONTENT_BYTES = 65_536
+# built once: building a statement costs more than running it from the compiled cache
+_SEEN_TXN = select(Event.event_id).where(
+    Event.sender == bindparam("sender"),
+    Event.txn_device == bindparam("device"),
+    Event.txn_id == bindparam("txn"),
+    Event.room_id == bindparam("room"),
+)
 
 
 def event_json(ev: Event, req: Requester | None = None) -> JsonDict:
@@ -647,12 +654,13 @@ class RoomService:
                 self._send_cache[room_id] = (as_of, auth, joined, notify)
             seen = (
                 await s.execute(
-                    select(Event.event_id).where(
-                        Event.sender == req.user_id,
-                        Event.txn_device == req.device_id,
-                        Event.txn_id == txn_id,
-                        Event.room_id == room_id,
-                    )
+                    _SEEN_TXN,
+                    {
+                        "sender": req.user_id,
+                        "device": req.device_id,
+                        "txn": txn_id,
+                        "room": room_id,
+                    },
                 )
             ).scalar_one_or_none()
             if seen is not None:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock
@@ -19,6 +19,21 @@ from messaging.notifier import Notifier
 from messaging.rooms import RoomService, event_json
 
 INCREMENTAL_CAP = 2000
+
+# built once (building a statement costs more than running it from the compiled cache)
+_INCREMENTAL = (
+    select(Event)
+    .where(
+        Event.room_id.in_(bindparam("rooms", expanding=True)),
+        Event.stream > bindparam("since"),
+        Event.stream <= bindparam("upto"),
+    )
+    .order_by(Event.stream.desc())
+    .limit(INCREMENTAL_CAP)
+)
+_MEMBERSHIPS = select(
+    Membership.room_id, Membership.membership, Membership.stream, Membership.visible_from
+).where(Membership.user_id == bindparam("me"), Membership.forgotten.is_(False))
 
 
 @dataclass(frozen=True)
@@ -94,14 +109,7 @@ class SyncService:
             and self.notifier.changed(me, "membership") <= hit[0]
         ):
             return hit[2]
-        rows = await s.execute(
-            select(
-                Membership.room_id,
-                Membership.membership,
-                Membership.stream,
-                Membership.visible_from,
-            ).where(Membership.user_id == me, Membership.forgotten.is_(False))
-        )
+        rows = await s.execute(_MEMBERSHIPS, {"me": me})
         mships = [Mship(*r) for r in rows.all()]
         if len(self._mships) > 100_000:
             self._mships.clear()
@@ -139,16 +147,7 @@ class SyncService:
             if old and since is not None and marked("room"):
                 rows = list(
                     (
-                        await s.execute(
-                            select(Event)
-                            .where(
-                                Event.room_id.in_(old),
-                                Event.stream > since,
-                                Event.stream <= upto,
-                            )
-                            .order_by(Event.stream.desc())
-                            .limit(INCREMENTAL_CAP)
-                        )
+                        await s.execute(_INCREMENTAL, {"rooms": old, "since": since, "upto": upto})
                     ).scalars()
                 )
                 per_room: dict[str, list[Event]] = defaultdict(list)
