@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.errors import BadRequest, ValidationError
@@ -85,6 +85,12 @@ def require_obj(body: JsonDict, key: str, *, optional: bool = True) -> JsonDict:
     if not isinstance(v, dict):
         raise BadRequest(f"'{key}' must be a JSON object", errcode="M_BAD_JSON")
     return v
+
+
+async def current_position(s: AsyncSession) -> int:
+    """The newest committed stream position."""
+    pos = (await s.execute(select(StreamCounter.pos).where(StreamCounter.id == 1))).scalar()
+    return int(pos or 0)
 
 
 async def allocate(s: AsyncSession, n: int = 1) -> int:

@@ -79,6 +79,9 @@ class DeviceService:
         # entry lives at most TOKEN_CACHE_S.
         self._tokens: dict[str, tuple[Requester, float]] = {}
         self._unacked: set[tuple[str, str]] = set()  # inboxes holding delivered messages
+        # one-time/fallback key counts per device, with a generation bumped after each change
+        self._otk_gen: dict[tuple[str, str], int] = {}
+        self._otk_cache: dict[tuple[str, str], tuple[int, dict[str, int], list[str]]] = {}
 
     def user_id(self, username: str) -> str:
         return f"@{username}:{self.server_name}"
@@ -213,6 +216,8 @@ class DeviceService:
             peers = await room_peers(s, user_id)
             self.notifier.mark(peers, pos, "device_list")
         gone = set(device_ids)
+        for device_id in gone:
+            self._otk_changed(user_id, device_id)
         for key, (req, _) in list(self._tokens.items()):
             if req.user_id == user_id and req.device_id in gone:
                 del self._tokens[key]
@@ -306,6 +311,32 @@ class DeviceService:
                 counts[alg] = int(n)
         return counts, sorted(fallback)
 
+    def otk_generation(self, user_id: str, device_id: str) -> int:
+        return self._otk_gen.get((user_id, device_id), 0)
+
+    def _otk_changed(self, user_id: str, device_id: str) -> None:
+        """Called after a transaction that changed the device's one-time or fallback keys has
+        committed (or failed)."""
+        key = (user_id, device_id)
+        self._otk_gen[key] = self._otk_gen.get(key, 0) + 1
+        self._otk_cache.pop(key, None)
+
+    async def cached_key_counts(
+        self, s: AsyncSession, user_id: str, device_id: str, gen: int
+    ) -> tuple[dict[str, int], list[str]]:
+        """``key_counts``, cached per device. ``gen`` is ``otk_generation`` read before ``s``
+        began: a count read in a snapshot older than a change is never kept."""
+        key = (user_id, device_id)
+        hit = self._otk_cache.get(key)
+        if hit is not None and hit[0] == self._otk_gen.get(key, 0):
+            return dict(hit[1]), list(hit[2])
+        counts, fallback = await self.key_counts(s, user_id, device_id)
+        if gen == self._otk_gen.get(key, 0):
+            if len(self._otk_cache) > 100_000:
+                self._otk_cache.clear()
+            self._otk_cache[key] = (gen, dict(counts), list(fallback))
+        return counts, fallback
+
     async def unused_fallback_types(
         self, s: AsyncSession, user_id: str, device_id: str
     ) -> list[str]:
@@ -337,6 +368,18 @@ class DeviceService:
             for key_name, key in table.items():
                 if ":" not in key_name or not isinstance(key, dict | str):
                     raise BadRequest("keys are named algorithm:key_id", errcode="M_BAD_JSON")
+        try:
+            return await self._store_keys(req, device_keys, otks, fallbacks)
+        finally:
+            self._otk_changed(req.user_id, req.device_id)
+
+    async def _store_keys(
+        self,
+        req: Requester,
+        device_keys: JsonDict | None,
+        otks: JsonDict,
+        fallbacks: JsonDict,
+    ) -> JsonDict:
         changed_pos: int | None = None
         async with self.db.transaction() as s:
             if device_keys is not None:
@@ -443,7 +486,10 @@ class DeviceService:
             for device_id, alg in devs.items():
                 if not isinstance(alg, str):
                     raise BadRequest("algorithm must be a string", errcode="M_BAD_JSON")
-                got = await self._claim_one(user_id, device_id, alg)
+                try:
+                    got = await self._claim_one(user_id, device_id, alg)
+                finally:
+                    self._otk_changed(user_id, device_id)
                 if got is not None:
                     result.setdefault(user_id, {})[device_id] = {got[0]: got[1]}
         return {"one_time_keys": result, "failures": {}}

@@ -19,6 +19,11 @@ class Notifier(Protocol):
     def latest(self, user_id: str) -> int:
         """The newest position known to concern the user (at least the start position)."""
 
+    def head(self) -> int:
+        """The newest position notified to anybody (at least the start position). Writers notify
+        after they commit and stream positions commit in order, so everything up to it has
+        committed."""
+
     def mark(self, user_ids: Iterable[str], pos: int, kind: str) -> None:
         """Called inside the writing transaction, before it commits: data of ``kind`` at ``pos``
         concerns these users. ``/sync`` skips the queries of kinds nothing was marked for."""
@@ -38,8 +43,14 @@ class InProcessNotifier:
         self._latest: dict[str, int] = {}
         self._kinds: dict[tuple[str, str], int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._head = start
+
+    def head(self) -> int:
+        return self._head
 
     def notify(self, user_ids: Iterable[str], pos: int) -> None:
+        if pos > self._head:
+            self._head = pos
         for user in user_ids:
             if self._latest.get(user, 0) < pos:
                 self._latest[user] = pos

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock, ms
@@ -19,6 +19,7 @@ from messaging.common import (
     JsonDict,
     Requester,
     allocate,
+    current_position,
     dumps,
     loads,
     localpart_of,
@@ -63,6 +64,13 @@ KEEP_ON_REDACT = {
     "m.room.history_visibility": ("history_visibility",),
 }
 MAX_CONTENT_BYTES = 65_536
+# built once: building a statement costs more than running it from the compiled cache
+_SEEN_TXN = select(Event.event_id).where(
+    Event.sender == bindparam("sender"),
+    Event.txn_device == bindparam("device"),
+    Event.txn_id == bindparam("txn"),
+    Event.room_id == bindparam("room"),
+)
 
 
 def event_json(ev: Event, req: Requester | None = None) -> JsonDict:
@@ -232,6 +240,13 @@ class RoomService:
         self.notifier = notifier
         self.server_name = server_name
         self.invite_policy = invite_policy
+        # Per room, the newest stream position at which its state changed (set inside the
+        # writing transaction, before it commits), and what do_send needs of the room, as of a
+        # position: valid while no state change is marked after that position.
+        self._state_pos: dict[str, int] = {}
+        self._send_cache: dict[str, tuple[int, AuthState, frozenset[str], list[str]]] = {}
+        # Per user, bumped after a forget commits (forgetting changes no stream position).
+        self.forget_gen: dict[str, int] = {}
 
     # ------------------------------------------------------------------ reading state
 
@@ -275,6 +290,22 @@ class RoomService:
         )
         return list(rows.scalars())
 
+    async def _members(self, s: AsyncSession, room_id: str) -> tuple[frozenset[str], list[str]]:
+        """The joined members, and those to notify of a new event (joined or invited)."""
+        rows = await s.execute(
+            select(Membership.user_id, Membership.membership).where(
+                Membership.room_id == room_id, Membership.membership.in_(("join", "invite"))
+            )
+        )
+        pairs = rows.all()
+        return frozenset(u for u, m in pairs if m == "join"), [u for u, _ in pairs]
+
+    def state_changed(self, room_id: str, pos: int) -> None:
+        """Called inside the writing transaction: the room's state changes at ``pos``."""
+        if self._state_pos.get(room_id, 0) < pos:
+            self._state_pos[room_id] = pos
+        self._send_cache.pop(room_id, None)
+
     async def _require_joined(self, s: AsyncSession, room_id: str, user_id: str) -> Membership:
         m = await self.membership(s, room_id, user_id)
         if m is None or m.membership != "join":
@@ -312,6 +343,7 @@ class RoomService:
         )
         s.add(ev)
         if state_key is not None:
+            self.state_changed(room_id, pos)
             cs = await s.get(CurrentState, (room_id, event_type, state_key))
             if cs is None:
                 s.add(
@@ -328,6 +360,7 @@ class RoomService:
     async def _update_membership(
         self, s: AsyncSession, room_id: str, user_id: str, new: str, pos: int, hv: str
     ) -> None:
+        self.notifier.mark([user_id], pos, "membership")
         m = await s.get(Membership, (room_id, user_id))
         old = m.membership if m is not None else None
         if new == "join" and old != "join":
@@ -578,6 +611,7 @@ class RoomService:
             if m.membership in ("join", "invite"):
                 raise BadRequest("leave the room before forgetting it", errcode="M_UNKNOWN")
             m.forgotten = True
+        self.forget_gen[req.user_id] = self.forget_gen.get(req.user_id, 0) + 1
 
     async def joined_rooms(self, req: Requester) -> list[str]:
         async with self.db.session() as s:
@@ -604,20 +638,33 @@ class RoomService:
         # Checks first, in a read session; the write transaction then only takes a stream
         # position and inserts, so the position lock (and SQLite's writer lock) is held briefly.
         async with self.db.session() as s:
-            await self._require_joined(s, room_id, req.user_id)
+            cached = self._send_cache.get(room_id)
+            if (
+                cached is not None
+                and self._state_pos.get(room_id, 0) <= cached[0]
+                and req.user_id in cached[2]
+            ):
+                _, auth, _, notify = cached
+            else:
+                # the position first: in the snapshot (SQLite) or before the reads (PostgreSQL)
+                as_of = await current_position(s)
+                await self._require_joined(s, room_id, req.user_id)
+                auth = await self.auth_state(s, room_id)
+                joined, notify = await self._members(s, room_id)
+                self._send_cache[room_id] = (as_of, auth, joined, notify)
             seen = (
                 await s.execute(
-                    select(Event.event_id).where(
-                        Event.sender == req.user_id,
-                        Event.txn_device == req.device_id,
-                        Event.txn_id == txn_id,
-                        Event.room_id == room_id,
-                    )
+                    _SEEN_TXN,
+                    {
+                        "sender": req.user_id,
+                        "device": req.device_id,
+                        "txn": txn_id,
+                        "room": room_id,
+                    },
                 )
             ).scalar_one_or_none()
             if seen is not None:
                 return seen
-            auth = await self.auth_state(s, room_id)
             if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
                 raise Forbidden("your power level does not allow sending this event")
             links = (
@@ -627,7 +674,6 @@ class RoomService:
                 if self.media is not None
                 else []
             )
-            notify = await self.members_to_notify(s, room_id)
         ev = await self._batcher.submit(
             _Pending(
                 room_id, req.user_id, event_type, content, (req.device_id, txn_id), links, notify
@@ -715,6 +761,8 @@ class RoomService:
                 content,
                 txn=(req.device_id, txn_id),
             )
+            if target.state_key is not None:
+                self.state_changed(room_id, pos)
             keep = KEEP_ON_REDACT.get(target.type, ())
             old = loads(target.content)
             target.content = dumps({k: old[k] for k in keep if k in old})

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock
 from konsil.db import Database
-from messaging.common import JsonDict, Requester, loads, make_token
+from messaging.common import JsonDict, Requester, current_position, loads, make_token
 from messaging.devices import DeviceService, room_peers
 from messaging.ephemeral import Ephemeral
-from messaging.models import DeviceListChange, Event, Membership, StreamCounter
+from messaging.models import DeviceListChange, Event, Membership
 from messaging.notifier import Notifier
 from messaging.rooms import RoomService, event_json
 
 INCREMENTAL_CAP = 2000
+
+# built once (building a statement costs more than running it from the compiled cache)
+_INCREMENTAL = (
+    select(Event)
+    .where(
+        Event.room_id.in_(bindparam("rooms", expanding=True)),
+        Event.stream > bindparam("since"),
+        Event.stream <= bindparam("upto"),
+    )
+    .order_by(Event.stream.desc())
+    .limit(INCREMENTAL_CAP)
+)
+_MEMBERSHIPS = select(
+    Membership.room_id, Membership.membership, Membership.stream, Membership.visible_from
+).where(Membership.user_id == bindparam("me"), Membership.forgotten.is_(False))
 
 
 @dataclass(frozen=True)
@@ -28,14 +44,16 @@ class SyncParams:
     full_state: bool
 
 
-async def current_position(s: AsyncSession) -> int:
-    pos = (await s.execute(select(StreamCounter.pos).where(StreamCounter.id == 1))).scalar()
-    return int(pos or 0)
-
-
 async def current_stream(db: Database) -> int:
     async with db.session() as s:
         return await current_position(s)
+
+
+class Mship(NamedTuple):
+    room_id: str
+    membership: str
+    stream: int
+    visible_from: int
 
 
 class SyncService:
@@ -54,6 +72,8 @@ class SyncService:
         self.rooms = rooms
         self.devices = devices
         self.ephemeral = ephemeral
+        self._mships: dict[str, tuple[int, int, list[Mship]]] = {}
+        self._base: int | None = None  # a committed position read from the database
 
     async def position(self) -> int:
         async with self.db.session() as s:
@@ -75,21 +95,44 @@ class SyncService:
             if not woken:
                 return resp
 
+    async def _memberships(
+        self, s: AsyncSession, me: str, upto: int, forget_gen: int
+    ) -> list[Mship]:
+        """The user's (unforgotten) memberships as of ``upto``. Cached per user: valid while no
+        membership change of theirs is marked after the position it was read at (marks are set
+        before commits) and they forgot no room since."""
+        hit = self._mships.get(me)
+        if (
+            hit is not None
+            and hit[0] <= upto
+            and hit[1] == forget_gen
+            and self.notifier.changed(me, "membership") <= hit[0]
+        ):
+            return hit[2]
+        rows = await s.execute(_MEMBERSHIPS, {"me": me})
+        mships = [Mship(*r) for r in rows.all()]
+        if len(self._mships) > 100_000:
+            self._mships.clear()
+        self._mships[me] = (upto, forget_gen, mships)
+        return mships
+
     async def _compute(self, req: Requester, p: SyncParams) -> tuple[JsonDict, bool]:
         me = req.user_id
         since = p.since
         limit = max(1, min(p.timeline_limit, 500))
+        # generations read before the snapshot: a change committed after this is not cached
+        forget_gen = self.rooms.forget_gen.get(me, 0)
+        otk_gen = self.devices.otk_generation(me, req.device_id)
         async with self.db.session() as s:
-            upto = await current_position(s)
-            mships = list(
-                (
-                    await s.execute(
-                        select(Membership).where(
-                            Membership.user_id == me, Membership.forgotten.is_(False)
-                        )
-                    )
-                ).scalars()
-            )
+            if since is not None and not p.full_state and self._base is not None:
+                # Everything up to the notifier's head has committed; so has everything up to
+                # the position this process read from the database once (before it notified).
+                upto = max(self._base, self.notifier.head())
+            else:
+                upto = await current_position(s)
+                if self._base is None:
+                    self._base = upto
+            mships = await self._memberships(s, me, upto, forget_gen)
             joined = {m.room_id: m for m in mships if m.membership == "join"}
             fresh = {
                 r for r, m in joined.items() if since is None or p.full_state or m.stream > since
@@ -104,16 +147,7 @@ class SyncService:
             if old and since is not None and marked("room"):
                 rows = list(
                     (
-                        await s.execute(
-                            select(Event)
-                            .where(
-                                Event.room_id.in_(old),
-                                Event.stream > since,
-                                Event.stream <= upto,
-                            )
-                            .order_by(Event.stream.desc())
-                            .limit(INCREMENTAL_CAP)
-                        )
+                        await s.execute(_INCREMENTAL, {"rooms": old, "since": since, "upto": upto})
                     ).scalars()
                 )
                 per_room: dict[str, list[Event]] = defaultdict(list)
@@ -242,7 +276,7 @@ class SyncService:
                 changed, left = await self._device_lists(
                     s, me, since, upto, join, fresh, leave, marked("device_list")
                 )
-            otk, fallback = await self.devices.key_counts(s, me, req.device_id)
+            otk, fallback = await self.devices.cached_key_counts(s, me, req.device_id, otk_gen)
 
         to_device = await self.devices.to_device_for_sync(
             req, since, upto, check=since is None or self.notifier.changed(me, "to_device") > since

@@ -116,7 +116,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics.requests.labels(request.method, name, str(status)).inc()
         metrics.latency.labels(name).observe(elapsed)
         if not request.path.startswith(("/healthz", "/metrics", "/static")):
-            log.info(
+            # Matrix clients long-poll and send at a high rate: their lines only at DEBUG
+            log.log(
+                logging.DEBUG if request.path.startswith("/_matrix/") else logging.INFO,
                 "request",
                 extra={
                     "method": request.method,
