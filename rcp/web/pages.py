@@ -473,7 +473,6 @@ async def report_page(request: web.Request) -> web.Response:
             "v": v,
             "r": v.report,
             "proposal_kinds": PROPOSAL_KINDS,
-            "publication_failed": request.query.get("publication") == "failed",
         },
     )
 
