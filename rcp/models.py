@@ -138,15 +138,3 @@ class Attachment(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     uploaded_by: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class PendingPublication(Base):
-    """Signed reports waiting to be delivered to the DSP (drained by the workflow adapter)."""
-
-    __tablename__ = "rcp_pending_publications"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    case_id: Mapped[str] = mapped_column(ForeignKey("rcp_cases.id"), index=True)
-    report: Mapped[dict[str, Any]] = mapped_column(JSON())
-    queued_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    drained_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -10,8 +10,9 @@ because each action runs in a single transaction.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -55,6 +56,8 @@ from rcp.models import (
     Schedule,
     Session,
 )
+from rcp.publishing import document_id_of
+from workflow.models import OutboxMessage
 
 TUMOUR_DOMAINS = (
     "breast",
@@ -81,6 +84,8 @@ ATTACHMENT_TYPES: dict[str, tuple[bytes, int]] = {
     "text/plain": (b"", 0),
 }
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,17 @@ class BoardView:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """The published report's clinical document and its outbox row (DSP delivery)."""
+
+    document_id: str
+    status: str  # outbox status: pending, in_flight, delivered, rejected, dead
+    attempts: int
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
 class CaseView:
     case: Case
     board: Board
@@ -119,6 +135,7 @@ class CaseView:
     attachments: tuple[Attachment, ...]
     viewer: MemberView | None  # the caller's board membership, if any
     is_referrer: bool
+    delivery: Delivery | None = None  # the published report's way to the DSP
 
     @property
     def state(self) -> CaseState:
@@ -184,6 +201,9 @@ class RcpService:
         self.auth = auth
         self.publisher = publisher
         self.files = data_dir / "rcp" / "attachments"
+        # Called after the publishing transaction commits, with the case id and the reference
+        # (e.g. wake the delivery worker). A failing hook is logged; the publication stands.
+        self.after_publish: list[Callable[[str, str], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ boards
 
@@ -911,7 +931,24 @@ class RcpService:
             tuple(atts),
             viewer,
             case.referrer_account_id == p.account_id,
+            await self._delivery(s, case.publication_ref),
         )
+
+    async def _delivery(self, s: AsyncSession, ref: str | None) -> Delivery | None:
+        doc_id = document_id_of(ref)
+        if doc_id is None:
+            return None
+        msg = (
+            await s.execute(
+                select(OutboxMessage)
+                .where(OutboxMessage.document_id == doc_id, OutboxMessage.target == "dsp")
+                .order_by(OutboxMessage.created_at.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if msg is None:
+            return Delivery(doc_id, "unknown", 0, None, None)
+        return Delivery(doc_id, msg.status, msg.attempts, msg.last_error, msg.delivered_at)
 
     async def my_cases(
         self, p: Principal, *, ip: str | None = None
@@ -1440,7 +1477,12 @@ class RcpService:
             await self._transition(
                 s, case, "publish", actor, publication_ref=ref, published_at=self.clock.now()
             )
-            return ref
+        for hook in self.after_publish:
+            try:
+                await hook(case_id, ref)
+            except Exception:
+                log.exception("after-publish hook failed for an RCP case")
+        return ref
 
     # ------------------------------------------------------------------ attachments
 

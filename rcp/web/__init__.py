@@ -9,19 +9,38 @@ from aiohttp import web
 from konsil import appkeys as K
 from konsil.auth.service import Principal
 from konsil.clock import local
+from konsil.errors import Conflict
 from konsil.web import ops
 from rcp.domain.lifecycle import CaseState
 from rcp.domain.report import ReportPublisher
-from rcp.publication import PendingPublicationQueue
+from rcp.publishing import WorkflowReportPublisher
 from rcp.service import RcpService
 from rcp.web import api, pages
 from rcp.web.i18n import FR
 from rcp.web.keys import PUBLISHER, RCP
+from workflow.documents import DocumentStore
+from workflow.outbox import Outbox
+from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
+
+
+def workflow_publisher(app: web.Application) -> ReportPublisher:
+    def documents() -> DocumentStore:
+        if DOCUMENTS not in app:
+            raise Conflict("publishing RCP reports needs the workflow feature")
+        return app[DOCUMENTS]
+
+    def outbox() -> Outbox:
+        if OUTBOX not in app:
+            raise Conflict("publishing RCP reports needs the workflow feature")
+        return app[OUTBOX]
+
+    return WorkflowReportPublisher(app[K.CLOCK], documents, outbox)
 
 
 def setup(app: web.Application) -> None:
     """Register the RCP feature. A ``ReportPublisher`` set in ``app[PUBLISHER]`` before the app
-    starts is used for publication; otherwise signed reports go to the pending-publication queue."""
+    starts is used for publication; otherwise signed reports are stored as CDA documents and
+    queued for the DSP through the workflow feature (``WorkflowReportPublisher``)."""
     app[K.TRANSLATOR].add(FR)
     app.router.add_routes(pages.routes)
     app.router.add_routes(api.routes)
@@ -29,9 +48,7 @@ def setup(app: web.Application) -> None:
     app[ops.OPENAPI]["components"]["schemas"].update(api.openapi_schemas())
 
     async def rcp_ctx(app: web.Application) -> AsyncIterator[None]:
-        publisher: ReportPublisher = (
-            app[PUBLISHER] if PUBLISHER in app else PendingPublicationQueue(app[K.CLOCK])
-        )
+        publisher: ReportPublisher = app[PUBLISHER] if PUBLISHER in app else workflow_publisher(app)
         app[RCP] = RcpService(
             app[K.DB],
             app[K.CLOCK],
@@ -40,6 +57,13 @@ def setup(app: web.Application) -> None:
             publisher,
             app[K.CONFIG].data_path,
         )
+
+        async def wake_worker(_case_id: str, _ref: str) -> None:
+            worker = app.get(WORKER)
+            if worker is not None:
+                worker.wake()
+
+        app[RCP].after_publish.append(wake_worker)
         yield
 
     app.cleanup_ctx.append(rcp_ctx)

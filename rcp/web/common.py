@@ -122,7 +122,22 @@ def case_json(v: CaseView) -> dict[str, Any]:
         "report": c.report,
         "signed_at": c.signed_at.isoformat() if c.signed_at else None,
         "publication_ref": c.publication_ref,
+        "publication": publication_json(v),
         "published_at": c.published_at.isoformat() if c.published_at else None,
         "created_at": c.created_at.isoformat(),
         "updated_at": c.updated_at.isoformat(),
+    }
+
+
+def publication_json(v: CaseView) -> dict[str, Any] | None:
+    """The published report's document and its delivery to the DSP (from the outbox)."""
+    d = v.delivery
+    if d is None:
+        return None
+    return {
+        "document_id": d.document_id,
+        "delivery_status": d.status,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
     }

@@ -63,6 +63,8 @@ FR: dict[str, str] = {
     "Proposal (care plan)": "Proposition (plan de soins)",
     "Proposed treatment": "Traitement proposé",
     "Publication": "Publication",
+    "Published report": "Compte rendu publié",
+    "Delivery to the DSP": "Envoi au DSP",
     "Publish": "Publier",
     "Question to the board": "Question posée à la RCP",
     "Quorum met": "Quorum atteint",

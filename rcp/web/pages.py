@@ -473,7 +473,6 @@ async def report_page(request: web.Request) -> web.Response:
             "v": v,
             "r": v.report,
             "proposal_kinds": PROPOSAL_KINDS,
-            "publication_failed": request.query.get("publication") == "failed",
         },
     )
 
@@ -495,9 +494,22 @@ async def report_sign(request: web.Request) -> web.StreamResponse:
         )
     try:
         await svc(request).do_publish(p, case_id, ip=ip)
-    except KonsilError:
-        # Signed but not delivered: the case stays VALIDATED and the page offers "Publish".
-        raise see_other(f"/rcp/cases/{case_id}/report?publication=failed") from None
+    except KonsilError as exc:
+        # Signed but not published: the case stays VALIDATED, the page says why and offers
+        # "Publish" again.
+        v = await svc(request).get_case(p, case_id, purpose="report", ip=ip)
+        return render(
+            request,
+            "rcp/report.html",
+            {
+                "v": v,
+                "r": v.report,
+                "proposal_kinds": PROPOSAL_KINDS,
+                "error": exc,
+                "publication_failed": True,
+            },
+            status=exc.status,
+        )
     raise see_other(f"/rcp/cases/{case_id}/report")
 
 

@@ -1,24 +1,31 @@
 """One RCP through a real browser (Playwright + Debian Chromium): a coordinator creates a board
 and a session, a physician submits a case, the coordinator schedules it, attendance reaches
-quorum, the board decides, the chair signs, and the signed report reaches the publication seam
-(the pending-publication queue the workflow adapter drains)."""
+quorum, the board decides, the chair signs, and the signed report CDA reaches the DSP simulator
+(in-process, on a free port) through the outbox and the app's own delivery worker."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from konsil import appkeys as K
 from konsil.audit.service import SYSTEM
+from konsil.clock import FakeClock
+from konsil.config import WorkflowConfig
 from konsil.identity.matricule import make_matricule
 from konsil.identity.service import NewPatient
-from rcp.domain.report import RcpReportData
-from rcp.models import PendingPublication
-from tests.conftest import Client, Person
+from tests.conftest import AiohttpClient, Person
+from workflow.cda.validation import validate_cda
+from workflow.cda.xsd import schema_available
+from workflow.simulators import dsp
+from workflow.simulators.common import SimulatorSettings
+from workflow.web.keys import OUTBOX, WORKER
 
 pytestmark = pytest.mark.e2e
 
@@ -34,9 +41,40 @@ async def sign_in(browser: Any, base: str, person: Person) -> Any:
     return page
 
 
-async def test_rcp_from_board_creation_to_signed_report(
-    client: Client, create_user: Callable[..., Awaitable[Person]], browser: Any
+@pytest.mark.skipif(
+    not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
+)
+async def test_rcp_from_board_creation_to_the_dsp(
+    aiohttp_client: AiohttpClient,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    make_app: Callable[..., web.Application],
+    browser: Any,
+    tmp_path: Path,
 ) -> None:
+    sim = await aiohttp_server(dsp.create_app(SimulatorSettings(tmp_path / "dsp")))
+    wf = WorkflowConfig(dsp_url=str(sim.make_url(dsp.ITI41_PATH)), worker_enabled=True)
+    client = await aiohttp_client(make_app(workflow=wf))
+    assert WORKER in client.app
+
+    async def create_user(username: str, role: str = "practitioner", **kw: Any) -> Person:
+        from konsil.identity.service import NewAccount
+
+        pw = f"pw-{username}-0123456789"
+        account = await client.app[K.IDENTITY].do_create_account(
+            SYSTEM,
+            NewAccount(
+                username=username,
+                password=pw,
+                role=role,
+                specialty=kw.get("specialty"),
+                display_name=kw.get("display_name") or username.title(),
+            ),
+        )
+        return Person(username, pw, account.id, role)
+
+    host = await client.app[K.IDENTITY].do_create_organisation(
+        SYSTEM, "Centre hospitalier de Luxembourg", "hospital"
+    )
     base = str(client.make_url("")).rstrip("/")
     coord = await create_user("coord", "coordinator", display_name="Claire Coord")
     chair = await create_user("dr.surgeon", specialty="breast-surgery", display_name="Sam Surgeon")
@@ -55,6 +93,7 @@ async def test_rcp_from_board_creation_to_signed_report(
     await cp.goto(f"{base}/rcp")
     await cp.fill("#f-name", "RCP Sein")
     await cp.select_option("#f-tumour_domain", "breast")
+    await cp.select_option("#f-host", host.id)
     await cp.click("form[action='/rcp/boards'] button[type=submit]")
     await cp.wait_for_url(f"{base}/rcp/boards/*")
     board_url = cp.url.split("#")[0]
@@ -66,7 +105,8 @@ async def test_rcp_from_board_creation_to_signed_report(
         await cp.click("#member-form button[type=submit]")
         await cp.wait_for_load_state()
     assert "Sam Surgeon" in await cp.inner_text("#members")
-    await cp.fill("#s-start", "2026-01-20T12:30")
+    await cp.fill("#s-start", "2026-01-15T12:00")  # 11:00 UTC, two hours after the clock's now
+    await cp.fill("#s-dl", "1")
     await cp.fill("#s-place", "Salle RCP")
     await cp.click("#session-form button[type=submit]")
     await cp.wait_for_url(f"{base}/rcp/sessions/*")
@@ -85,6 +125,11 @@ async def test_rcp_from_board_creation_to_signed_report(
     assert "C00 to C97" in await gpp.inner_text("#e-icd10")
     await gpp.fill("#f-icd10", "C50.4")
     await gpp.fill("#f-icdo_morphology", "8500/3")
+    await gpp.fill("#f-diagnosis_label", "Tumeur maligne du sein, quadrant supéro-externe")
+    await gpp.fill("#f-icdo_topography", "C50.4")
+    await gpp.fill("#f-topography_label", "Quadrant supéro-externe du sein")
+    await gpp.fill("#f-morphology_label", "Carcinome canalaire infiltrant")
+    await gpp.fill("#f-history", "Nodule palpé en octobre, biopsie positive.")
     await gpp.select_option("#f-tnm_kind", "p")
     await gpp.fill("#f-tnm_t", "T2")
     await gpp.fill("#f-tnm_n", "N0")
@@ -101,6 +146,10 @@ async def test_rcp_from_board_creation_to_signed_report(
     await cp.click("button.schedule-here")
     await cp.wait_for_load_state()
     assert "Muller" in await cp.inner_text("#agenda")
+    # The meeting starts (the report may not be dated before it)
+    clock = client.app[K.CLOCK]
+    assert isinstance(clock, FakeClock)
+    clock.advance(2 * 3600 + 15 * 60)  # 09:00 → 11:15 UTC, web sessions still valid
     await cp.click("#live-link")
     await cp.wait_for_url("**/live")
     assert await cp.inner_text("#quorum-state") == "Quorum non atteint"
@@ -135,9 +184,25 @@ async def test_rcp_from_board_creation_to_signed_report(
     await chp.fill("#sign-password", chair.password)
     await chp.click("#sign")
     await chp.wait_for_load_state()
-    assert await chp.inner_text("#case-state") == "PUBLISHED"
+    assert await chp.inner_text("#case-state") == "PUBLISHED", await chp.inner_text("main")
     assert "Sam Surgeon" in await chp.inner_text("#signed-by")
-    assert (await chp.inner_text("#publication")).startswith("pending-publication/")
+    assert (await chp.inner_text("#publication")).startswith("document/")
+
+    # The app's own worker delivers the report to the DSP simulator
+    msgs = [v.message for v in await client.app[OUTBOX].messages()]
+    assert [m.target for m in msgs] == ["dsp"]
+    for _ in range(50):
+        if (await client.app[OUTBOX].message(msgs[0].id)).message.status == "delivered":
+            break
+        await client.app[WORKER].run_once()
+    assert (await client.app[OUTBOX].message(msgs[0].id)).message.status == "delivered"
+    stored = list((tmp_path / "dsp").glob("*/document.xml"))
+    assert len(stored) == 1
+    xml = stored[0].read_bytes()
+    validate_cda(xml)
+    assert b"DT-91001" in xml and matricule.encode() in xml and b"T2" in xml
+    await chp.goto(case_url)
+    assert await chp.inner_text("#publication-delivery") == "delivered"
 
     # The referring physician sees the outcome and the PPS
     await gpp.goto(f"{base}/rcp/my")
@@ -147,16 +212,5 @@ async def test_rcp_from_board_creation_to_signed_report(
     await gpp.goto(case_url + "/pps")
     assert "Tumorectomie puis radiothérapie." in await gpp.inner_text("main")
 
-    async with client.app[K.DB].session() as s:
-        pending = (await s.execute(select(PendingPublication))).scalars().all()
-    assert len(pending) == 1
-    report = RcpReportData.from_json(pending[0].report)
-    assert (
-        report.legal_authenticator is not None and report.legal_authenticator.name == "Sam Surgeon"
-    )
-    assert {p.specialty for p in report.participants} == {
-        "breast-surgery",
-        "medical-oncology",
-        "radiation-oncology",
-    }
-    assert report.tnm is not None and (report.tnm.t, report.tnm.stage_group) == ("T2", "IIA")
+    got = await client.app[OUTBOX].message(msgs[0].id)
+    assert got.message.document_id == (await chp.inner_text("#publication-document"))

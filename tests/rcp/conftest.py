@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 
 from konsil import appkeys as K
 from konsil.audit.service import SYSTEM
+from konsil.clock import FakeClock
 from konsil.identity.matricule import make_matricule
 from konsil.identity.service import NewPatient
 from tests.conftest import Client, Person
@@ -78,6 +79,12 @@ class World:
         )
 
     async def check_in(self, *users: User) -> dict[str, Any]:
+        """Attendance is taken at the meeting: the clock moves to the session (2026-01-20 12:30
+        Luxembourg), so a report signed afterwards is not dated before its meeting."""
+        clock = self.client.app[K.CLOCK]
+        assert isinstance(clock, FakeClock)
+        if clock.now() < MEETING:
+            clock.advance((MEETING - clock.now()).total_seconds())
         q: dict[str, Any] = {}
         for u in users:
             q = await self.call(
@@ -88,6 +95,8 @@ class World:
             )
         return q
 
+
+MEETING = datetime(2026, 1, 20, 11, 45, tzinfo=UTC)  # the session's start + 15 min, UTC
 
 GOOD_FICHE: dict[str, Any] = {
     "question": "Adjuvant treatment after lumpectomy?",
@@ -156,8 +165,15 @@ async def world(client: Client, create_user: Callable[..., Awaitable[Person]]) -
         patient.id,
         matricule,
     )
+    host = await client.app[K.IDENTITY].do_create_organisation(
+        SYSTEM, "Centre hospitalier de Luxembourg", "hospital"
+    )
     board = await w.call(
-        coord, "POST", "/boards", {"name": "RCP Sein", "tumour_domain": "breast"}, 201
+        coord,
+        "POST",
+        "/boards",
+        {"name": "RCP Sein", "tumour_domain": "breast", "host_organisation_id": host.id},
+        201,
     )
     w.board_id = board["id"]
     for u, chair_flag in ((chair, True), (medonc, False), (radonc, False), (radiologist, False)):

@@ -1,5 +1,5 @@
 """The RCP service through its JSON API, on both databases: lifecycle, quorum gate, signature and
-publication through the pending-publication queue, authorisation, audit, calendars, concurrency."""
+publication as a signed CDA queued for the DSP, authorisation, audit, calendars, concurrency."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
 from konsil.errors import Unavailable
 from rcp.domain.report import RcpReportData
-from rcp.models import PendingPublication
 from rcp.web.keys import RCP
 from tests.rcp.conftest import DECISION, World
+from workflow.models import ClinicalDocument, OutboxMessage
 
 
-async def test_full_lifecycle_to_the_publication_queue(world: World) -> None:
+async def test_full_lifecycle_to_the_dsp_outbox(world: World) -> None:
     w = world
     case = await w.scheduled_case()
     assert case["state"] == "SCHEDULED" and case["xdw"]["task_status"] == "READY"
@@ -49,11 +49,16 @@ async def test_full_lifecycle_to_the_publication_queue(world: World) -> None:
         w.chair, "POST", f"/cases/{cid}/sign", {"password": w.chair.person.password}
     )
     assert signed["state"] == "PUBLISHED" and signed["xdw"]["workflow_status"] == "CLOSED"
-    assert signed["publication_ref"].startswith("pending-publication/")
+    assert signed["publication_ref"].startswith("document/")
+    assert signed["publication"]["delivery_status"] == "pending"
+    doc_id = signed["publication"]["document_id"]
     async with w.client.app[K.DB].session() as s:
-        rows = (await s.execute(select(PendingPublication))).scalars().all()
-    assert len(rows) == 1 and rows[0].drained_at is None
-    data = RcpReportData.from_json(rows[0].report)
+        doc = await s.get(ClinicalDocument, doc_id)
+        msgs = (await s.execute(select(OutboxMessage))).scalars().all()
+    assert doc is not None and doc.status == "final" and doc.kind == "rcp-report"
+    assert doc.signature and doc.patient_id == w.patient_id
+    assert [(m.target, m.document_id, m.status) for m in msgs] == [("dsp", doc_id, "pending")]
+    data = RcpReportData.from_json(signed["report"])
     assert data.legal_authenticator is not None
     assert data.legal_authenticator.account_id == w.chair.id
     assert data.legal_authenticator.specialty == "breast-surgery"
@@ -387,9 +392,7 @@ async def test_a_failed_publication_leaves_the_case_validated_and_can_be_retried
     service.publisher = queue
     await w.call(w.radiologist, "POST", f"/cases/{cid}/publish", None, 403)
     done = await w.call(w.coordinator, "POST", f"/cases/{cid}/publish")
-    assert done["state"] == "PUBLISHED" and done["publication_ref"].startswith(
-        "pending-publication/"
-    )
+    assert done["state"] == "PUBLISHED" and done["publication_ref"].startswith("document/")
     await w.call(w.coordinator, "POST", f"/cases/{cid}/publish", None, 409)
 
 
