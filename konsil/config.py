@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -156,8 +155,6 @@ def _coerce(name: str, raw: Any, typ: Any) -> Any:
         else:
             raise ConfigError(f"{name}: expected a list, got {raw!r}")
         return tuple(_coerce(name, i, str) for i in items)
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{name}: unsupported type")  # pragma: no cover - not used
     raise ConfigError(f"{name}: unsupported type {typ!r}")  # pragma: no cover
 
 

@@ -117,7 +117,6 @@ class Database:
         self._writer = async_sessionmaker(writer_bind, expire_on_commit=False)
         self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.sqlite else None
-        self._after_commit: list[Any] = []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

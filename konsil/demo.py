@@ -12,7 +12,6 @@ import os
 import secrets
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -163,6 +162,3 @@ def run_demo(config: Config) -> int:
     except KeyboardInterrupt:
         pass
     return 0
-
-
-__all__: list[Any] = ["run_demo", "seed"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -116,6 +116,30 @@ def check_new_account(a: NewAccount) -> None:
         errors["email"] = "is not an e-mail address"
     if errors:
         raise ValidationError("the account is not valid", fields=errors)
+
+
+async def add_patient(
+    session: AsyncSession, audit: AuditLog, actor: Actor, clean: NewPatient, now: datetime
+) -> Patient:
+    """Insert an already checked patient and audit it, inside the caller's transaction
+    (so a feature can register a patient atomically with its own rows)."""
+    patient = Patient(
+        matricule=clean.matricule,
+        given_name=clean.given_name,
+        family_name=clean.family_name,
+        birth_date=clean.birth_date,
+        sex=clean.sex,
+        email=clean.email,
+        phone=clean.phone,
+        address=clean.address,
+        created_at=now,
+    )
+    session.add(patient)
+    await session.flush()
+    await audit.record(
+        session, actor, "patient.create", patient_id=patient.id, resource=f"patient/{patient.id}"
+    )
+    return patient
 
 
 class IdentityService:
@@ -355,26 +379,7 @@ class IdentityService:
         clean = check_new_patient(new, self.clock.now().date())
         try:
             async with self.db.transaction() as s:
-                patient = Patient(
-                    matricule=clean.matricule,
-                    given_name=clean.given_name,
-                    family_name=clean.family_name,
-                    birth_date=clean.birth_date,
-                    sex=clean.sex,
-                    email=clean.email,
-                    phone=clean.phone,
-                    address=clean.address,
-                    created_at=self.clock.now(),
-                )
-                s.add(patient)
-                await s.flush()
-                await self.audit.record(
-                    s,
-                    actor,
-                    "patient.create",
-                    patient_id=patient.id,
-                    resource=f"patient/{patient.id}",
-                )
+                patient = await add_patient(s, self.audit, actor, clean, self.clock.now())
         except IntegrityError:
             raise Conflict(
                 "a patient with this matricule exists already",

@@ -21,7 +21,7 @@ from konsil.db import Database
 from konsil.errors import Conflict, Forbidden, NotFound, TooLarge, ValidationError
 from konsil.identity.matricule import check_matricule
 from konsil.identity.models import Patient
-from konsil.identity.service import EMAIL_RE, NewPatient, check_new_patient
+from konsil.identity.service import EMAIL_RE, NewPatient, add_patient, check_new_patient
 from video.domain.crypto import (
     FileSealer,
     make_invitation_token,
@@ -189,25 +189,7 @@ class VideoService:
                         )
                     patient = existing
                 else:
-                    patient = Patient(
-                        matricule=np.matricule,
-                        given_name=np.given_name,
-                        family_name=np.family_name,
-                        birth_date=np.birth_date,
-                        sex=np.sex,
-                        email=np.email,
-                        phone=np.phone,
-                        created_at=now,
-                    )
-                    s.add(patient)
-                    await s.flush()
-                    await self.audit.record(
-                        s,
-                        actor,
-                        "patient.create",
-                        patient_id=patient.id,
-                        resource=f"patient/{patient.id}",
-                    )
+                    patient = await add_patient(s, self.audit, actor, np, now)
             appt = VideoAppointment(
                 practitioner_account_id=actor.id,
                 patient_id=patient.id,
