@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.audit.service import Actor, AuditLog
+from konsil.audit.service import Actor, AuditEntry, AuditLog
 from konsil.auth.service import AuthService, Principal
 from konsil.clock import LUXEMBOURG, Clock, to_utc
 from konsil.db import Database
@@ -965,14 +965,7 @@ class RcpService:
                     .limit(200)
                 )
             ).all()
-            for c, _pat, _b in rows:
-                await self.audit.record(
-                    s,
-                    actor_of(p, ip),
-                    "rcp.case.list",
-                    patient_id=c.patient_id,
-                    resource=f"rcp/case/{c.id}",
-                )
+            await self._audit_listed(s, p, ip, [c for c, _pat, _b in rows])
             return [(c, pat, b) for c, pat, b in rows]
 
     async def board_cases(
@@ -985,6 +978,19 @@ class RcpService:
                 s, p, ip, Case.board_id == board_id, Case.state.in_([x.value for x in states])
             )
 
+    async def _audit_listed(
+        self, s: AsyncSession, p: Principal, ip: str | None, cases: Sequence[Case]
+    ) -> None:
+        """Each case shown in a listing is an audited read (one chain append for all)."""
+        await self.audit.record_many(
+            s,
+            actor_of(p, ip),
+            [
+                AuditEntry("rcp.case.list", patient_id=c.patient_id, resource=f"rcp/case/{c.id}")
+                for c in cases
+            ],
+        )
+
     async def _cases_in(
         self, s: AsyncSession, p: Principal, ip: str | None, *where: Any
     ) -> list[AgendaItem]:
@@ -996,14 +1002,7 @@ class RcpService:
                 .order_by(Case.agenda_position, Case.created_at)
             )
         ).all()
-        for c, _pat in rows:
-            await self.audit.record(
-                s,
-                actor_of(p, ip),
-                "rcp.case.list",
-                patient_id=c.patient_id,
-                resource=f"rcp/case/{c.id}",
-            )
+        await self._audit_listed(s, p, ip, [c for c, _pat in rows])
         return [AgendaItem(c, pat) for c, pat in rows]
 
     async def do_transition(

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.audit.service import Actor, AuditLog
+from konsil.audit.service import Actor, AuditEntry, AuditLog
 from konsil.auth.passwords import PasswordHasher, check_password_strength
 from konsil.clock import Clock
 from konsil.db import Database
@@ -424,8 +424,12 @@ class IdentityService:
                 )
             patients = (await s.execute(stmt)).scalars().all()
             # A listing shows patient data: each patient shown is an audited read.
-            for p in patients:
-                await self.audit.record(
-                    s, actor, "patient.list", patient_id=p.id, resource=f"patient/{p.id}"
-                )
+            await self.audit.record_many(
+                s,
+                actor,
+                [
+                    AuditEntry("patient.list", patient_id=p.id, resource=f"patient/{p.id}")
+                    for p in patients
+                ],
+            )
             return patients
