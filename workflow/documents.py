@@ -4,13 +4,22 @@ A draft may change; once final, a document's bytes never change again (the servi
 correction is a new version in the same set that replaces the old one, which becomes ``amended``;
 a document issued by mistake becomes ``entered-in-error``. Every read or write of a document is a
 patient-data access and is audited in the same transaction.
+
+A replacement is delivered where its predecessor went, in the transaction that stores it (when the
+store has an ``Outbox``): to each target the predecessor was queued for — or, if it never was, to
+the targets of its kind (``DELIVERY_TARGETS``). A receiver that stored the predecessor gets the
+replacement relation (XDS RPLC, MHD ``relatesTo``, the CNS envelope's ``replaces``); one that
+refused it (or never got it) gets the new version as an original submission, since it has nothing
+to replace. While the predecessor is still on its way to a target the correction is refused
+(``Conflict``): a receiver cannot replace what it has not stored yet.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,10 +27,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from konsil.audit.service import Actor, AuditLog
 from konsil.clock import Clock
 from konsil.errors import Conflict, NotFound, ValidationError
-from workflow.models import ClinicalDocument, new_id
+from konsil.identity.models import Patient
+from workflow.models import ClinicalDocument, OutboxMessage, new_id
 from workflow.signing import KeyRing, verifier_for
 
+if TYPE_CHECKING:
+    from workflow.outbox import Outbox
+
 CONFIDENTIALITY = ("N", "R", "V")
+# Where a document of each kind goes when nothing says otherwise (the issuers' own choice).
+DELIVERY_TARGETS: dict[str, tuple[str, ...]] = {"sick-leave": ("cns", "dsp")}
+DEFAULT_TARGETS: tuple[str, ...] = ("dsp",)
 
 
 @dataclass(frozen=True)
@@ -64,10 +80,13 @@ def check_new_document(new: NewDocument) -> None:
 
 
 class DocumentStore:
-    def __init__(self, clock: Clock, audit: AuditLog, keys: KeyRing) -> None:
+    def __init__(
+        self, clock: Clock, audit: AuditLog, keys: KeyRing, outbox: Outbox | None = None
+    ) -> None:
         self.clock = clock
         self.audit = audit
         self.keys = keys
+        self.outbox = outbox  # when set, replacements are queued for delivery with themselves
 
     # ------------------------------------------------------------------ writes (caller's tx)
 
@@ -161,8 +180,69 @@ class DocumentStore:
             raise ValidationError(
                 "a replacement must concern the same patient", fields={"patient_id": "differs"}
             )
+        sent = await self._check_deliverable(s, old)
         old.status = "amended"
-        return await self.do_create(s, actor, new, status="final", replaces=old)
+        doc = await self.do_create(s, actor, new, status="final", replaces=old)
+        if self.outbox is not None:
+            await self._deliver_replacement(s, old, doc, sent)
+        return doc
+
+    async def _check_deliverable(
+        self, s: AsyncSession, old: ClinicalDocument
+    ) -> list[OutboxMessage]:
+        """The predecessor's messages; Conflict while one of them is still on its way."""
+        msgs = list(
+            (
+                await s.execute(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.document_id == old.id)
+                    .order_by(OutboxMessage.created_at)
+                )
+            ).scalars()
+        )
+        if self.outbox is not None:
+            busy = sorted({m.target.upper() for m in msgs if m.status in ("pending", "in_flight")})
+            if busy:
+                raise Conflict(
+                    "the document is still being delivered: correct it once "
+                    f"{', '.join(busy)} acknowledged it",
+                    fields={"delivery": ", ".join(busy)},
+                )
+        return msgs
+
+    async def _deliver_replacement(
+        self,
+        s: AsyncSession,
+        old: ClinicalDocument,
+        doc: ClinicalDocument,
+        sent: list[OutboxMessage],
+    ) -> None:
+        assert self.outbox is not None
+        by_target: dict[str, OutboxMessage] = {}
+        for m in sent:
+            by_target[m.target] = m  # the latest message per target
+        targets = list(by_target) or list(DELIVERY_TARGETS.get(doc.kind, DEFAULT_TARGETS))
+        patient = await s.get(Patient, doc.patient_id)
+        for target in targets:
+            prev = by_target.get(target)
+            payload: dict[str, Any] = json.loads(prev.payload) if prev is not None else {}
+            # the patient's matricule as it is now (the predecessor's may have been refused)
+            payload["patient_matricule"] = patient.matricule if patient else ""
+            if prev is not None and prev.status == "delivered":
+                payload["replaces"] = {
+                    "document_id": old.id,
+                    "reference": prev.remote_reference,
+                }
+            else:
+                payload["replaces"] = None  # the receiver has nothing to replace
+            await self.outbox.enqueue(
+                s,
+                target,
+                payload,
+                f"{target}-{doc.id}",
+                document_id=doc.id,
+                author_account_id=doc.author_account_id,
+            )
 
     async def do_mark_entered_in_error(
         self, s: AsyncSession, actor: Actor, document_id: str

@@ -87,6 +87,22 @@ def _narrative_html(text: etree._Element) -> str:
     return str(etree.tostring(out, method="html", encoding="unicode"))
 
 
+def _sections(doc: etree._Element) -> list[tuple[str, str]]:
+    ns = {"h": codes.HL7_NS}
+    return [
+        (
+            " ".join(str(s.xpath("string(h:title)", namespaces=ns)).split()),
+            "".join(_narrative_html(t) for t in s.xpath("h:text", namespaces=ns)),
+        )
+        for s in doc.xpath("//h:section", namespaces=ns)
+    ]
+
+
+def narrative_sections(xml: bytes) -> list[tuple[str, str]]:
+    """Each section's title and its narrative as safe HTML (known tags only, text escaped)."""
+    return _sections(parse(xml))
+
+
 def narrative_html(xml: bytes) -> str:
     """Any Konsil CDA as a printable HTML page: its title, patient, author and the narrative of
     every section (what a reader of the CDA sees)."""
@@ -97,13 +113,7 @@ def narrative_html(xml: bytes) -> str:
         found = doc.xpath(f"string({path})", namespaces=ns)
         return " ".join(str(found).split())
 
-    sections = [
-        (
-            " ".join(str(s.xpath("string(h:title)", namespaces=ns)).split()),
-            "".join(_narrative_html(t) for t in s.xpath("h:text", namespaces=ns)),
-        )
-        for s in doc.xpath("//h:section", namespaces=ns)
-    ]
+    sections = _sections(doc)
     patient = "h:recordTarget/h:patientRole"
     author = "h:author/h:assignedAuthor"
     return (

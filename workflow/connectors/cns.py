@@ -3,7 +3,13 @@
 Request ``POST <cns_url>`` with an ``Idempotency-Key`` header and the envelope::
 
     {"idempotency_key", "document_id", "type_code", "patient_matricule", "document" (base64 CDA),
-     "signature" (base64 detached Ed25519), "signing_key_id", "sha256", "size", "created_at"}
+     "signature" (base64 detached Ed25519), "signing_key_id", "sha256", "size", "created_at",
+     "replaces" (only for a correction: {"document_id", "cns_reference"} of the certificate
+     the CNS accepted earlier and this one replaces)}
+
+A correction (a new version of a certificate the CNS holds) names the certificate it replaces;
+the CNS refuses a replacement of a certificate it does not know, of another patient, or of one
+already replaced (``REPLACED_UNKNOWN``, ``PATIENT_MISMATCH``, ``ALREADY_REPLACED``).
 
 Answer: ``{"status": "accepted", "cns_reference": ...}`` (the same answer again for a repeated
 key), or ``{"status": "rejected", "reasons": [{"code", "message"}]}`` with a 4xx status.
@@ -17,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from workflow.connectors.http import classify_status
+from workflow.connectors.xds import replaced_of
 from workflow.outbox import Delivery, DeliveryResult
 
 
@@ -24,7 +31,7 @@ def envelope(d: Delivery) -> dict[str, Any]:
     doc = d.document
     if doc is None:
         raise ValueError("a CNS message must carry a document")
-    return {
+    body: dict[str, Any] = {
         "idempotency_key": d.idempotency_key,
         "document_id": doc.id,
         "type_code": doc.type_code,
@@ -36,6 +43,12 @@ def envelope(d: Delivery) -> dict[str, Any]:
         "size": doc.size,
         "created_at": doc.created_at.isoformat(),
     }
+    replaced = replaced_of(doc, d.payload)
+    if replaced:
+        prev = d.payload.get("replaces")
+        ref = prev.get("reference") if isinstance(prev, dict) else None
+        body["replaces"] = {"document_id": replaced, "cns_reference": ref}
+    return body
 
 
 def reasons_text(body: Any) -> str:

@@ -17,6 +17,7 @@ from workflow.connectors.xds import (
     MATRICULE_OID,
     TYPE_CODE_SYSTEM,
     oid_of,
+    replaced_of,
 )
 from workflow.outbox import Delivery, DeliveryResult
 
@@ -78,11 +79,12 @@ def provide_bundle(d: Delivery, now: datetime) -> dict[str, Any]:
             }
         ],
     }
-    if doc.replaces_id:
+    replaced = replaced_of(doc, d.payload)
+    if replaced:
         docref["relatesTo"] = [
             {
                 "code": "replaces",
-                "target": {"identifier": {"value": f"urn:oid:{oid_of(doc.replaces_id)}"}},
+                "target": {"identifier": {"value": f"urn:oid:{oid_of(replaced)}"}},
             }
         ]
     submission = {

@@ -110,6 +110,16 @@ def oid_of(hex_id: str) -> str:
     return f"2.25.{uuid.UUID(hex=hex_id).int}"
 
 
+def replaced_of(doc: DocumentPayload | None, payload: Mapping[str, Any]) -> str | None:
+    """The document a delivery replaces at the receiver: the stored predecessor, unless the
+    payload says the receiver never got it (``"replaces": null``: send as an original)."""
+    if doc is None or doc.replaces_id is None:
+        return None
+    if "replaces" in payload and payload["replaces"] is None:
+        return None
+    return doc.replaces_id
+
+
 def cx(matricule: str) -> str:
     return f"{matricule}^^^&{MATRICULE_OID}&ISO"
 
@@ -128,6 +138,7 @@ def entry_metadata(
         return default
 
     type_display = str(payload.get("type_display") or doc.type_code)
+    replaced = replaced_of(doc, payload)
     return EntryMetadata(
         patient_matricule=str(payload["patient_matricule"]),
         unique_id=oid_of(doc.id),
@@ -150,7 +161,7 @@ def entry_metadata(
         mime_type=doc.mime_type,
         sha1=hashlib.sha1(doc.content).hexdigest(),  # noqa: S324 - XDS hash is SHA-1 by spec
         size=doc.size,
-        replaces_entry_uuid=uuid_urn(doc.replaces_id) if doc.replaces_id else None,
+        replaces_entry_uuid=uuid_urn(replaced) if replaced else None,
         author_institution=payload.get("author_institution"),
     )
 

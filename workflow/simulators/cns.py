@@ -79,6 +79,26 @@ def check_envelope(body: Any, validate: Any) -> tuple[list[tuple[str, str]], byt
     return reasons, doc
 
 
+def check_replaces(
+    store: SubmissionStore, body: dict[str, Any]
+) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """A correction names a certificate this CNS accepted, of the same patient, not yet replaced."""
+    replaces = body.get("replaces")
+    if replaces is None:
+        return None, None
+    target = replaces.get("document_id") if isinstance(replaces, dict) else None
+    if not isinstance(target, str) or not target:
+        return None, ("MALFORMED", "replaces.document_id is required")
+    previous = store.find("document_id", target)
+    if previous is None:
+        return None, ("REPLACED_UNKNOWN", "the replaced certificate was never accepted")
+    if previous.get("patient_matricule") != body.get("patient_matricule"):
+        return None, ("PATIENT_MISMATCH", "the replaced certificate is another patient's")
+    if previous.get("replaced_by"):
+        return None, ("ALREADY_REPLACED", "the replaced certificate was already replaced")
+    return previous, None
+
+
 async def submit(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     fault = await apply_faults(settings)
@@ -103,6 +123,9 @@ async def submit(request: web.Request) -> web.Response:
             reasons, doc = check_envelope(body, settings.validator)
             if reasons:
                 return rejection(422, *reasons)
+            replaced, problem = check_replaces(store, body)
+            if problem is not None:
+                return rejection(422 if problem[0] != "ALREADY_REPLACED" else 409, problem)
             ack = {
                 "status": "accepted",
                 "cns_reference": f"CNS-CIT-{store.count + 1:08d}",
@@ -111,6 +134,11 @@ async def submit(request: web.Request) -> web.Response:
             }
             meta = {k: v for k, v in body.items() if k != "document"}
             store.put(key, doc, "document.xml", {**meta, "acknowledgement": ack})
+            if replaced is not None:
+                store.annotate(
+                    replaced["dedupe_key"],
+                    {"status": "replaced", "replaced_by": body["document_id"]},
+                )
         if fault == "lost":
             raise web.HTTPServiceUnavailable(text="simulated lost answer")
         return web.json_response(ack, status=201)

@@ -92,6 +92,20 @@ class SubmissionStore:
         self._acks[key] = data
         self.count += 1
 
+    def find(self, field: str, value: str) -> dict[str, Any] | None:
+        """The stored submission whose metadata ``field`` equals ``value`` (corrections are rare:
+        a scan is enough)."""
+        return next((d for d in self._acks.values() if d.get(field) == value), None)
+
+    def annotate(self, key: str, changes: dict[str, Any]) -> None:
+        """Update a stored submission's metadata (e.g. replaced by a newer version)."""
+        data = {**self._acks[key], **changes}
+        folder = self.root / safe_name(key)
+        tmp = folder / "metadata.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, folder / "metadata.json")
+        self._acks[key] = data
+
 
 async def apply_faults(settings: SimulatorSettings) -> str | None:
     """Latency first, then the planned fault; returns "lost" for a store-then-fail fault."""

@@ -129,6 +129,11 @@ def check_submission(
             )
     if _slot(package, "submissionTime") is None:
         errors.append(RegistryError("XDSRegistryMetadataError", "submissionTime missing"))
+    replaced = {
+        a.get("sourceObject", ""): a.get("targetObject", "")
+        for a in rol.iterfind("rim:Association", NS)
+        if a.get("associationType") == xds.RPLC
+    }
     documents = {d.get("id", ""): d for d in request_el.iterfind("xdsb:Document", NS)}
     eos = rol.findall("rim:ExtrinsicObject", NS)
     if not eos:
@@ -229,6 +234,7 @@ def check_submission(
                 "mime_type": eo.get("mimeType", ""),
                 "content": content,
                 "creation_time": _slot(eo, "creationTime"),
+                "replaces_entry_uuid": replaced.get(entry_id),
             }
         )
     return errors, entries
@@ -310,6 +316,13 @@ async def iti41(request: web.Request) -> web.Response:
                     )
                     return soap_response(response_envelope([err], message_id))
                 continue
+            target = None
+            if e["replaces_entry_uuid"]:
+                target = store.find("entry_uuid", e["replaces_entry_uuid"])
+                error = replacement_error(target, e["patient_id"], e["replaces_entry_uuid"])
+                if error is not None:
+                    err = RegistryError(error[0], error[1], e["entry_uuid"])
+                    return soap_response(response_envelope([err], message_id))
             meta = {k: v for k, v in e.items() if k != "content"}
             meta.update(
                 transport="ITI-41",
@@ -317,9 +330,36 @@ async def iti41(request: web.Request) -> web.Response:
                 idempotency_key=request.headers.get("Idempotency-Key"),
             )
             store.put(e["unique_id"], e["content"], "document.xml", meta)
+            if target is not None:
+                deprecate(store, target, e["unique_id"])
     if fault == "lost":
         raise web.HTTPServiceUnavailable(text="simulated lost answer")
     return soap_response(response_envelope([], message_id))
+
+
+def replacement_error(
+    target: dict[str, Any] | None, patient_id: str, reference: str
+) -> tuple[str, str] | None:
+    """Why a registry refuses a replacement (ITI TF-3 4.2.2.2: RPLC needs an Approved target of
+    the same patient), or None."""
+    if target is None:
+        return ("UnresolvedReferenceException", f"the replaced entry {reference} is not registered")
+    if _patient_key(str(target.get("patient_id"))) != _patient_key(patient_id):
+        return ("XDSPatientIdDoesNotMatch", "the replaced entry is another patient's")
+    if target.get("availability") == "Deprecated":
+        return ("XDSRegistryDeprecatedDocumentError", "the replaced entry is already deprecated")
+    return None
+
+
+def _patient_key(value: str) -> str:
+    """The matricule, whether given as an XDS CX (ITI-41) or a plain identifier value (ITI-65)."""
+    return _matricule_of_cx(value) or value
+
+
+def deprecate(store: SubmissionStore, target: dict[str, Any], by_unique_id: str) -> None:
+    store.annotate(
+        target["dedupe_key"], {"availability": "Deprecated", "replaced_by": by_unique_id}
+    )
 
 
 # ---------------------------------------------------------------- MHD ITI-65
@@ -404,7 +444,15 @@ def check_bundle(
         return [("invalid", f"CDA validation: {p}") for p in problems[:10]], {}
     if cda_patient_matricule(content) != subject.get("value"):
         return [("invariant", "XDSPatientIdDoesNotMatch: the CDA's patient differs")], {}
+    replaces = None
+    for rel in docref.get("relatesTo") or []:
+        if isinstance(rel, dict) and rel.get("code") == "replaces":
+            value = ((rel.get("target") or {}).get("identifier") or {}).get("value")
+            if not isinstance(value, str) or not value:
+                return [("required", "relatesTo.target.identifier.value missing")], {}
+            replaces = value.removeprefix("urn:oid:")
     return [], {
+        "replaces_unique_id": replaces,
         "unique_id": str(master).removeprefix("urn:oid:"),
         "entry_uuid": _identifier_value(docref, "official"),
         "patient_id": subject.get("value"),
@@ -430,6 +478,16 @@ async def iti65(request: web.Request) -> web.Response:
         previous = store.get(key)
         if previous is not None and previous["sha1"] != entry["sha1"]:
             return operation_outcome(422, ("duplicate", "XDSNonIdenticalHash: uniqueId reused"))
+        target = None
+        if previous is None and entry["replaces_unique_id"]:
+            target = store.get(entry["replaces_unique_id"])
+            error = replacement_error(target, entry["patient_id"], entry["replaces_unique_id"])
+            if error is not None:
+                status = 404 if error[0] == "UnresolvedReferenceException" else 422
+                return operation_outcome(
+                    status,
+                    ("not-found" if status == 404 else "business-rule", f"{error[0]}: {error[1]}"),
+                )
         if previous is None:
             meta = {k: v for k, v in entry.items() if k != "content"}
             meta.update(
@@ -438,6 +496,8 @@ async def iti65(request: web.Request) -> web.Response:
                 idempotency_key=request.headers.get("Idempotency-Key"),
             )
             store.put(key, entry["content"], "document.xml", meta)
+            if target is not None:
+                deprecate(store, target, key)
     if fault == "lost":
         raise web.HTTPServiceUnavailable(text="simulated lost answer")
     return web.json_response(

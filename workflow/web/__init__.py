@@ -8,13 +8,17 @@ from aiohttp import web
 
 from konsil import appkeys as K
 from konsil.appkeys import DashboardPanel
+from konsil.audit.service import Actor
 from konsil.auth.service import Principal
+from konsil.web import ops
 from workflow.connectors.worker import worker_context
+from workflow.corrections import Corrections
 from workflow.documents import DocumentStore
 from workflow.outbox import DeliveryWorker, Outbox
 from workflow.signing import KeyRing
-from workflow.web import pages
-from workflow.web.keys import DOCUMENTS, KEYS, OUTBOX, WORKER
+from workflow.views import DocumentViews, Filters
+from workflow.web import documents, pages
+from workflow.web.keys import CORRECTIONS, DOCUMENTS, KEYS, OUTBOX, VIEWS, WORKER
 
 FRENCH = {
     "Outgoing messages": "Messages sortants",
@@ -31,6 +35,51 @@ FRENCH = {
     "All": "Tous",
     "Rejected documents": "Documents refusés",
     "Message queued for another delivery.": "Message remis en file d'envoi.",
+    "My documents": "Mes documents",
+    "Documents": "Documents",
+    "Documents of": "Documents de",
+    "Type": "Type",
+    "Patient": "Patient",
+    "Author": "Auteur",
+    "Version": "Version",
+    "Delivery": "Transmission",
+    "Filter": "Filtrer",
+    "Download the CDA": "Télécharger le CDA",
+    "Detached signature": "Signature détachée",
+    "Patient's copy (PDF)": "Copie patient (PDF)",
+    "Employer's copy (PDF)": "Copie employeur (PDF)",
+    "Printable PDF": "PDF imprimable",
+    "Correct this certificate": "Corriger ce certificat",
+    "Mark as entered in error": "Marquer comme établi par erreur",
+    "Versions": "Versions",
+    "Replaced by": "Remplacé par",
+    "Replaces": "Remplace",
+    "Rejected": "Refusé",
+    "Correction of a sick-leave certificate": "Correction d'un certificat d'incapacité de travail",
+    "Issue the corrected version": "Émettre la version corrigée",
+    "The corrected version was signed and queued for delivery.": (
+        "La version corrigée a été signée et mise en file d'envoi."
+    ),
+    "No documents.": "Aucun document.",
+    "Start": "Début",
+    "End": "Fin",
+    "First day off work": "Premier jour d'arrêt de travail",
+    "Diagnosis (ICD-10)": "Diagnostic (CIM-10)",
+    "Diagnosis label": "Libellé du diagnostic",
+    "Accident date": "Date de l'accident",
+    "Accident reference": "Référence de l'accident",
+    "Child's matricule": "Matricule de l'enfant",
+    "Child's given name": "Prénom de l'enfant",
+    "Child's family name": "Nom de l'enfant",
+    "Presumed delivery date": "Date présumée de l'accouchement",
+    "Address during the incapacity": "Adresse pendant l'incapacité",
+    "Postal code": "Code postal",
+    "City": "Localité",
+    "Country": "Pays",
+    "Outings allowed": "Sorties autorisées",
+    "Hospitalised": "Hospitalisation",
+    "Extension of an earlier certificate": "Prolongation",
+    "Accident": "Accident",
 }
 
 
@@ -41,13 +90,18 @@ def secret_of(app: web.Application) -> str:
 
 def setup(app: web.Application) -> None:
     app[K.TRANSLATOR].add(FRENCH)
-    app.router.add_routes(pages.routes)
+    app.router.add_routes(pages.routes)  # first: /documents/rejected before /documents/{id}
+    app.router.add_routes(documents.routes)
+    app[ops.OPENAPI]["paths"].update(documents.openapi_paths())
+    app[ops.OPENAPI]["components"]["schemas"].update(documents.openapi_schemas())
 
     async def workflow_ctx(app: web.Application) -> AsyncIterator[None]:
         config, clock, audit = app[K.CONFIG], app[K.CLOCK], app[K.AUDIT]
         app[KEYS] = KeyRing(secret_of(app), clock)
-        app[DOCUMENTS] = DocumentStore(clock, audit, app[KEYS])
         app[OUTBOX] = Outbox(app[K.DB], clock, audit, max_attempts=config.workflow.max_attempts)
+        app[DOCUMENTS] = DocumentStore(clock, audit, app[KEYS], app[OUTBOX])
+        app[VIEWS] = DocumentViews(app[K.DB], audit)
+        app[CORRECTIONS] = Corrections(app[K.DB], clock, app[DOCUMENTS], app[VIEWS])
         wf = config.workflow
         if not (wf.worker_enabled and (wf.cns_url or wf.dsp_url)):
             yield
@@ -70,3 +124,13 @@ def setup(app: web.Application) -> None:
     app[K.PANELS].append(
         DashboardPanel("Rejected documents", "/documents/rejected", rejected, ("practitioner",))
     )
+
+    async def mine(principal: Principal) -> list[tuple[str, str]]:
+        # The panel shows patients' names: an audited listing like the full page.
+        rows = await app[VIEWS].authored(Actor(principal.account_id), principal, Filters(), limit=5)
+        return [
+            (f"{r.type_display} · {r.patient_name} · {r.status}", f"/documents/{r.id}")
+            for r in rows
+        ]
+
+    app[K.PANELS].append(DashboardPanel("My documents", "/documents", mine, ("practitioner",)))

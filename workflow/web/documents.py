@@ -1,0 +1,485 @@
+"""Documents on the web: the author's view, a patient's documents, downloads, corrections.
+
+Pages under ``/documents`` and ``/patients/{id}/documents``; the same data as JSON under
+``/api/v1`` (described in the OpenAPI document). Access rules and auditing live in
+``workflow.views``; corrections in ``workflow.corrections``; handlers only parse and render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from konsil.auth.service import Principal
+from konsil.errors import Conflict, KonsilError, ValidationError
+from konsil.web.api import PROBLEM
+from konsil.web.request import (
+    actor_of,
+    json_response,
+    read_form,
+    read_json,
+    render,
+    require_role,
+)
+from workflow.cda import codes
+from workflow.cda.printable import narrative_pdf, narrative_sections, sick_leave_pdf
+from workflow.cda.reading import read_header, read_sick_leave
+from workflow.corrections import FLAGS, flatten, parse_sick_leave, sick_leave_fields
+from workflow.models import DOC_STATUSES
+from workflow.views import DocumentSummary, Filters, Opened
+from workflow.web.keys import CORRECTIONS, VIEWS, WORKER
+
+routes = web.RouteTableDef()
+API = "/api/v1"
+COPIES = ("patient", "employer")
+
+
+def _user(request: web.Request) -> Principal:
+    return require_role(request, "admin", "practitioner", "coordinator")
+
+
+def _filters(request: web.Request) -> Filters:
+    return Filters.parse(request.query.get("status"), request.query.get("kind"))
+
+
+def _wake(request: web.Request) -> None:
+    worker = request.app.get(WORKER)
+    if worker is not None:
+        worker.wake()
+
+
+def summary_json(d: DocumentSummary) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "set_id": d.set_id,
+        "version": d.version,
+        "kind": d.kind,
+        "type_code": d.type_code,
+        "type_display": d.type_display,
+        "status": d.status,
+        "confidentiality": d.confidentiality,
+        "created_at": d.created_at.isoformat(),
+        "patient": {"id": d.patient_id, "name": d.patient_name, "matricule": d.patient_matricule},
+        "author": {"account_id": d.author_account_id, "name": d.author_name},
+        "replaces_id": d.replaces_id,
+        "replaced_by_id": d.replaced_by_id,
+        "size": d.size,
+        "sha256": d.sha256,
+        "signed": d.signed,
+        "rejection": d.rejection,
+        "deliveries": [
+            {
+                "target": x.target,
+                "status": x.status,
+                "attempts": x.attempts,
+                "reference": x.reference,
+                "error": x.error,
+                "delivered_at": x.delivered_at.isoformat() if x.delivered_at else None,
+                "replaces": x.replaces,
+            }
+            for x in d.deliveries
+        ],
+        "links": {
+            "self": f"{API}/documents/{d.id}",
+            "cda": f"{API}/documents/{d.id}/cda",
+            "signature": f"{API}/documents/{d.id}/signature",
+            "pdf": f"{API}/documents/{d.id}/pdf",
+        },
+    }
+
+
+# ---------------------------------------------------------------- pages
+
+
+@routes.get("/documents", name="documents")
+async def my_documents(request: web.Request) -> web.Response:
+    principal = _user(request)
+    filters = _filters(request)
+    rows = await request.app[VIEWS].authored(actor_of(request), principal, filters)
+    return render(
+        request,
+        "workflow/documents.html",
+        {"rows": rows, "filters": filters, "statuses": DOC_STATUSES, "kinds": codes.BY_KIND},
+    )
+
+
+@routes.get("/patients/{patient_id}/documents", name="patient_documents")
+async def patient_documents(request: web.Request) -> web.Response:
+    principal = _user(request)
+    filters = _filters(request)
+    patient, rows = await request.app[VIEWS].of_patient(
+        actor_of(request), principal, request.match_info["patient_id"], filters
+    )
+    return render(
+        request,
+        "workflow/patient_documents.html",
+        {
+            "patient": patient,
+            "rows": rows,
+            "filters": filters,
+            "statuses": DOC_STATUSES,
+            "kinds": codes.BY_KIND,
+        },
+    )
+
+
+@routes.get("/documents/{document_id}", name="document")
+async def document_page(request: web.Request) -> web.Response:
+    principal = _user(request)
+    opened = await request.app[VIEWS].open(
+        actor_of(request), principal, request.match_info["document_id"]
+    )
+    sections = await asyncio.to_thread(narrative_sections, opened.document.content)
+    return render(
+        request,
+        "workflow/document.html",
+        {
+            "d": opened.summary,
+            "versions": opened.versions,
+            "sections": sections,
+            "is_author": opened.access == "author",
+            "corrected": request.query.get("corrected"),
+        },
+    )
+
+
+@routes.get("/documents/{document_id}/correct", name="document_correct")
+async def correct_form(request: web.Request) -> web.Response:
+    principal = _user(request)
+    doc, cert = await request.app[CORRECTIONS].current_certificate(
+        actor_of(request), principal, request.match_info["document_id"]
+    )
+    return _correction_page(request, doc.id, sick_leave_fields(cert), None)
+
+
+@routes.post("/documents/{document_id}/correct")
+async def correct_submit(request: web.Request) -> web.Response:
+    principal = _user(request)
+    form = await read_form(request)
+    document_id = request.match_info["document_id"]
+    try:
+        new = await request.app[CORRECTIONS].do_correct_sick_leave(
+            actor_of(request), principal, document_id, parse_sick_leave(form)
+        )
+    except (ValidationError, Conflict) as exc:
+        return _correction_page(request, document_id, form, exc, status=exc.status)
+    _wake(request)
+    raise web.HTTPSeeOther(f"/documents/{new.id}?corrected=1")
+
+
+def _correction_page(
+    request: web.Request,
+    document_id: str,
+    form: dict[str, str],
+    error: KonsilError | None,
+    *,
+    status: int = 200,
+) -> web.Response:
+    return render(
+        request,
+        "workflow/correct.html",
+        {
+            "document_id": document_id,
+            "form": form,
+            "error": error,
+            "kinds": codes.SICK_LEAVE_KINDS,
+            "accident_kinds": codes.ACCIDENT_KINDS,
+            "flags": FLAGS,
+        },
+        status=status,
+    )
+
+
+@routes.post("/documents/{document_id}/entered-in-error")
+async def entered_in_error_page(request: web.Request) -> web.Response:
+    principal = _user(request)
+    await read_form(request)  # the CSRF token was checked by the middleware
+    doc = await request.app[CORRECTIONS].do_enter_in_error(
+        actor_of(request), principal, request.match_info["document_id"]
+    )
+    raise web.HTTPSeeOther(f"/documents/{doc.id}")
+
+
+# ---------------------------------------------------------------- files (pages and API)
+
+
+async def _open_for(request: web.Request, file: str) -> Opened:
+    return await request.app[VIEWS].open(
+        actor_of(request),
+        _user(request),
+        request.match_info["document_id"],
+        action="document.print" if file == "pdf" else "document.download",
+        details={
+            "file": file,
+            **({"copy": request.query["copy"]} if "copy" in request.query else {}),
+        },
+    )
+
+
+def _attachment(body: bytes, content_type: str, filename: str) -> web.Response:
+    return web.Response(
+        body=body,
+        content_type=content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@routes.get("/documents/{document_id}/cda")
+@routes.get(API + "/documents/{document_id}/cda")
+async def download_cda(request: web.Request) -> web.Response:
+    doc = (await _open_for(request, "cda")).document
+    return _attachment(doc.content, doc.mime_type, f"{doc.type_code}-{doc.id}.xml")
+
+
+@routes.get("/documents/{document_id}/signature")
+@routes.get(API + "/documents/{document_id}/signature")
+async def download_signature(request: web.Request) -> web.Response:
+    doc = (await _open_for(request, "signature")).document
+    if doc.signature is None:
+        raise Conflict("the document is not signed", fields={"status": doc.status})
+    # The raw 64-byte Ed25519 signature over the CDA's exact bytes (detached).
+    return _attachment(doc.signature, "application/octet-stream", f"{doc.type_code}-{doc.id}.sig")
+
+
+@routes.get("/documents/{document_id}/pdf")
+@routes.get(API + "/documents/{document_id}/pdf")
+async def download_pdf(request: web.Request) -> web.Response:
+    copy = request.query.get("copy", "patient")
+    if copy not in COPIES:
+        raise ValidationError("unknown copy", fields={"copy": "patient or employer"})
+    doc = (await _open_for(request, "pdf")).document
+    if doc.status != "final":
+        raise Conflict(
+            "only the current version of a document can be printed", fields={"status": doc.status}
+        )
+    pdf = await asyncio.to_thread(_pdf, doc.kind, doc.content, copy)
+    name = f"{doc.type_code}-{doc.id}{'-' + copy if doc.kind == 'sick-leave' else ''}.pdf"
+    return _attachment(pdf, "application/pdf", name)
+
+
+def _pdf(kind: str, xml: bytes, copy: str) -> bytes:
+    if kind != "sick-leave":
+        return narrative_pdf(xml)
+    read = read_header(xml)
+    return sick_leave_pdf(
+        read_sick_leave(xml),
+        read.header,
+        copy="employer" if copy == "employer" else "patient",
+        now=read.effective_time,
+    )
+
+
+# ---------------------------------------------------------------- JSON API
+
+
+@routes.get(API + "/documents")
+async def api_documents(request: web.Request) -> web.Response:
+    rows = await request.app[VIEWS].authored(actor_of(request), _user(request), _filters(request))
+    return json_response({"documents": [summary_json(r) for r in rows]})
+
+
+@routes.get(API + "/documents/{document_id}")
+async def api_document(request: web.Request) -> web.Response:
+    opened = await request.app[VIEWS].open(
+        actor_of(request), _user(request), request.match_info["document_id"]
+    )
+    return json_response(
+        {
+            **summary_json(opened.summary),
+            "versions": [
+                {"id": v.id, "version": v.version, "status": v.status} for v in opened.versions
+            ],
+        }
+    )
+
+
+@routes.post(API + "/documents/{document_id}/corrections")
+async def api_correct(request: web.Request) -> web.Response:
+    principal = _user(request)
+    body = flatten(await read_json(request))
+    new = await request.app[CORRECTIONS].do_correct_sick_leave(
+        actor_of(request), principal, request.match_info["document_id"], parse_sick_leave(body)
+    )
+    _wake(request)
+    opened = await request.app[VIEWS].open(actor_of(request), principal, new.id)
+    return json_response(summary_json(opened.summary), status=201)
+
+
+@routes.post(API + "/documents/{document_id}/entered-in-error")
+async def api_entered_in_error(request: web.Request) -> web.Response:
+    principal = _user(request)
+    doc = await request.app[CORRECTIONS].do_enter_in_error(
+        actor_of(request), principal, request.match_info["document_id"]
+    )
+    opened = await request.app[VIEWS].open(actor_of(request), principal, doc.id)
+    return json_response(summary_json(opened.summary))
+
+
+@routes.get(API + "/patients/{patient_id}/documents")
+async def api_patient_documents(request: web.Request) -> web.Response:
+    patient, rows = await request.app[VIEWS].of_patient(
+        actor_of(request), _user(request), request.match_info["patient_id"], _filters(request)
+    )
+    return json_response({"patient_id": patient.id, "documents": [summary_json(r) for r in rows]})
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+def openapi_paths() -> dict[str, Any]:
+    doc_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    pid = {"name": "patient_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    filters = [
+        {"name": "status", "in": "query", "schema": {"enum": list(DOC_STATUSES)}},
+        {"name": "kind", "in": "query", "schema": {"enum": list(codes.BY_KIND)}},
+    ]
+    errors = {"400": PROBLEM, "401": PROBLEM, "403": PROBLEM, "404": PROBLEM, "409": PROBLEM}
+
+    def ok(schema: str) -> dict[str, Any]:
+        return {
+            "description": "ok",
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+
+    def file(ctype: str, what: str) -> dict[str, Any]:
+        return {
+            "tags": ["documents"],
+            "summary": what,
+            "parameters": [doc_id],
+            "responses": {"200": {"description": what, "content": {ctype: {}}}, **errors},
+        }
+
+    pdf = file("application/pdf", "Printable PDF (sick leave: ?copy=patient|employer)")
+    pdf["parameters"] = [doc_id, {"name": "copy", "in": "query", "schema": {"enum": list(COPIES)}}]
+    return {
+        f"{API}/documents": {
+            "get": {
+                "tags": ["documents"],
+                "summary": "The documents the caller authored (newest first), with delivery status",
+                "parameters": filters,
+                "responses": {"200": ok("DocumentList"), **errors},
+            }
+        },
+        f"{API}/documents/{{id}}": {
+            "get": {
+                "tags": ["documents"],
+                "summary": "One document: author, or care relationship with its patient",
+                "parameters": [doc_id],
+                "responses": {"200": ok("Document"), **errors},
+            }
+        },
+        f"{API}/documents/{{id}}/cda": {"get": file("text/xml", "The signed CDA, exact bytes")},
+        f"{API}/documents/{{id}}/signature": {
+            "get": file("application/octet-stream", "Detached Ed25519 signature (64 bytes)")
+        },
+        f"{API}/documents/{{id}}/pdf": {"get": pdf},
+        f"{API}/documents/{{id}}/corrections": {
+            "post": {
+                "tags": ["documents"],
+                "summary": "Author: replace a sick-leave certificate by a corrected version "
+                "(delivered to the CNS and the DSP with the replacement relation)",
+                "parameters": [doc_id],
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/SickLeaveCorrection"}
+                        }
+                    }
+                },
+                "responses": {"201": ok("Document"), **errors},
+            }
+        },
+        f"{API}/documents/{{id}}/entered-in-error": {
+            "post": {
+                "tags": ["documents"],
+                "summary": "Author: withdraw a document issued by mistake",
+                "parameters": [doc_id],
+                "responses": {"200": ok("Document"), **errors},
+            }
+        },
+        f"{API}/patients/{{patient_id}}/documents": {
+            "get": {
+                "tags": ["documents"],
+                "summary": "A patient's documents (admins, and practitioners who authored one)",
+                "parameters": [pid, *filters],
+                "responses": {"200": ok("DocumentList"), **errors},
+            }
+        },
+    }
+
+
+def openapi_schemas() -> dict[str, Any]:
+    s = {"type": "string"}
+    date = {"type": "string", "format": "date"}
+    nullable = {"type": ["string", "null"]}
+    return {
+        "Document": {
+            "type": "object",
+            "properties": {
+                "id": s,
+                "set_id": s,
+                "version": {"type": "integer"},
+                "kind": {"enum": list(codes.BY_KIND)},
+                "type_code": s,
+                "status": {"enum": list(DOC_STATUSES)},
+                "created_at": {"type": "string", "format": "date-time"},
+                "patient": {"type": "object"},
+                "replaces_id": nullable,
+                "replaced_by_id": nullable,
+                "rejection": nullable,
+                "deliveries": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "target": {"enum": ["cns", "dsp"]},
+                            "status": s,
+                            "attempts": {"type": "integer"},
+                            "reference": nullable,
+                            "error": nullable,
+                            "replaces": {"type": "boolean"},
+                        },
+                    },
+                },
+                "links": {"type": "object"},
+            },
+        },
+        "DocumentList": {
+            "type": "object",
+            "properties": {
+                "documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}}
+            },
+        },
+        "SickLeaveCorrection": {
+            "type": "object",
+            "required": ["kind", "start", "end"],
+            "properties": {
+                "kind": {"enum": list(codes.SICK_LEAVE_KINDS)},
+                "start": date,
+                "end": date,
+                "first_day_off": date,
+                "diagnosis": {"type": "object", "properties": {"code": s, "label": s}},
+                "accident": {
+                    "type": "object",
+                    "properties": {
+                        "kind": {"enum": list(codes.ACCIDENT_KINDS)},
+                        "date": date,
+                        "reference": s,
+                    },
+                },
+                "child": {
+                    "type": "object",
+                    "properties": {"matricule": s, "given_name": s, "family_name": s},
+                },
+                "expected_delivery": date,
+                "outings_allowed": {"type": "boolean"},
+                "hospitalised": {"type": "boolean"},
+                "extension": {"type": "boolean"},
+            },
+        },
+    }
