@@ -65,6 +65,7 @@ class World:
     ) -> ClinicalDocument:
         """What the issuers do: store a signed document and queue it, in one transaction."""
         doc_id = new_id()
+        targets: tuple[str, ...]
         if kind == "sick-leave":
             content, type_code, targets = (
                 certificate_cda(patient.matricule, doc_id),
@@ -184,9 +185,9 @@ async def make_world(
 
 @pytest.fixture
 async def world(
+    make_app: Callable[..., web.Application],  # first: its database outlives the app
     aiohttp_client: AiohttpClient,
     aiohttp_server: ServerFactory,
-    make_app: Callable[..., web.Application],
     tmp_path: Path,
 ) -> World:
     return await make_world(aiohttp_client, aiohttp_server, make_app, tmp_path)
@@ -544,9 +545,9 @@ async def test_replacement_of_a_refused_original_goes_as_an_original(
 
 
 async def test_mhd_transport_through_the_outbox(
+    make_app: Callable[..., web.Application],  # first: its database outlives the app
     aiohttp_client: AiohttpClient,
     aiohttp_server: ServerFactory,
-    make_app: Callable[..., web.Application],
     tmp_path: Path,
     create_user: CreateUser,
 ) -> None:
