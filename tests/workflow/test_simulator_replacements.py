@@ -123,5 +123,7 @@ async def test_cns_resolves_replaces(
     await check_replacements(conn, "REPLACED_UNKNOWN", "PATIENT_MISMATCH", "ALREADY_REPLACED")
     stored = {m["document_id"]: m for m in stored_documents(tmp_path / "cns")}
     [new] = [m for m in stored.values() if m.get("replaces")]
-    old = stored[new["replaces"]["document_id"]]
+    replaced = new["replaces"]
+    assert isinstance(replaced, dict)
+    old = stored[replaced["document_id"]]
     assert old["status"] == "replaced" and old["replaced_by"] == new["document_id"]
