@@ -1,4 +1,5 @@
-"""Workflow commands: ``worker``, ``simulate dsp|cns``, ``documents verify``, ``outbox list|retry``."""
+"""Workflow commands: ``worker``, ``simulate dsp|cns``, ``documents verify|export-keys``,
+``outbox list|retry``."""
 
 from __future__ import annotations
 
@@ -51,13 +52,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from workflow.simulators.common import SimulatorSettings, random_faults
+    from workflow.simulators.common import SimulatorSettings, load_trust, random_faults
     from workflow.simulators.run import serve
 
+    trusted = None
+    if args.trust:
+        try:
+            trusted = load_trust(Path(args.trust))
+        except (OSError, ValueError) as exc:
+            print(f"--trust {args.trust}: {exc}", file=sys.stderr)
+            return 2
     settings = SimulatorSettings(
         store=Path(args.store),
         latency_ms=args.latency,
         faults=random_faults(args.fail_rate, random.Random()),  # noqa: S311 - fault injection
+        trusted_keys=trusted,
     )
     print(
         f"{args.service} simulator on http://{args.host}:{args.port}/ storing in {args.store}",
@@ -87,6 +96,30 @@ def cmd_documents_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"document {args.document_id}: INVALID: {outcome.reason}", file=sys.stderr)
     return 1
+
+
+def cmd_documents_export_keys(args: argparse.Namespace) -> int:
+    from konsil.db import Database
+    from workflow.signing import public_key_pem, public_keys
+
+    config = _config(args)
+
+    async def run() -> list[tuple[str, str, bytes]]:
+        db = Database(config.effective_database_url)
+        try:
+            async with db.session() as s:
+                return await public_keys(s)
+        finally:
+            await db.dispose()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = asyncio.run(run())
+    for key_id, organisation_id, public in keys:
+        (out / f"{key_id}.pem").write_text(public_key_pem(public))
+        print(f"{key_id}.pem  organisation {organisation_id}")
+    print(f"{len(keys)} public key(s) in {out}")
+    return 0
 
 
 def _outbox(config: Config) -> Any:
@@ -148,6 +181,11 @@ def register(sub: Any) -> None:
     p.add_argument("--store", required=True, help="folder for accepted submissions")
     p.add_argument("--fail-rate", dest="fail_rate", type=float, default=0.0)
     p.add_argument("--latency", type=int, default=0, help="added latency in milliseconds")
+    p.add_argument(
+        "--trust",
+        help="folder of organisations' public keys (konsil documents export-keys): "
+        "the CNS verifies every signature",
+    )
     p.set_defaults(func=cmd_simulate)
 
     docs = sub.add_parser("documents", help="clinical documents").add_subparsers(
@@ -157,6 +195,12 @@ def register(sub: Any) -> None:
     _common(p)
     p.add_argument("document_id")
     p.set_defaults(func=cmd_documents_verify)
+    p = docs.add_parser(
+        "export-keys", help="write each organisation's public signing key as <key id>.pem"
+    )
+    _common(p)
+    p.add_argument("--out", required=True, help="folder to write the keys to")
+    p.set_defaults(func=cmd_documents_export_keys)
 
     outbox = sub.add_parser("outbox", help="outgoing messages").add_subparsers(
         dest="outbox_command", required=True

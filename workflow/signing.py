@@ -8,6 +8,7 @@ so a copy of the database alone cannot sign. A qualified e-signature provider ca
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -131,3 +132,38 @@ async def verifier_for(session: AsyncSession, key_id: str) -> Verifier | None:
     if row.algorithm != ALGORITHM:  # pragma: no cover - only one algorithm so far
         return None
     return Ed25519Verifier(row.public_key)
+
+
+# An Ed25519 SubjectPublicKeyInfo (RFC 8410) is this fixed DER prefix and the 32-byte key.
+_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def public_key_pem(public_key: bytes) -> str:
+    """The raw Ed25519 public key as a PEM ``PUBLIC KEY`` (what ``openssl pkey -pubin`` reads)."""
+    b64 = base64.b64encode(_SPKI_PREFIX + public_key).decode()
+    return f"-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"
+
+
+def public_key_from_pem(pem: str) -> bytes:
+    """The raw key from ``public_key_pem``'s output; ValueError for anything else."""
+    lines = [ln.strip() for ln in pem.strip().splitlines()]
+    if (
+        len(lines) < 3
+        or lines[0] != "-----BEGIN PUBLIC KEY-----"
+        or lines[-1] != "-----END PUBLIC KEY-----"
+    ):
+        raise ValueError("not a PEM public key")
+    der = base64.b64decode("".join(lines[1:-1]), validate=True)
+    if len(der) != len(_SPKI_PREFIX) + 32 or not der.startswith(_SPKI_PREFIX):
+        raise ValueError("not an Ed25519 public key")
+    return der[len(_SPKI_PREFIX) :]
+
+
+async def public_keys(session: AsyncSession) -> list[tuple[str, str, bytes]]:
+    """Every organisation's signing key: (key id, organisation id, raw public key)."""
+    rows = await session.execute(
+        select(SigningKey.id, SigningKey.organisation_id, SigningKey.public_key).order_by(
+            SigningKey.id
+        )
+    )
+    return [(str(r[0]), str(r[1]), bytes(r[2])) for r in rows]

@@ -1,7 +1,10 @@
 """The CNS eCIT simulator: receives sick-leave certificates as signed CDA in a JSON envelope.
 
 ``POST /ecit/v1/certificates``. A repeated idempotency key gets the first acknowledgement again
-(nothing is stored twice); the same key with other content is refused.
+(nothing is stored twice); the same key with other content is refused. Given the organisations'
+public keys (``--trust DIR``, written by ``konsil documents export-keys``), it verifies each
+detached signature over the CDA's exact bytes: an unknown key is ``SIGNATURE_KEY_UNKNOWN``, a
+signature that does not match is ``SIGNATURE_INVALID``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from workflow.simulators.common import (
     cda_patient_matricule,
     cda_type_code,
     matricule_problem,
+    verify_signature,
 )
 
 PATH = "/ecit/v1/certificates"
@@ -47,7 +51,9 @@ def rejection(status: int, *reasons: tuple[str, str]) -> web.Response:
     )
 
 
-def check_envelope(body: Any, validate: Any) -> tuple[list[tuple[str, str]], bytes]:
+def check_envelope(
+    body: Any, validate: Any, trusted: dict[str, bytes] | None = None
+) -> tuple[list[tuple[str, str]], bytes]:
     if not isinstance(body, dict):
         return [("MALFORMED", "the body must be a JSON object")], b""
     missing = [k for k in REQUIRED if not body.get(k)]
@@ -65,6 +71,10 @@ def check_envelope(body: Any, validate: Any) -> tuple[list[tuple[str, str]], byt
         reasons.append(("SIZE_MISMATCH", "size does not match the document"))
     if len(sig) != 64:
         reasons.append(("SIGNATURE_INVALID", "a detached Ed25519 signature has 64 bytes"))
+    elif trusted is not None:
+        bad = verify_signature(trusted, body.get("signing_key_id"), doc, sig)
+        if bad is not None:
+            reasons.append(bad)
     problem = matricule_problem(str(body["patient_matricule"]))
     if problem:
         reasons.append(("INVALID_MATRICULE", problem))
@@ -120,7 +130,7 @@ async def submit(request: web.Request) -> web.Response:
                         409, ("IDEMPOTENCY_KEY_REUSED", "this key was used for another document")
                     )
                 return web.json_response(previous["acknowledgement"], status=200)
-            reasons, doc = check_envelope(body, settings.validator)
+            reasons, doc = check_envelope(body, settings.validator, settings.trusted_keys)
             if reasons:
                 return rejection(422, *reasons)
             replaced, problem = check_replaces(store, body)
@@ -142,7 +152,7 @@ async def submit(request: web.Request) -> web.Response:
         if fault == "lost":
             raise web.HTTPServiceUnavailable(text="simulated lost answer")
         return web.json_response(ack, status=201)
-    reasons, _ = check_envelope(body, settings.validator)
+    reasons, _ = check_envelope(body, settings.validator, settings.trusted_keys)
     return rejection(422, *(reasons or [("MISSING_FIELD", "missing: idempotency_key")]))
 
 

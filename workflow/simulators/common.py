@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nacl.exceptions
+import nacl.signing
 from aiohttp import web
 from lxml import etree
 
@@ -24,6 +26,7 @@ from konsil.errors import ValidationError
 from konsil.identity.matricule import check_matricule
 from workflow.cda.validation import validate_cda
 from workflow.cda.xsd import parse
+from workflow.signing import public_key_from_pem
 
 # The CDA check the simulators apply (XML Schema + LU profile by default; injectable for tests).
 Validator = Callable[[bytes], list[str]]
@@ -57,6 +60,34 @@ class SimulatorSettings:
     faults: FaultPlan = field(default=lambda: None)
     validator: Validator = validate_cda
     timeout_hang_seconds: float = 3600.0
+    # Signing key id → raw Ed25519 public key of the organisations the receiver trusts; None
+    # checks only that a 64-byte signature is present.
+    trusted_keys: dict[str, bytes] | None = None
+
+
+def load_trust(folder: Path) -> dict[str, bytes]:
+    """The public keys ``konsil documents export-keys`` wrote: ``<signing key id>.pem``."""
+    keys: dict[str, bytes] = {}
+    for pem in sorted(folder.glob("*.pem")):
+        try:
+            keys[pem.stem] = public_key_from_pem(pem.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{pem.name}: {exc}") from None
+    return keys
+
+
+def verify_signature(
+    trusted: dict[str, bytes], key_id: object, document: bytes, signature: bytes
+) -> tuple[str, str] | None:
+    """None when a trusted key signed these exact bytes; else (code, reason)."""
+    key = trusted.get(key_id) if isinstance(key_id, str) else None
+    if key is None:
+        return ("SIGNATURE_KEY_UNKNOWN", "the signing key is not registered with the receiver")
+    try:
+        nacl.signing.VerifyKey(key).verify(document, signature)
+    except nacl.exceptions.BadSignatureError:
+        return ("SIGNATURE_INVALID", "the detached signature does not match the document")
+    return None
 
 
 def safe_name(key: str) -> str:
