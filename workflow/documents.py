@@ -7,10 +7,10 @@ patient-data access and is audited in the same transaction.
 
 A replacement is delivered where its predecessor went, in the transaction that stores it (when the
 store has an ``Outbox``): to each target the predecessor was queued for — or, if it never was, to
-the targets of its kind (``DELIVERY_TARGETS``). A receiver that stored the predecessor gets the
-replacement relation (XDS RPLC, MHD ``relatesTo``, the CNS envelope's ``replaces``); one that
-refused it (or never got it) gets the new version as an original submission, since it has nothing
-to replace. While the predecessor is still on its way to a target the correction is refused
+the targets of its kind (``DELIVERY_TARGETS``). A receiver gets the replacement relation (XDS RPLC,
+MHD ``relatesTo``, the CNS envelope's ``replaces``) to the newest earlier version it accepted; one
+that never accepted any gets the new version as an original submission, since it has nothing to
+replace. While the predecessor is still on its way to a target the correction is refused
 (``Conflict``): a receiver cannot replace what it has not stored yet.
 """
 
@@ -223,16 +223,29 @@ class DocumentStore:
             by_target[m.target] = m  # the latest message per target
         targets = list(by_target) or list(DELIVERY_TARGETS.get(doc.kind, DEFAULT_TARGETS))
         patient = await s.get(Patient, doc.patient_id)
+        # Per target, the newest earlier version the receiver accepted: what it must replace
+        # (a refused predecessor may itself have replaced one that was accepted).
+        held: dict[str, tuple[str, str | None]] = {}
+        rows = await s.execute(
+            select(OutboxMessage.target, OutboxMessage.document_id, OutboxMessage.remote_reference)
+            .join(ClinicalDocument, ClinicalDocument.id == OutboxMessage.document_id)
+            .where(
+                ClinicalDocument.set_id == old.set_id,
+                ClinicalDocument.version < doc.version,
+                OutboxMessage.status == "delivered",
+            )
+            .order_by(ClinicalDocument.version)
+        )
+        for target, document_id, reference in rows:
+            held[str(target)] = (str(document_id), reference)
         for target in targets:
             prev = by_target.get(target)
             payload: dict[str, Any] = json.loads(prev.payload) if prev is not None else {}
             # the patient's matricule as it is now (the predecessor's may have been refused)
             payload["patient_matricule"] = patient.matricule if patient else ""
-            if prev is not None and prev.status == "delivered":
-                payload["replaces"] = {
-                    "document_id": old.id,
-                    "reference": prev.remote_reference,
-                }
+            if target in held:
+                replaced_id, reference = held[target]
+                payload["replaces"] = {"document_id": replaced_id, "reference": reference}
             else:
                 payload["replaces"] = None  # the receiver has nothing to replace
             await self.outbox.enqueue(

@@ -99,3 +99,49 @@ async def test_replacement_of_an_unsent_document_goes_to_its_kinds_targets(wf: W
         "cns": {"patient_matricule": patient.matricule, "replaces": None},
         "dsp": {"patient_matricule": patient.matricule, "replaces": None},
     }
+
+
+async def test_a_refused_version_is_skipped_the_accepted_one_is_replaced(wf: Workflow) -> None:
+    patient = await wf.patient(3)
+    v1, msg = await wf.issue_certificate(patient, target="cns")
+    docs = store(wf)
+
+    def version() -> NewDocument:
+        doc_id = new_id()
+        return NewDocument(
+            "sick-leave",
+            "DT-20002",
+            patient.id,
+            wf.org.id,
+            certificate_cda(patient.matricule, doc_id),
+            author_account_id=wf.author_id,
+            document_id=doc_id,
+        )
+
+    async def settle(message_id: str, status: str, reference: str | None = None) -> None:
+        async with wf.db.transaction() as s:
+            m = await s.get(OutboxMessage, message_id)
+            assert m is not None
+            m.status, m.remote_reference = status, reference
+
+    async def sent_for(document_id: str) -> OutboxMessage:
+        async with wf.db.session() as s:
+            return (
+                await s.execute(
+                    select(OutboxMessage).where(OutboxMessage.document_id == document_id)
+                )
+            ).scalar_one()
+
+    await settle(msg.id, "delivered", "CNS-CIT-00000001")
+    async with wf.db.transaction() as s:
+        v2 = await docs.do_replace(s, wf.author, v1.id, version())
+    m2 = await sent_for(v2.id)
+    assert json.loads(m2.payload)["replaces"]["document_id"] == v1.id
+    await settle(m2.id, "rejected")  # the CNS refused v2: it still holds v1
+    async with wf.db.transaction() as s:
+        v3 = await docs.do_replace(s, wf.author, v2.id, version())
+    m3 = await sent_for(v3.id)
+    assert json.loads(m3.payload)["replaces"] == {
+        "document_id": v1.id,
+        "reference": "CNS-CIT-00000001",
+    }

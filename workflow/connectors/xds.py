@@ -111,11 +111,15 @@ def oid_of(hex_id: str) -> str:
 
 
 def replaced_of(doc: DocumentPayload | None, payload: Mapping[str, Any]) -> str | None:
-    """The document a delivery replaces at the receiver: the stored predecessor, unless the
-    payload says the receiver never got it (``"replaces": null``: send as an original)."""
+    """The document a delivery replaces at the receiver: the payload's ``replaces.document_id``
+    (the newest version that receiver accepted), none when the payload says ``"replaces": null``
+    (send as an original), else the stored predecessor."""
     if doc is None or doc.replaces_id is None:
         return None
-    if "replaces" in payload and payload["replaces"] is None:
+    if "replaces" in payload:
+        named = payload["replaces"]
+        if isinstance(named, Mapping) and isinstance(named.get("document_id"), str):
+            return str(named["document_id"])
         return None
     return doc.replaces_id
 
