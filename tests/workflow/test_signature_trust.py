@@ -92,3 +92,12 @@ async def test_cns_rejects_a_changed_byte_and_unknown_keys(
         await worker.run_once()
     assert "SIGNATURE_KEY_UNKNOWN" in ((await wf.outbox.message(msg3.id)).message.last_error or "")
     assert v3.signing_key_id == good.signing_key_id
+
+
+def test_simulate_refuses_a_bad_trust_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "k.pem").write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    args = ["simulate", "cns", "--port", "1", "--store", str(tmp_path / "s")]
+    assert main([*args, "--trust", str(tmp_path)]) == 2
+    assert "k.pem: not an Ed25519 public key" in capsys.readouterr().err
