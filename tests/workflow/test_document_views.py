@@ -62,6 +62,7 @@ class World:
         *,
         kind: str = "sick-leave",
         confidentiality: str = "N",
+        cns_matricule: str | None = None,  # another patient's: the CNS refuses the certificate
     ) -> ClinicalDocument:
         """What the issuers do: store a signed document and queue it, in one transaction."""
         doc_id = new_id()
@@ -94,10 +95,11 @@ class World:
                 ),
             )
             for target in targets:
+                matricule = (cns_matricule if target == "cns" else None) or patient.matricule
                 await self.app[OUTBOX].enqueue(
                     s,
                     target,
-                    {"patient_matricule": patient.matricule},
+                    {"patient_matricule": matricule},
                     f"{target}-{doc.id}",
                     document_id=doc.id,
                     author_account_id=author.account_id,
@@ -301,17 +303,8 @@ async def test_rejection_reason_is_shown_to_the_author(
     world: World, create_user: CreateUser
 ) -> None:
     dr_a = await create_user("dra")
-    doc = await world.issue(dr_a, world.anne)
-    # a CNS rejection (what the simulator answers for a CDA of the wrong patient)
-    async with world.app[K.DB].transaction() as s:
-        msg = (
-            await s.execute(
-                select(OutboxMessage).where(
-                    OutboxMessage.document_id == doc.id, OutboxMessage.target == "cns"
-                )
-            )
-        ).scalar_one()
-        msg.payload = f'{{"patient_matricule":"{world.jean.matricule}"}}'
+    # a CNS rejection (what the simulator answers for an envelope naming another patient)
+    await world.issue(dr_a, world.anne, cns_matricule=world.jean.matricule)
     await world.deliver_all()
     await web_login(world.client, dr_a)
     page = await (await world.client.get("/documents")).text()
@@ -505,16 +498,7 @@ async def test_replacement_of_a_refused_original_goes_as_an_original(
 ) -> None:
     """The CNS refused the first version: the corrected one is a new submission there."""
     dr_a = await create_user("dra")
-    cert = await world.issue(dr_a, world.anne)
-    async with world.app[K.DB].transaction() as s:
-        msg = (
-            await s.execute(
-                select(OutboxMessage).where(
-                    OutboxMessage.document_id == cert.id, OutboxMessage.target == "cns"
-                )
-            )
-        ).scalar_one()
-        msg.payload = f'{{"patient_matricule":"{world.jean.matricule}"}}'
+    cert = await world.issue(dr_a, world.anne, cns_matricule=world.jean.matricule)
     await world.deliver_all()
     assert (await world.messages(cert.id))["cns"].status == "rejected"
     h = await token_for(world, dr_a)
