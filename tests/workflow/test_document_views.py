@@ -280,6 +280,9 @@ async def test_author_api(world: World, create_user: CreateUser) -> None:
     assert one["versions"] == [{"id": cert.id, "version": 1, "status": "final"}]
     cda = await world.client.get(one["links"]["cda"], headers=h)
     assert await cda.read() == cert.content
+    newest = await world.client.get("/api/v1/documents?limit=1", headers=h)
+    assert len((await newest.json())["documents"]) == 1
+    assert (await world.client.get("/api/v1/documents?limit=0", headers=h)).status == 400
     bad = await world.client.get("/api/v1/documents?kind=letter", headers=h)
     assert bad.status == 400 and bad.content_type == "application/problem+json"
     other = await world.client.get(

@@ -44,6 +44,13 @@ def _filters(request: web.Request) -> Filters:
     return Filters.parse(request.query.get("status"), request.query.get("kind"))
 
 
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "200")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise ValidationError("limit must be 1 to 500", fields={"limit": "1 to 500"})
+    return int(raw)
+
+
 def _wake(request: web.Request) -> None:
     worker = request.app.get(WORKER)
     if worker is not None:
@@ -97,7 +104,9 @@ def summary_json(d: DocumentSummary) -> dict[str, Any]:
 async def my_documents(request: web.Request) -> web.Response:
     principal = _user(request)
     filters = _filters(request)
-    rows = await request.app[VIEWS].authored(actor_of(request), principal, filters)
+    rows = await request.app[VIEWS].authored(
+        actor_of(request), principal, filters, limit=_limit(request)
+    )
     return render(
         request,
         "workflow/documents.html",
@@ -110,7 +119,11 @@ async def patient_documents(request: web.Request) -> web.Response:
     principal = _user(request)
     filters = _filters(request)
     patient, rows = await request.app[VIEWS].of_patient(
-        actor_of(request), principal, request.match_info["patient_id"], filters
+        actor_of(request),
+        principal,
+        request.match_info["patient_id"],
+        filters,
+        limit=_limit(request),
     )
     return render(
         request,
@@ -279,7 +292,9 @@ def _pdf(kind: str, xml: bytes, copy: str) -> bytes:
 
 @routes.get(API + "/documents")
 async def api_documents(request: web.Request) -> web.Response:
-    rows = await request.app[VIEWS].authored(actor_of(request), _user(request), _filters(request))
+    rows = await request.app[VIEWS].authored(
+        actor_of(request), _user(request), _filters(request), limit=_limit(request)
+    )
     return json_response({"documents": [summary_json(r) for r in rows]})
 
 
@@ -323,7 +338,11 @@ async def api_entered_in_error(request: web.Request) -> web.Response:
 @routes.get(API + "/patients/{patient_id}/documents")
 async def api_patient_documents(request: web.Request) -> web.Response:
     patient, rows = await request.app[VIEWS].of_patient(
-        actor_of(request), _user(request), request.match_info["patient_id"], _filters(request)
+        actor_of(request),
+        _user(request),
+        request.match_info["patient_id"],
+        _filters(request),
+        limit=_limit(request),
     )
     return json_response({"patient_id": patient.id, "documents": [summary_json(r) for r in rows]})
 
@@ -337,6 +356,12 @@ def openapi_paths() -> dict[str, Any]:
     filters = [
         {"name": "status", "in": "query", "schema": {"enum": list(DOC_STATUSES)}},
         {"name": "kind", "in": "query", "schema": {"enum": list(codes.BY_KIND)}},
+        {
+            "name": "limit",
+            "in": "query",
+            "description": "newest first; default 200",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+        },
     ]
     errors = {"400": PROBLEM, "401": PROBLEM, "403": PROBLEM, "404": PROBLEM, "409": PROBLEM}
 
