@@ -53,10 +53,12 @@ from rcp.models import (
     BoardMember,
     Case,
     CaseDecision,
+    Notice,
     Schedule,
     Session,
 )
-from rcp.publishing import document_id_of
+from rcp.notices import REPORT_PUBLISHED, add_notice
+from rcp.publishing import document_id_of, fiche_problems
 from workflow.models import OutboxMessage
 
 TUMOUR_DOMAINS = (
@@ -181,6 +183,17 @@ def rule_of(board: Board) -> QuorumRule:
     )
 
 
+def check_submittable(data: Mapping[str, Any], *, submit: bool) -> Fiche:
+    """``check_fiche``; for a submission also what the report CDA could not carry (one error
+    listing every field)."""
+    fiche = check_fiche(data, for_submission=submit)
+    if submit and (problems := fiche_problems(fiche)):
+        raise ValidationError(
+            "the fiche RCP has errors: " + ", ".join(sorted(problems)), fields=problems
+        )
+    return fiche
+
+
 def actor_of(p: Principal, ip: str | None = None) -> Actor:
     return Actor(p.account_id, ip)
 
@@ -204,6 +217,16 @@ class RcpService:
         # Called after the publishing transaction commits, with the case id and the reference
         # (e.g. wake the delivery worker). A failing hook is logged; the publication stands.
         self.after_publish: list[Callable[[str, str], Awaitable[None]]] = []
+        # Called with the board id after its members or its submitted cases changed (e.g. invite
+        # people to the board's room). Best effort: a failing hook is logged.
+        self.after_board_change: list[Callable[[str], Awaitable[None]]] = []
+
+    async def _board_changed(self, board_id: str) -> None:
+        for hook in self.after_board_change:
+            try:
+                await hook(board_id)
+            except Exception:
+                log.exception("board-change hook failed for an RCP board")
 
     # ------------------------------------------------------------------ boards
 
@@ -320,9 +343,13 @@ class RcpService:
         ip: str | None = None,
     ) -> MemberView:
         try:
-            return await self._add_member(p, board_id, username, specialty, chair, coordinator, ip)
+            member = await self._add_member(
+                p, board_id, username, specialty, chair, coordinator, ip
+            )
         except IntegrityError:
             raise Conflict("the membership was changed meanwhile: retry") from None
+        await self._board_changed(board_id)
+        return member
 
     async def _add_member(
         self,
@@ -743,7 +770,7 @@ class RcpService:
     ) -> Case:
         if p.practitioner_id is None:
             raise Forbidden("only practitioners refer cases")
-        fiche = check_fiche(data, for_submission=submit)
+        fiche = check_submittable(data, submit=submit)
         now = self.clock.now()
         async with self.db.transaction() as s:
             if await s.get(Board, board_id) is None:
@@ -772,7 +799,9 @@ class RcpService:
             )
             if submit:
                 await self._transition(s, case, "submit", actor_of(p, ip))
-            return case
+        if submit:
+            await self._board_changed(case.board_id)
+        return case
 
     async def do_update_fiche(
         self,
@@ -784,7 +813,7 @@ class RcpService:
         expected_version: int | None = None,
         ip: str | None = None,
     ) -> Case:
-        fiche = check_fiche(data, for_submission=submit)
+        fiche = check_submittable(data, submit=submit)
         async with self.db.transaction() as s:
             case = await self._case(s, case_id)
             if case.referrer_account_id != p.account_id:
@@ -804,7 +833,9 @@ class RcpService:
             )
             if submit:
                 await self._transition(s, case, "submit", actor_of(p, ip))
-            return case
+        if submit:
+            await self._board_changed(case.board_id)
+        return case
 
     async def _case(self, s: AsyncSession, case_id: str) -> Case:
         case = await s.get(Case, case_id)
@@ -968,6 +999,28 @@ class RcpService:
             await self._audit_listed(s, p, ip, [c for c, _pat, _b in rows])
             return [(c, pat, b) for c, pat, b in rows]
 
+    async def published_for(
+        self, p: Principal, *, limit: int = 8, ip: str | None = None
+    ) -> list[tuple[Notice, Patient, Board]]:
+        """Reports published for the caller's referred cases, newest first (dashboard)."""
+        async with self.db.transaction() as s:
+            rows = (
+                await s.execute(
+                    select(Notice, Case, Patient, Board)
+                    .join(Case, Case.id == Notice.case_id)
+                    .join(Patient, Patient.id == Case.patient_id)
+                    .join(Board, Board.id == Notice.board_id)
+                    .where(
+                        Notice.recipient_account_id == p.account_id,
+                        Notice.kind == REPORT_PUBLISHED,
+                    )
+                    .order_by(Notice.created_at.desc())
+                    .limit(limit)
+                )
+            ).all()
+            await self._audit_listed(s, p, ip, [c for _n, c, _pat, _b in rows])
+            return [(n, pat, b) for n, _c, pat, b in rows]
+
     async def board_cases(
         self, p: Principal, board_id: str, states: Sequence[CaseState], *, ip: str | None = None
     ) -> list[AgendaItem]:
@@ -1026,7 +1079,7 @@ class RcpService:
             if action == "submit":
                 if not referrer:
                     raise Forbidden("only the referring physician submits the case")
-                check_fiche(case.fiche, for_submission=True)
+                check_submittable(case.fiche, submit=True)
             elif action == "cancel":
                 if not (referrer or triager):
                     raise Forbidden(
@@ -1057,7 +1110,9 @@ class RcpService:
                 expected_version=expected_version,
                 **values,
             )
-            return case
+        if action == "submit":
+            await self._board_changed(case.board_id)
+        return case
 
     async def _check_schedule(
         self, s: AsyncSession, case: Case, session_id: str | None
@@ -1297,6 +1352,7 @@ class RcpService:
                     "the case cannot be decided, postpone it instead",
                     fields={"quorum": "; ".join(status.reasons)},
                 )
+            self._check_reportable(bv, case, attendees)
             await self._transition(
                 s, case, "decide", actor_of(p, ip), expected_version=expected_version
             )
@@ -1316,6 +1372,32 @@ class RcpService:
             )
             await s.flush()
             return case
+
+    @staticmethod
+    def _check_reportable(bv: BoardView, case: Case, attendees: Sequence[Attendee]) -> None:
+        """Before a decision: what the signed report will need and only the board can supply
+        (the fiche was checked at submission; a case submitted under older rules is checked
+        again). Refused with one message per field, so publication does not fail later."""
+        errors: dict[str, str] = {}
+        try:
+            check_submittable(case.fiche, submit=True)
+        except ValidationError as exc:
+            errors.update({f"fiche.{k}": v for k, v in exc.fields.items()})
+        if bv.board.host_organisation_id is None:
+            errors["host_organisation_id"] = (
+                "the board has no host organisation: its reports cannot be signed and published"
+            )
+        present = {a.account_id for a in attendees if a.present}
+        if not any(m.is_chair and m.specialty and m.account_id in present for m in bv.members):
+            errors["chair"] = (
+                "no chair of the board with a specialty is present: the report is signed by a "
+                "participating chair"
+            )
+        if errors:
+            raise ValidationError(
+                "the case cannot be decided — " + "; ".join(f"{k}: {v}" for k, v in errors.items()),
+                fields=errors,
+            )
 
     async def do_draft_report(
         self, p: Principal, case_id: str, *, ip: str | None = None
@@ -1440,6 +1522,12 @@ class RcpService:
             next_state(CaseState(case.state), "sign")
             assert case.report is not None
             report = RcpReportData.from_json(case.report)
+            if not m.specialty or p.account_id not in {x.account_id for x in report.participants}:
+                raise ValidationError(
+                    "the report is signed by a chair who took part in the discussion, with a "
+                    "specialty",
+                    fields={"chair": "not a participant of this discussion, or no specialty"},
+                )
             now = self.clock.now()
             signed = RcpReportData(
                 **{
@@ -1475,6 +1563,15 @@ class RcpService:
             ref = await self.publisher.publish(s, report)
             await self._transition(
                 s, case, "publish", actor, publication_ref=ref, published_at=self.clock.now()
+            )
+            # the referring physician's notice commits (or vanishes) with the publication
+            add_notice(
+                s,
+                case_id=case.id,
+                board_id=case.board_id,
+                recipient_account_id=case.referrer_account_id,
+                kind=REPORT_PUBLISHED,
+                now=self.clock.now(),
             )
         for hook in self.after_publish:
             try:
