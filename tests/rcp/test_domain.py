@@ -250,7 +250,9 @@ def test_draft_may_be_incomplete_but_submission_may_not() -> None:
     assert all(v.startswith("required to submit the case: ") for v in e.value.fields.values())
     assert "TX" in e.value.fields["tnm_t"] and "0-4" in e.value.fields["ecog"]
     labelled = GOOD
-    for name in ("tnm_t", "history", "morphology_label"):
+    no_tnm = {"tnm_kind": "", "tnm_t": "", "tnm_n": "", "tnm_m": "", "stage_group": ""}
+    assert check_fiche({**labelled, **no_tnm, "tnm_edition": ""}, for_submission=False)
+    for name in ("history", "morphology_label", "diagnosis_label"):
         with pytest.raises(ValidationError) as e:
             check_fiche({**labelled, name: ""}, for_submission=True)
         assert name in e.value.fields

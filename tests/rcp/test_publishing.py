@@ -199,7 +199,7 @@ async def test_a_decision_needs_a_present_chair_and_only_a_participant_signs(
     cid = case["id"]
     q = await w.check_in(w.medonc, w.radonc, w.radiologist)
     assert not q["met"]  # the chair is the board's only surgeon: add another, not a chair
-    surgeon = await create_user("dr.surgeon2", specialty="digestive-surgery")
+    surgeon = await create_user("dr.surgeon2", specialty="surgery")
     await w.call(
         w.coordinator, "POST", f"/boards/{w.board_id}/members", {"username": surgeon.username}
     )
