@@ -9,14 +9,16 @@ because each action runs in a single transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -183,6 +185,38 @@ def rule_of(board: Board) -> QuorumRule:
     )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+# The sessions whose agenda or attendance the current service call changed (see notifies_sessions)
+_TOUCHED: ContextVar[set[str] | None] = ContextVar("rcp_touched_sessions", default=None)
+
+
+def touch(*session_ids: str | None) -> None:
+    touched = _TOUCHED.get()
+    if touched is not None:
+        touched.update(x for x in session_ids if x)
+
+
+def notifies_sessions(
+    fn: Callable[Concatenate[RcpService, P], Awaitable[R]],
+) -> Callable[Concatenate[RcpService, P], Awaitable[R]]:
+    """After the call succeeded (its transaction committed), run ``after_session_change`` for
+    each session it touched (e.g. push the live page's quorum and agenda)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: RcpService, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        token = _TOUCHED.set(set())
+        try:
+            result = await fn(self, *args, **kwargs)
+            touched = _TOUCHED.get() or set()
+        finally:
+            _TOUCHED.reset(token)
+        await self._sessions_changed(touched)
+        return result
+
+    return wrapper
+
+
 def check_submittable(data: Mapping[str, Any], *, submit: bool) -> Fiche:
     """``check_fiche``; for a submission also what the report CDA could not carry (one error
     listing every field)."""
@@ -220,6 +254,16 @@ class RcpService:
         # Called with the board id after its members or its submitted cases changed (e.g. invite
         # people to the board's room). Best effort: a failing hook is logged.
         self.after_board_change: list[Callable[[str], Awaitable[None]]] = []
+        # Called with a session id after its agenda or attendance changed (best effort).
+        self.after_session_change: list[Callable[[str], Awaitable[None]]] = []
+
+    async def _sessions_changed(self, session_ids: Iterable[str]) -> None:
+        for sid in sorted(session_ids):
+            for hook in self.after_session_change:
+                try:
+                    await hook(sid)
+                except Exception:
+                    log.exception("session-change hook failed for an RCP session")
 
     async def _board_changed(self, board_id: str) -> None:
         for hook in self.after_board_change:
@@ -637,6 +681,7 @@ class RcpService:
             )
             return [(x, b) for x, b in rows.all()]
 
+    @notifies_sessions
     async def do_cancel_session(
         self, p: Principal, session_id: str, *, ip: str | None = None
     ) -> list[str]:
@@ -875,9 +920,11 @@ class RcpService:
     ) -> CaseState:
         before = CaseState(case.state)
         after = next_state(before, action)
+        touch(case.session_id)
         await self._bump(
             s, case, expected_version, state=after.value, status_note=note[:2000], **values
         )
+        touch(case.session_id)
         await self.audit.record(
             s,
             actor,
@@ -1058,6 +1105,7 @@ class RcpService:
         await self._audit_listed(s, p, ip, [c for c, _pat in rows])
         return [AgendaItem(c, pat) for c, pat in rows]
 
+    @notifies_sessions
     async def do_transition(
         self,
         p: Principal,
@@ -1168,6 +1216,7 @@ class RcpService:
             other.agenda_position = i if i < pos else i + 1
         return {"session_id": sess.id, "agenda_position": pos}
 
+    @notifies_sessions
     async def do_move(
         self, p: Principal, case_id: str, delta: int, *, ip: str | None = None
     ) -> None:
@@ -1191,6 +1240,7 @@ class RcpService:
                     )
                 ).scalars()
             )
+            touch(case.session_id)
             i = next(k for k, c in enumerate(agenda) if c.id == case.id)
             j = max(0, min(len(agenda) - 1, i + delta))
             agenda.insert(j, agenda.pop(i))
@@ -1268,6 +1318,7 @@ class RcpService:
                 tuple(waiting),
             )
 
+    @notifies_sessions
     async def do_check_in(
         self,
         p: Principal,
@@ -1286,6 +1337,7 @@ class RcpService:
     async def _check_in(
         self, p: Principal, session_id: str, account_id: str, present: bool, ip: str | None
     ) -> QuorumStatus:
+        touch(session_id)
         async with self.db.transaction() as s:
             sess = await s.get(Session, session_id)
             if sess is None:
@@ -1326,6 +1378,7 @@ class RcpService:
             )
             return evaluate(bv.rule, await self._attendees(s, bv, session_id))
 
+    @notifies_sessions
     async def do_decide(
         self,
         p: Principal,
@@ -1399,6 +1452,7 @@ class RcpService:
                 fields=errors,
             )
 
+    @notifies_sessions
     async def do_draft_report(
         self, p: Principal, case_id: str, *, ip: str | None = None
     ) -> RcpReportData:
@@ -1501,6 +1555,7 @@ class RcpService:
             case_status=CaseState.REPORT_DRAFT.value,
         )
 
+    @notifies_sessions
     async def do_sign(
         self, p: Principal, case_id: str, password: str, *, ip: str | None = None
     ) -> RcpReportData:
@@ -1548,6 +1603,7 @@ class RcpService:
             )
             return signed
 
+    @notifies_sessions
     async def do_publish(self, p: Principal | None, case_id: str, *, ip: str | None = None) -> str:
         """VALIDATED → PUBLISHED through the ReportPublisher, in one transaction."""
         actor = actor_of(p, ip) if p else Actor("system")

@@ -25,6 +25,7 @@ from rcp.service import RcpService
 from rcp.web import api, pages
 from rcp.web.i18n import FR
 from rcp.web.keys import NOTICES, PUBLISHER, RCP
+from rcp.web.live import LIVE, setup_live
 from workflow.documents import DocumentStore
 from workflow.outbox import Outbox
 from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
@@ -54,6 +55,7 @@ def setup(app: web.Application) -> None:
     app[K.TRANSLATOR].add(FR)
     app.router.add_routes(pages.routes)
     app.router.add_routes(api.routes)
+    setup_live(app)
     app[ops.OPENAPI]["paths"].update(api.openapi_paths())
     app[ops.OPENAPI]["components"]["schemas"].update(api.openapi_schemas())
 
@@ -88,6 +90,7 @@ def setup(app: web.Application) -> None:
 
         app[RCP].after_publish.append(notify)
         app[RCP].after_board_change.append(rooms.sync)
+        app[RCP].after_session_change.append(app[LIVE].changed)
 
         async def retry_loop() -> None:
             """Notices not posted at once (messaging down, a crash before posting) are retried
