@@ -14,6 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
+from konsil import appkeys as K
+from konsil.identity.specialties import BY_CODE
+from konsil.web.request import lang_of
+from rcp.domain.quorum import QuorumStatus
 from rcp.web.common import caller, svc
 
 REFRESH_S = 15.0
@@ -54,6 +58,20 @@ LIVE = web.AppKey("rcp_live", LiveHub)
 routes = web.RouteTableDef()
 
 
+def quorum_json(request: web.Request, q: QuorumStatus) -> dict[str, Any]:
+    """The quorum JSON, with the missing specialties also named in the reader's language."""
+    lang = lang_of(request)
+    tr = request.app[K.TRANSLATOR]
+    data = q.to_json()
+    data["missing_labels"] = [
+        tr.gettext(lang, "any surgical specialty")
+        if code == "surgical"
+        else (getattr(BY_CODE[code], lang, code) if code in BY_CODE else code)
+        for code in q.missing_required
+    ]
+    return data
+
+
 def _event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -77,14 +95,14 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     seen = hub.version(session_id)
     try:
-        await resp.write(b"retry: 3000\n\n" + _event("quorum", quorum.to_json()))
+        await resp.write(b"retry: 3000\n\n" + _event("quorum", quorum_json(request, quorum)))
         while not hub.closed:
             await hub.wait(session_id, seen, REFRESH_S)
             if hub.closed:
                 break
             now = hub.version(session_id)
             quorum = await svc(request).quorum(p, session_id)
-            out = _event("quorum", quorum.to_json())
+            out = _event("quorum", quorum_json(request, quorum))
             if now != seen:
                 out += _event("agenda", {"version": now})
                 seen = now

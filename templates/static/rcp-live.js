@@ -12,8 +12,9 @@
     state.textContent = q.met ? panel.dataset.met : panel.dataset.notMet;
     state.className = q.met ? "ok" : "error";
     var names = q.present.map(function (p) { return p.name; }).join(", ");
+    var missing = q.missing_labels || q.missing_required;
     detail.textContent = q.physicians_present + " " + panel.dataset.physicians + " (" + names + ")" +
-      (q.missing_required.length ? " · " + panel.dataset.missing + ": " + q.missing_required.join(", ") : "");
+      (missing.length ? " · " + panel.dataset.missing + ": " + missing.join(", ") : "");
   }
 
   // Attendance and agenda: read again through the page itself (an audited read), swap the parts.

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
+from konsil.identity.specialties import BY_CODE
 from tests.conftest import web_login
 from tests.rcp.conftest import World
 
@@ -45,6 +46,9 @@ async def test_the_quorum_is_pushed_to_the_live_page(world: World) -> None:
         while not any(n == "quorum" and d["physicians_present"] == 2 for n, d in events):
             events.append(await next_event(resp))
         assert "agenda" in {n for n, _ in events}
+        q = next(d for n, d in reversed(events) if n == "quorum")
+        assert q["missing_required"] == ["radiation-oncology"]
+        assert q["missing_labels"] == [BY_CODE["radiation-oncology"].fr]  # the page's language
         await w.check_in(w.radonc)
         name, q = await next_event(resp)
         while not (name == "quorum" and q["met"]):
