@@ -32,6 +32,9 @@ from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
 
 log = logging.getLogger(__name__)
 RETRY_EVERY_S = 60.0
+FIRST_ROUND_AFTER_S = 5.0
+# Set at shutdown (before the cleanup contexts close the database) to end the retry loop.
+NOTICE_LOOP_STOP = web.AppKey("rcp_notice_loop_stop", asyncio.Event)
 
 
 def workflow_publisher(app: web.Application) -> ReportPublisher:
@@ -92,23 +95,37 @@ def setup(app: web.Application) -> None:
         app[RCP].after_board_change.append(rooms.sync)
         app[RCP].after_session_change.append(app[LIVE].changed)
 
+        stop = app[NOTICE_LOOP_STOP] = asyncio.Event()
+
         async def retry_loop() -> None:
             """Notices not posted at once (messaging down, a crash before posting) are retried
-            here, at startup and then every RETRY_EVERY_S seconds."""
-            while True:
+            here: shortly after startup, then every RETRY_EVERY_S seconds, until shutdown."""
+            delay = FIRST_ROUND_AFTER_S
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    break
                 try:
                     await notices.deliver_due()
                 except Exception:
                     log.exception("RCP notices: delivery round failed")
-                await asyncio.sleep(RETRY_EVERY_S)
+                delay = RETRY_EVERY_S
 
         task = asyncio.create_task(retry_loop())
         yield
+        stop.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     app.cleanup_ctx.append(rcp_ctx)
+
+    async def stop_notices(app: web.Application) -> None:
+        if NOTICE_LOOP_STOP in app:
+            app[NOTICE_LOOP_STOP].set()
+
+    app.on_shutdown.append(stop_notices)
 
     async def my_cases(p: Principal) -> list[tuple[str, str]]:
         rows = await app[RCP].my_cases(p)

@@ -15,6 +15,7 @@ from konsil import appkeys as K
 from konsil.clock import FakeClock
 from rcp.matrix import SERVICE_LOCALPART
 from rcp.models import BoardRoom, Notice
+from rcp.web import NOTICE_LOOP_STOP
 from rcp.web.keys import NOTICES, RCP
 from tests.conftest import web_login
 from tests.messaging.nio_helpers import Peer, until
@@ -131,6 +132,7 @@ async def test_a_notice_survives_a_crash_after_the_publication(
     retry loop posts it; a repeat after a crash between the post and its bookkeeping posts
     nothing new."""
     w = world
+    w.client.app[NOTICE_LOOP_STOP].set()  # this test plays the retry loop itself
     service = w.client.app[RCP]
     hooks = list(service.after_publish)
     service.after_publish.clear()  # nothing runs after the commit
@@ -170,6 +172,7 @@ async def test_a_refused_notice_is_retried_later(world: World, tmp_path: Path) -
     """The referrer accepts no invitations (Konsil's invite permissions): the notice is not
     posted, the error is kept and it is retried after a delay; once they accept, it goes."""
     w = world
+    w.client.app[NOTICE_LOOP_STOP].set()  # this test plays the retry loop itself
     gp = await referrer_peer(w, tmp_path)
     try:
         uid = gp.client.user_id
