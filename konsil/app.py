@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import jinja2
@@ -44,6 +44,16 @@ def feature_setups() -> list[FeatureSetup]:
     import workflow.web
 
     return [messaging.web.setup, rcp.web.setup, video.web.setup, workflow.web.setup]
+
+
+DemoSeed = Callable[[web.Application], Awaitable[bool]]
+
+
+def demo_seeds() -> list[DemoSeed]:
+    """Each feature's demo data (``konsil demo``), run once the app has started; idempotent."""
+    import rcp.web.demo
+
+    return [rcp.web.demo.seed]
 
 
 def make_jinja(translator: Translator) -> jinja2.Environment:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from konsil.app import create_app
+from konsil.app import create_app, demo_seeds
 from konsil.audit.service import SYSTEM, AuditLog
 from konsil.auth.passwords import PasswordHasher
 from konsil.clock import SystemClock
@@ -135,8 +135,11 @@ async def _main(config: Config) -> None:
         ports.append(port)
         print(f"{title}: http://{config.host}:{port}/", flush=True)
     config = demo_config(config, *ports)
-    runner = web.AppRunner(create_app(config), access_log=None)
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    for seed_feature in demo_seeds():  # e.g. an RCP board with sessions and cases
+        await seed_feature(app)
     await web.TCPSite(runner, config.host, config.port).start()
     runners.append(runner)
     print(f"Konsil: http://{config.host}:{config.port}/", flush=True)

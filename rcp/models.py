@@ -138,3 +138,32 @@ class Attachment(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     uploaded_by: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BoardRoom(Base):
+    """The board's Matrix room, created by the Konsil service account (one per board)."""
+
+    __tablename__ = "rcp_board_rooms"
+
+    board_id: Mapped[str] = mapped_column(ForeignKey("rcp_boards.id"), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Notice(Base):
+    """A notification owed to the referring physician (written in the publishing transaction,
+    posted to the board's Matrix room afterwards, retried until posted)."""
+
+    __tablename__ = "rcp_notices"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("rcp_cases.id"), index=True)
+    board_id: Mapped[str] = mapped_column(ForeignKey("rcp_boards.id"))
+    recipient_account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # report-published
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    attempts: Mapped[int] = mapped_column(Integer(), default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    event_id: Mapped[str | None] = mapped_column(String(255))
+    last_error: Mapped[str | None] = mapped_column(String(500))

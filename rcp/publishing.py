@@ -19,11 +19,21 @@ from konsil.audit.service import Actor
 from konsil.clock import Clock
 from konsil.errors import ValidationError
 from konsil.identity.models import Organisation
+from rcp.domain.fiche import Fiche
 from rcp.domain.report import RcpReportData, ReportPerson
 from rcp.models import Board
 from workflow.cda import codes
 from workflow.cda import values as cda
-from workflow.cda.rcp_report import CancerDiagnosis, RcpReport, Tnm, build_rcp_report
+from workflow.cda.rcp_report import (
+    M_RE,
+    N_RE,
+    STAGE_RE,
+    T_RE,
+    CancerDiagnosis,
+    RcpReport,
+    Tnm,
+    build_rcp_report,
+)
 from workflow.cda.rcp_report import ProposalItem as CdaProposalItem
 from workflow.connectors.xds import oid_of
 from workflow.documents import DocumentStore, NewDocument
@@ -50,6 +60,22 @@ def practitioner(person: ReportPerson) -> cda.Practitioner | None:
         person.specialty,
         person.cns_provider_code,
     )
+
+
+def fiche_problems(f: Fiche) -> dict[str, str]:
+    """What the RCP report CDA could not carry in a fiche that passed ``check_fiche``: its TNM
+    grammar is narrower than the fiche's (no N1mi, N0(i+), T category sub-suffixes, stage 0is…).
+    Checked at submission and decision, so that publication does not fail on it."""
+    problems: dict[str, str] = {}
+    for name, value, pattern, allowed in (
+        ("tnm_t", f.tnm_t, T_RE, "TX, T0, Tis, T1mi or T1-T4 with a-d"),
+        ("tnm_n", f.tnm_n, N_RE, "NX, N0 or N1-N3 with a-c"),
+        ("tnm_m", f.tnm_m, M_RE, "MX, M0 or M1 with a-d"),
+        ("stage_group", f.stage_group, STAGE_RE, "0, I-III with A-C, IV with A-C"),
+    ):
+        if value and not pattern.match(value):
+            problems[name] = f"the RCP report carries {allowed}: {value!r} cannot be published"
+    return problems
 
 
 def to_cda(report: RcpReportData) -> RcpReport:

@@ -9,14 +9,16 @@ because each action runs in a single transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -53,10 +55,12 @@ from rcp.models import (
     BoardMember,
     Case,
     CaseDecision,
+    Notice,
     Schedule,
     Session,
 )
-from rcp.publishing import document_id_of
+from rcp.notices import REPORT_PUBLISHED, add_notice
+from rcp.publishing import document_id_of, fiche_problems
 from workflow.models import OutboxMessage
 
 TUMOUR_DOMAINS = (
@@ -181,6 +185,49 @@ def rule_of(board: Board) -> QuorumRule:
     )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+# The sessions whose agenda or attendance the current service call changed (see notifies_sessions)
+_TOUCHED: ContextVar[set[str] | None] = ContextVar("rcp_touched_sessions", default=None)
+
+
+def touch(*session_ids: str | None) -> None:
+    touched = _TOUCHED.get()
+    if touched is not None:
+        touched.update(x for x in session_ids if x)
+
+
+def notifies_sessions(
+    fn: Callable[Concatenate[RcpService, P], Awaitable[R]],
+) -> Callable[Concatenate[RcpService, P], Awaitable[R]]:
+    """After the call succeeded (its transaction committed), run ``after_session_change`` for
+    each session it touched (e.g. push the live page's quorum and agenda)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: RcpService, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        token = _TOUCHED.set(set())
+        try:
+            result = await fn(self, *args, **kwargs)
+            touched = _TOUCHED.get() or set()
+        finally:
+            _TOUCHED.reset(token)
+        await self._sessions_changed(touched)
+        return result
+
+    return wrapper
+
+
+def check_submittable(data: Mapping[str, Any], *, submit: bool) -> Fiche:
+    """``check_fiche``; for a submission also what the report CDA could not carry (one error
+    listing every field)."""
+    fiche = check_fiche(data, for_submission=submit)
+    if submit and (problems := fiche_problems(fiche)):
+        raise ValidationError(
+            "the fiche RCP has errors: " + ", ".join(sorted(problems)), fields=problems
+        )
+    return fiche
+
+
 def actor_of(p: Principal, ip: str | None = None) -> Actor:
     return Actor(p.account_id, ip)
 
@@ -204,6 +251,26 @@ class RcpService:
         # Called after the publishing transaction commits, with the case id and the reference
         # (e.g. wake the delivery worker). A failing hook is logged; the publication stands.
         self.after_publish: list[Callable[[str, str], Awaitable[None]]] = []
+        # Called with the board id after its members or its submitted cases changed (e.g. invite
+        # people to the board's room). Best effort: a failing hook is logged.
+        self.after_board_change: list[Callable[[str], Awaitable[None]]] = []
+        # Called with a session id after its agenda or attendance changed (best effort).
+        self.after_session_change: list[Callable[[str], Awaitable[None]]] = []
+
+    async def _sessions_changed(self, session_ids: Iterable[str]) -> None:
+        for sid in sorted(session_ids):
+            for hook in self.after_session_change:
+                try:
+                    await hook(sid)
+                except Exception:
+                    log.exception("session-change hook failed for an RCP session")
+
+    async def _board_changed(self, board_id: str) -> None:
+        for hook in self.after_board_change:
+            try:
+                await hook(board_id)
+            except Exception:
+                log.exception("board-change hook failed for an RCP board")
 
     # ------------------------------------------------------------------ boards
 
@@ -320,9 +387,13 @@ class RcpService:
         ip: str | None = None,
     ) -> MemberView:
         try:
-            return await self._add_member(p, board_id, username, specialty, chair, coordinator, ip)
+            member = await self._add_member(
+                p, board_id, username, specialty, chair, coordinator, ip
+            )
         except IntegrityError:
             raise Conflict("the membership was changed meanwhile: retry") from None
+        await self._board_changed(board_id)
+        return member
 
     async def _add_member(
         self,
@@ -610,6 +681,7 @@ class RcpService:
             )
             return [(x, b) for x, b in rows.all()]
 
+    @notifies_sessions
     async def do_cancel_session(
         self, p: Principal, session_id: str, *, ip: str | None = None
     ) -> list[str]:
@@ -743,7 +815,7 @@ class RcpService:
     ) -> Case:
         if p.practitioner_id is None:
             raise Forbidden("only practitioners refer cases")
-        fiche = check_fiche(data, for_submission=submit)
+        fiche = check_submittable(data, submit=submit)
         now = self.clock.now()
         async with self.db.transaction() as s:
             if await s.get(Board, board_id) is None:
@@ -772,7 +844,9 @@ class RcpService:
             )
             if submit:
                 await self._transition(s, case, "submit", actor_of(p, ip))
-            return case
+        if submit:
+            await self._board_changed(case.board_id)
+        return case
 
     async def do_update_fiche(
         self,
@@ -784,7 +858,7 @@ class RcpService:
         expected_version: int | None = None,
         ip: str | None = None,
     ) -> Case:
-        fiche = check_fiche(data, for_submission=submit)
+        fiche = check_submittable(data, submit=submit)
         async with self.db.transaction() as s:
             case = await self._case(s, case_id)
             if case.referrer_account_id != p.account_id:
@@ -804,7 +878,9 @@ class RcpService:
             )
             if submit:
                 await self._transition(s, case, "submit", actor_of(p, ip))
-            return case
+        if submit:
+            await self._board_changed(case.board_id)
+        return case
 
     async def _case(self, s: AsyncSession, case_id: str) -> Case:
         case = await s.get(Case, case_id)
@@ -844,9 +920,11 @@ class RcpService:
     ) -> CaseState:
         before = CaseState(case.state)
         after = next_state(before, action)
+        touch(case.session_id)
         await self._bump(
             s, case, expected_version, state=after.value, status_note=note[:2000], **values
         )
+        touch(case.session_id)
         await self.audit.record(
             s,
             actor,
@@ -968,6 +1046,28 @@ class RcpService:
             await self._audit_listed(s, p, ip, [c for c, _pat, _b in rows])
             return [(c, pat, b) for c, pat, b in rows]
 
+    async def published_for(
+        self, p: Principal, *, limit: int = 8, ip: str | None = None
+    ) -> list[tuple[Notice, Patient, Board]]:
+        """Reports published for the caller's referred cases, newest first (dashboard)."""
+        async with self.db.transaction() as s:
+            rows = (
+                await s.execute(
+                    select(Notice, Case, Patient, Board)
+                    .join(Case, Case.id == Notice.case_id)
+                    .join(Patient, Patient.id == Case.patient_id)
+                    .join(Board, Board.id == Notice.board_id)
+                    .where(
+                        Notice.recipient_account_id == p.account_id,
+                        Notice.kind == REPORT_PUBLISHED,
+                    )
+                    .order_by(Notice.created_at.desc())
+                    .limit(limit)
+                )
+            ).all()
+            await self._audit_listed(s, p, ip, [c for _n, c, _pat, _b in rows])
+            return [(n, pat, b) for n, _c, pat, b in rows]
+
     async def board_cases(
         self, p: Principal, board_id: str, states: Sequence[CaseState], *, ip: str | None = None
     ) -> list[AgendaItem]:
@@ -1005,6 +1105,7 @@ class RcpService:
         await self._audit_listed(s, p, ip, [c for c, _pat in rows])
         return [AgendaItem(c, pat) for c, pat in rows]
 
+    @notifies_sessions
     async def do_transition(
         self,
         p: Principal,
@@ -1026,7 +1127,7 @@ class RcpService:
             if action == "submit":
                 if not referrer:
                     raise Forbidden("only the referring physician submits the case")
-                check_fiche(case.fiche, for_submission=True)
+                check_submittable(case.fiche, submit=True)
             elif action == "cancel":
                 if not (referrer or triager):
                     raise Forbidden(
@@ -1057,7 +1158,9 @@ class RcpService:
                 expected_version=expected_version,
                 **values,
             )
-            return case
+        if action == "submit":
+            await self._board_changed(case.board_id)
+        return case
 
     async def _check_schedule(
         self, s: AsyncSession, case: Case, session_id: str | None
@@ -1113,6 +1216,7 @@ class RcpService:
             other.agenda_position = i if i < pos else i + 1
         return {"session_id": sess.id, "agenda_position": pos}
 
+    @notifies_sessions
     async def do_move(
         self, p: Principal, case_id: str, delta: int, *, ip: str | None = None
     ) -> None:
@@ -1136,6 +1240,7 @@ class RcpService:
                     )
                 ).scalars()
             )
+            touch(case.session_id)
             i = next(k for k, c in enumerate(agenda) if c.id == case.id)
             j = max(0, min(len(agenda) - 1, i + delta))
             agenda.insert(j, agenda.pop(i))
@@ -1213,6 +1318,7 @@ class RcpService:
                 tuple(waiting),
             )
 
+    @notifies_sessions
     async def do_check_in(
         self,
         p: Principal,
@@ -1231,6 +1337,7 @@ class RcpService:
     async def _check_in(
         self, p: Principal, session_id: str, account_id: str, present: bool, ip: str | None
     ) -> QuorumStatus:
+        touch(session_id)
         async with self.db.transaction() as s:
             sess = await s.get(Session, session_id)
             if sess is None:
@@ -1271,6 +1378,7 @@ class RcpService:
             )
             return evaluate(bv.rule, await self._attendees(s, bv, session_id))
 
+    @notifies_sessions
     async def do_decide(
         self,
         p: Principal,
@@ -1297,6 +1405,7 @@ class RcpService:
                     "the case cannot be decided, postpone it instead",
                     fields={"quorum": "; ".join(status.reasons)},
                 )
+            self._check_reportable(bv, case, attendees)
             await self._transition(
                 s, case, "decide", actor_of(p, ip), expected_version=expected_version
             )
@@ -1317,6 +1426,33 @@ class RcpService:
             await s.flush()
             return case
 
+    @staticmethod
+    def _check_reportable(bv: BoardView, case: Case, attendees: Sequence[Attendee]) -> None:
+        """Before a decision: what the signed report will need and only the board can supply
+        (the fiche was checked at submission; a case submitted under older rules is checked
+        again). Refused with one message per field, so publication does not fail later."""
+        errors: dict[str, str] = {}
+        try:
+            check_submittable(case.fiche, submit=True)
+        except ValidationError as exc:
+            errors.update({f"fiche.{k}": v for k, v in exc.fields.items()})
+        if bv.board.host_organisation_id is None:
+            errors["host_organisation_id"] = (
+                "the board has no host organisation: its reports cannot be signed and published"
+            )
+        present = {a.account_id for a in attendees if a.present}
+        if not any(m.is_chair and m.specialty and m.account_id in present for m in bv.members):
+            errors["chair"] = (
+                "no chair of the board with a specialty is present: the report is signed by a "
+                "participating chair"
+            )
+        if errors:
+            raise ValidationError(
+                "the case cannot be decided — " + "; ".join(f"{k}: {v}" for k, v in errors.items()),
+                fields=errors,
+            )
+
+    @notifies_sessions
     async def do_draft_report(
         self, p: Principal, case_id: str, *, ip: str | None = None
     ) -> RcpReportData:
@@ -1419,6 +1555,7 @@ class RcpService:
             case_status=CaseState.REPORT_DRAFT.value,
         )
 
+    @notifies_sessions
     async def do_sign(
         self, p: Principal, case_id: str, password: str, *, ip: str | None = None
     ) -> RcpReportData:
@@ -1440,6 +1577,12 @@ class RcpService:
             next_state(CaseState(case.state), "sign")
             assert case.report is not None
             report = RcpReportData.from_json(case.report)
+            if not m.specialty or p.account_id not in {x.account_id for x in report.participants}:
+                raise ValidationError(
+                    "the report is signed by a chair who took part in the discussion, with a "
+                    "specialty",
+                    fields={"chair": "not a participant of this discussion, or no specialty"},
+                )
             now = self.clock.now()
             signed = RcpReportData(
                 **{
@@ -1460,6 +1603,7 @@ class RcpService:
             )
             return signed
 
+    @notifies_sessions
     async def do_publish(self, p: Principal | None, case_id: str, *, ip: str | None = None) -> str:
         """VALIDATED → PUBLISHED through the ReportPublisher, in one transaction."""
         actor = actor_of(p, ip) if p else Actor("system")
@@ -1475,6 +1619,15 @@ class RcpService:
             ref = await self.publisher.publish(s, report)
             await self._transition(
                 s, case, "publish", actor, publication_ref=ref, published_at=self.clock.now()
+            )
+            # the referring physician's notice commits (or vanishes) with the publication
+            add_notice(
+                s,
+                case_id=case.id,
+                board_id=case.board_id,
+                recipient_account_id=case.referrer_account_id,
+                kind=REPORT_PUBLISHED,
+                now=self.clock.now(),
             )
         for hook in self.after_publish:
             try:

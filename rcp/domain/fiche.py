@@ -1,7 +1,8 @@
 """The fiche RCP: the clinical content of a case, and its validation.
 
-A draft may be incomplete; a case submitted to a board must carry the question, the diagnosis,
-the performance status and the tumour origin. Every field gets its own message so the form (or
+A draft may be incomplete; a case submitted to a board must carry everything its report will need
+(``REQUIRED_FOR_SUBMISSION``: question, coded and worded diagnosis, origin, TNM, performance
+status, history). Every field gets its own message so the form (or
 the hospital system calling the API) can show exactly what to fix.
 """
 
@@ -43,8 +44,24 @@ TEXT_LIMITS = {
     "topography_label": 300,
     "morphology_label": 300,
 }
-# "patient informed" is required before scheduling, not before submission.
-REQUIRED_FOR_SUBMISSION = ("question", "icd10", "origin", "ecog")
+# "patient informed" is required before scheduling, not before submission. The rest is what the
+# RCP report CDA needs (workflow.cda.rcp_report): asked at submission, so that a case cannot reach
+# publication and fail there. A draft may lack any of it.
+REQUIRED_FOR_SUBMISSION: dict[str, str] = {
+    "question": "the question put to the board",
+    "icd10": "the ICD-10 code of the cancer (C00-C97)",
+    "diagnosis_label": "the diagnosis in words",
+    "icdo_topography": "the ICD-O-3 topography (e.g. C50.4)",
+    "topography_label": "the topography in words",
+    "icdo_morphology": "the ICD-O-3 morphology (e.g. 8500/3)",
+    "morphology_label": "the morphology in words",
+    "origin": "primary, secondary or recurrence",
+    "tnm_t": "the T category (TX when it does not apply or cannot be assessed)",
+    "tnm_n": "the N category (NX when it does not apply or cannot be assessed)",
+    "tnm_m": "the M category (MX when it does not apply or cannot be assessed)",
+    "ecog": "the WHO/ECOG performance status (0-4)",
+    "history": "the relevant history (the report carries it)",
+}
 
 
 @dataclass(frozen=True)
@@ -228,12 +245,18 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
         **labels,
     )
     if for_submission:
-        for name in REQUIRED_FOR_SUBMISSION:
+        for name, what in REQUIRED_FOR_SUBMISSION.items():
             if name in errors:
                 continue
             value = getattr(fiche, name)
             if value in ("", None):
-                errors[name] = "required to submit the case"
+                errors[name] = f"required to submit the case: {what}"
+        for name, what in (
+            ("tnm_kind", "required to submit the case: clinical (c) or pathological (p)"),
+            ("tnm_edition", "required to submit the case: the TNM edition (e.g. 8)"),
+        ):
+            if name not in errors and getattr(fiche, name) in ("", None):
+                errors[name] = what
     if errors:
         raise ValidationError(
             "the fiche RCP has errors: " + ", ".join(sorted(errors)), fields=errors

@@ -73,6 +73,7 @@ FR: dict[str, str] = {
     "Quorum": "Quorum",
     "RCP report": "Compte rendu de RCP",
     "RCP: my cases": "RCP : mes dossiers",
+    "RCP: reports published": "RCP : comptes rendus publiés",
     "Record the decision": "Enregistrer la décision",
     "Refer a case": "Inscrire un dossier",
     "Referring physician": "Médecin demandeur",

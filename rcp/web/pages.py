@@ -3,7 +3,8 @@ decision form, report preview and signature, PPS, "my cases"."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -206,11 +207,17 @@ async def session_attendance(request: web.Request) -> web.StreamResponse:
     raise see_other(f"/rcp/sessions/{request.match_info['id']}/live")
 
 
+async def act(request: web.Request, do: Callable[..., Awaitable[object]], then: str) -> NoReturn:
+    """A button: ``do(caller, <id from the path>, ip=…)``, then see ``then`` (``{id}`` filled)."""
+    p, ip = caller(request)
+    target = request.match_info["id"]
+    await do(p, target, ip=ip)
+    raise see_other(then.format(id=target))
+
+
 @routes.post("/rcp/sessions/{id}/cancel")
 async def session_cancel(request: web.Request) -> web.StreamResponse:
-    p, ip = caller(request)
-    await svc(request).do_cancel_session(p, request.match_info["id"], ip=ip)
-    raise see_other(f"/rcp/sessions/{request.match_info['id']}")
+    await act(request, svc(request).do_cancel_session, "/rcp/sessions/{id}")
 
 
 @routes.get("/rcp/sessions/{id}/invite.ics")
@@ -515,9 +522,7 @@ async def report_sign(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/rcp/cases/{id}/publish")
 async def report_publish(request: web.Request) -> web.StreamResponse:
-    p, ip = caller(request)
-    await svc(request).do_publish(p, request.match_info["id"], ip=ip)
-    raise see_other(f"/rcp/cases/{request.match_info['id']}/report")
+    await act(request, svc(request).do_publish, "/rcp/cases/{id}/report")
 
 
 @routes.get("/rcp/cases/{id}/pps")

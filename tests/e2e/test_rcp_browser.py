@@ -157,7 +157,7 @@ async def test_rcp_from_board_creation_to_the_dsp(
         await cp.click(f"button.checkin[data-username='{who.username}']")
         await cp.wait_for_load_state()
     assert "Radiothérapie" in await cp.inner_text("#quorum-detail")
-    # The chair follows the live page; its quorum indicator updates by itself (polling)
+    # The chair follows the live page; its quorum indicator updates by itself (server-sent events)
     chp = await sign_in(browser, base, chair)
     await chp.goto(cp.url)
     assert await chp.inner_text("#quorum-state") == "Quorum non atteint"

@@ -183,7 +183,25 @@ async def test_validation_errors_come_back_per_field(world: World) -> None:
         },
         400,
     )
-    assert set(p["errors"]) == {"icd10", "ecog", "stage_group", "question", "origin"}
+    assert {"icd10", "ecog", "stage_group", "question", "origin", "history"} <= set(p["errors"])
+    assert p["errors"]["history"].startswith("required to submit the case")
+    assert "tnm_t" not in p["errors"]  # given
+    # a draft is saved with the same fiche minus the format errors
+    draft = await w.call(
+        w.referrer,
+        "POST",
+        "/cases",
+        {"board_id": w.board_id, "matricule": w.matricule, "fiche": {"tnm_t": "T1"}},
+        400,
+    )
+    assert set(draft["errors"]) == {"tnm_n", "tnm_m", "tnm_kind", "tnm_edition"}  # TNM consistency
+    await w.call(
+        w.referrer,
+        "POST",
+        "/cases",
+        {"board_id": w.board_id, "matricule": w.matricule, "fiche": {"question": "?"}},
+        201,
+    )
     p = await w.call(
         w.referrer,
         "POST",

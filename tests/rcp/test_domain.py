@@ -161,6 +161,9 @@ GOOD: dict[str, Any] = {
     "ecog": "1",
     "history": "None relevant",
     "patient_informed": "1",
+    "diagnosis_label": "Sein",
+    "topography_label": "Sein",
+    "morphology_label": "Carcinome",
 }
 
 
@@ -227,7 +230,51 @@ def test_draft_may_be_incomplete_but_submission_may_not() -> None:
     assert check_fiche({}, for_submission=False).question == ""
     with pytest.raises(ValidationError) as e:
         check_fiche({"history": "x"}, for_submission=True)
-    assert set(e.value.fields) == {"question", "icd10", "origin", "ecog"}
+    # everything the report CDA will need, each with its own message
+    assert set(e.value.fields) == {
+        "question",
+        "icd10",
+        "diagnosis_label",
+        "icdo_topography",
+        "topography_label",
+        "icdo_morphology",
+        "morphology_label",
+        "origin",
+        "tnm_t",
+        "tnm_n",
+        "tnm_m",
+        "tnm_kind",
+        "tnm_edition",
+        "ecog",
+    }
+    assert all(v.startswith("required to submit the case: ") for v in e.value.fields.values())
+    assert "TX" in e.value.fields["tnm_t"] and "0-4" in e.value.fields["ecog"]
+    labelled = GOOD
+    no_tnm = {"tnm_kind": "", "tnm_t": "", "tnm_n": "", "tnm_m": "", "stage_group": ""}
+    assert check_fiche({**labelled, **no_tnm, "tnm_edition": ""}, for_submission=False)
+    for name in ("history", "morphology_label", "diagnosis_label"):
+        with pytest.raises(ValidationError) as e:
+            check_fiche({**labelled, name: ""}, for_submission=True)
+        assert name in e.value.fields
+        assert check_fiche({**labelled, name: ""}, for_submission=False)  # a draft may lack it
+    # a haematological case without a TNM says X for what cannot be assessed
+    assert check_fiche(
+        {**labelled, "tnm_t": "TX", "tnm_n": "NX", "tnm_m": "MX", "stage_group": ""},
+        for_submission=True,
+    )
+
+
+def test_what_the_report_cda_cannot_carry_is_refused_at_submission() -> None:
+    from rcp.service import check_submittable
+
+    labelled = GOOD
+    assert check_submittable(labelled, submit=True).tnm_n == "N1a"
+    draft = {**labelled, "tnm_n": "N1mi", "stage_group": "IIIC1"}
+    assert check_submittable(draft, submit=False).tnm_n == "N1mi"  # fine in a draft
+    with pytest.raises(ValidationError) as e:
+        check_submittable(draft, submit=True)
+    assert set(e.value.fields) == {"tnm_n", "stage_group"}
+    assert "'N1mi' cannot be published" in e.value.fields["tnm_n"]
 
 
 def test_decision_validation() -> None:

@@ -3,6 +3,7 @@ and the refusal path (a report the CDA cannot carry stays VALIDATED, nothing is 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -22,8 +23,10 @@ from rcp.domain.report import (
     ReportQuorum,
     ReportTnm,
 )
+from rcp.models import Case
 from rcp.publishing import header, to_cda
-from tests.rcp.conftest import DECISION, World
+from tests.conftest import Person
+from tests.rcp.conftest import DECISION, GOOD_FICHE, World
 from workflow.cda.rcp_report import build_rcp_report
 from workflow.cda.validation import validate_cda
 from workflow.cda.xsd import schema_available
@@ -151,31 +154,62 @@ def test_what_the_cda_cannot_carry_is_refused_with_every_reason() -> None:
     assert "legal_authenticator" in err.value.fields
 
 
-async def test_a_case_without_tnm_stays_validated_and_nothing_is_written(world: World) -> None:
+async def test_a_case_the_report_could_not_carry_is_stopped_before_the_decision(
+    world: World,
+) -> None:
+    """Submission asks for what the report CDA needs; a case submitted under older rules (no
+    TNM) is refused at the decision, per field, and nothing is written."""
     w = world
-    case = await w.new_case(
-        tnm_kind="", tnm_t="", tnm_n="", tnm_m="", stage_group="", tnm_edition=None
-    )
-    await w.call(
-        w.coordinator,
-        "POST",
-        f"/cases/{case['id']}/transitions",
-        {"action": "schedule", "session_id": w.session_id},
-    )
-    cid = case["id"]
-    await w.check_in(w.chair, w.medonc, w.radonc)
-    await w.call(w.chair, "POST", f"/cases/{cid}/decision", DECISION)
-    await w.call(w.chair, "POST", f"/cases/{cid}/report", None, 201)
+    no_tnm = {"tnm_kind": "", "tnm_t": "", "tnm_n": "", "tnm_m": "", "stage_group": ""}
     p = await w.call(
-        w.chair, "POST", f"/cases/{cid}/sign", {"password": w.chair.person.password}, 400
+        w.referrer,
+        "POST",
+        "/cases",
+        {
+            "board_id": w.board_id,
+            "matricule": w.matricule,
+            "submit": True,
+            "fiche": {**GOOD_FICHE, **no_tnm, "tnm_edition": None},
+        },
+        400,
     )
-    assert "tnm" in p["errors"] and "TNM" in p["detail"]
+    assert {"tnm_t", "tnm_n", "tnm_m", "tnm_kind", "tnm_edition"} <= set(p["errors"])
+    case = await w.scheduled_case()
+    cid = case["id"]
+    async with w.client.app[K.DB].transaction() as s:
+        row = await s.get(Case, cid)
+        assert row is not None
+        row.fiche = {**row.fiche, **no_tnm, "tnm_edition": None}
+    await w.check_in(w.chair, w.medonc, w.radonc)
+    p = await w.call(w.chair, "POST", f"/cases/{cid}/decision", DECISION, 400)
+    assert {"fiche.tnm_t", "fiche.tnm_kind"} <= set(p["errors"])
     got = await w.call(w.referrer, "GET", f"/cases/{cid}")
-    assert got["state"] == "VALIDATED" and got["publication_ref"] is None
-    assert got["publication"] is None
-    again = await w.call(w.coordinator, "POST", f"/cases/{cid}/publish", None, 400)
-    assert "tnm" in again["errors"]
+    assert got["state"] == "SCHEDULED" and got["decision"] is None
     async with w.client.app[K.DB].session() as s:
         docs = await s.scalar(select(func.count()).select_from(ClinicalDocument))
         msgs = await s.scalar(select(func.count()).select_from(OutboxMessage))
     assert (docs, msgs) == (0, 0)
+
+
+async def test_a_decision_needs_a_present_chair_and_only_a_participant_signs(
+    world: World, create_user: Callable[..., Awaitable[Person]]
+) -> None:
+    w = world
+    case = await w.scheduled_case()
+    cid = case["id"]
+    q = await w.check_in(w.medonc, w.radonc, w.radiologist)
+    assert not q["met"]  # the chair is the board's only surgeon: add another, not a chair
+    surgeon = await create_user("dr.surgeon2", specialty="surgery")
+    await w.call(
+        w.coordinator, "POST", f"/boards/{w.board_id}/members", {"username": surgeon.username}
+    )
+    await w.call(
+        w.coordinator,
+        "POST",
+        f"/sessions/{w.session_id}/attendance",
+        {"account_id": surgeon.account_id, "present": True},
+    )
+    p = await w.call(w.coordinator, "POST", f"/cases/{cid}/decision", DECISION, 400)
+    assert set(p["errors"]) == {"chair"} and "participating chair" in p["detail"]
+    await w.check_in(w.chair)
+    await w.call(w.coordinator, "POST", f"/cases/{cid}/decision", DECISION)

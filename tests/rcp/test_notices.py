@@ -1,0 +1,203 @@
+"""The referring physician is notified of a published report: a Matrix notice from the Konsil
+service account in the board's room (only a link), read by a real matrix-nio client, and the
+dashboard. The notice is written with the publication and retried until posted."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from nio import JoinResponse, RoomMessageNotice
+from sqlalchemy import select, update
+
+from konsil import appkeys as K
+from konsil.clock import FakeClock
+from rcp.matrix import SERVICE_LOCALPART
+from rcp.models import BoardRoom, Notice
+from rcp.web import NOTICE_LOOP_STOP
+from rcp.web.keys import NOTICES, RCP
+from tests.conftest import web_login
+from tests.messaging.nio_helpers import Peer, until
+from tests.rcp.conftest import DECISION, GOOD_FICHE, World
+
+
+class NoticePeer(Peer):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.notices: list[RoomMessageNotice] = []
+        self.client.add_event_callback(self._on_notice, RoomMessageNotice)
+
+    async def _on_notice(self, room: Any, event: RoomMessageNotice) -> None:
+        self.notices.append(event)
+
+
+def server(w: World) -> str:
+    return w.client.app[K.CONFIG].server_name
+
+
+async def referrer_peer(w: World, tmp_path: Path) -> NoticePeer:
+    base = str(w.client.make_url("")).rstrip("/")
+    peer = NoticePeer(
+        base, w.referrer.person, tmp_path / "gp", f"@{w.referrer.person.username}:{server(w)}"
+    )
+    await peer.login()
+    await peer.step()
+    return peer
+
+
+async def to_validated_and_publish(w: World, cid: str) -> dict[str, Any]:
+    await w.call(
+        w.coordinator,
+        "POST",
+        f"/cases/{cid}/transitions",
+        {"action": "schedule", "session_id": w.session_id},
+    )
+    await w.check_in(w.chair, w.medonc, w.radonc)
+    await w.call(w.chair, "POST", f"/cases/{cid}/decision", DECISION)
+    await w.call(w.chair, "POST", f"/cases/{cid}/report", None, 201)
+    signed: dict[str, Any] = await w.call(
+        w.chair, "POST", f"/cases/{cid}/sign", {"password": w.chair.person.password}
+    )
+    assert signed["state"] == "PUBLISHED"
+    return signed
+
+
+async def board_room(w: World) -> str:
+    async with w.client.app[K.DB].session() as s:
+        row = await s.get(BoardRoom, w.board_id)
+    assert row is not None
+    return row.room_id
+
+
+def assert_no_clinical_detail(body: str, w: World) -> None:
+    for secret in (
+        "Muller",
+        "Marie",
+        w.matricule,
+        GOOD_FICHE["icd10"],
+        GOOD_FICHE["icdo_morphology"],
+        GOOD_FICHE["diagnosis_label"],
+        "Carcinome",
+        "sein",
+        GOOD_FICHE["question"],
+    ):
+        assert secret.lower() not in body.lower(), secret
+
+
+async def test_the_referring_physician_gets_a_notice_with_only_a_link(
+    world: World, tmp_path: Path
+) -> None:
+    w = world
+    gp = await referrer_peer(w, tmp_path)
+    try:
+        # the board's room exists (members were added) and the referrer is not in it yet
+        room_id = await board_room(w)
+        assert room_id not in gp.client.invited_rooms
+        case = await w.new_case()  # submitted: the referrer is invited
+        cid = case["id"]
+        await until([gp], lambda: room_id in gp.client.invited_rooms)
+        assert isinstance(await gp.client.join(room_id), JoinResponse)
+        await gp.step()
+        room = gp.client.rooms[room_id]
+        assert room.name == "RCP Sein" and room.encrypted
+        assert f"@{w.chair.person.username}:{server(w)}" in room.invited_users
+
+        await to_validated_and_publish(w, cid)
+        await until([gp], lambda: bool(gp.notices))
+        (notice,) = gp.notices
+        assert notice.sender == f"@{SERVICE_LOCALPART}:{server(w)}"
+        me = gp.client.user_id
+        assert notice.source["content"]["m.mentions"] == {"user_ids": [me]}
+        link = f"{w.client.app[K.CONFIG].base_url}/rcp/cases/{cid}"
+        assert notice.body.endswith(link)
+        assert_no_clinical_detail(notice.body, w)
+        assert_no_clinical_detail(notice.source["content"]["formatted_body"], w)
+    finally:
+        await gp.close()
+
+    async with w.client.app[K.DB].session() as s:
+        (row,) = (await s.execute(select(Notice))).scalars().all()
+    assert row.sent_at is not None and row.event_id == notice.event_id and row.attempts == 1
+    # the dashboard says the report is published, with a link to the case
+    await web_login(w.client, w.referrer.person)
+    page = await (await w.client.get("/")).text()
+    assert "RCP : comptes rendus publiés" in page and f'href="/rcp/cases/{cid}"' in page
+
+
+async def test_a_notice_survives_a_crash_after_the_publication(
+    world: World, tmp_path: Path
+) -> None:
+    """As if the process died right after the publishing commit: the notice row is there, the
+    retry loop posts it; a repeat after a crash between the post and its bookkeeping posts
+    nothing new."""
+    w = world
+    w.client.app[NOTICE_LOOP_STOP].set()  # this test plays the retry loop itself
+    service = w.client.app[RCP]
+    hooks = list(service.after_publish)
+    service.after_publish.clear()  # nothing runs after the commit
+    case = await w.new_case()
+    await to_validated_and_publish(w, case["id"])
+    async with w.client.app[K.DB].session() as s:
+        (row,) = (await s.execute(select(Notice))).scalars().all()
+    assert row.sent_at is None and row.kind == "report-published"
+    assert row.recipient_account_id == w.referrer.id
+    service.after_publish.extend(hooks)
+
+    notices = w.client.app[NOTICES]
+    assert await notices.deliver_due() == 1
+    async with w.client.app[K.DB].transaction() as s:
+        first = await s.get(Notice, row.id)
+        assert first is not None and first.event_id
+        event_id = first.event_id
+        await s.execute(update(Notice).where(Notice.id == row.id).values(sent_at=None))
+    assert await notices.deliver_due() == 1  # posted "again": the homeserver answers the first
+    async with w.client.app[K.DB].session() as s:
+        again = await s.get(Notice, row.id)
+    assert again is not None and again.event_id == event_id
+
+    gp = await referrer_peer(w, tmp_path)
+    try:
+        room_id = await board_room(w)
+        await until([gp], lambda: room_id in gp.client.invited_rooms)
+        assert isinstance(await gp.client.join(room_id), JoinResponse)
+        await until([gp], lambda: bool(gp.notices))
+        await gp.step()
+        assert [n.event_id for n in gp.notices] == [event_id]
+    finally:
+        await gp.close()
+
+
+async def test_a_refused_notice_is_retried_later(world: World, tmp_path: Path) -> None:
+    """The referrer accepts no invitations (Konsil's invite permissions): the notice is not
+    posted, the error is kept and it is retried after a delay; once they accept, it goes."""
+    w = world
+    w.client.app[NOTICE_LOOP_STOP].set()  # this test plays the retry loop itself
+    gp = await referrer_peer(w, tmp_path)
+    try:
+        uid = gp.client.user_id
+        path = f"/_matrix/client/v3/user/{uid}/account_data/lu.konsil.invite_permissions"
+        headers = {"Authorization": f"Bearer {gp.client.access_token}"}
+        resp = await w.client.put(path, json={"default": "block"}, headers=headers)
+        assert resp.status == 200, await resp.text()
+        case = await w.new_case()
+        await to_validated_and_publish(w, case["id"])
+        async with w.client.app[K.DB].session() as s:
+            (row,) = (await s.execute(select(Notice))).scalars().all()
+        assert row.sent_at is None and row.attempts == 1
+        assert row.last_error and "invitations" in row.last_error
+        notices = w.client.app[NOTICES]
+        assert await notices.deliver_due() == 0  # not due yet
+        resp = await w.client.put(path, json={"default": "allow"}, headers=headers)
+        assert resp.status == 200
+        clock = w.client.app[K.CLOCK]
+        assert isinstance(clock, FakeClock)
+        clock.advance(timedelta(minutes=1).total_seconds())
+        assert await notices.deliver_due() == 1
+        room_id = await board_room(w)
+        await until([gp], lambda: room_id in gp.client.invited_rooms)
+        assert isinstance(await gp.client.join(room_id), JoinResponse)
+        await until([gp], lambda: bool(gp.notices))
+        assert_no_clinical_detail(gp.notices[0].body, w)
+    finally:
+        await gp.close()
