@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor, AuditLog
@@ -83,30 +83,41 @@ class DocumentStore:
         """Store a document (signed when final) in the caller's transaction."""
         check_new_document(new)
         now = self.clock.now()
-        doc = ClinicalDocument(
-            id=new.document_id or new_id(),
-            set_id=replaces.set_id if replaces else new_id(),
-            version=replaces.version + 1 if replaces else 1,
-            replaces_id=replaces.id if replaces else None,
-            kind=new.kind,
-            type_code=new.type_code,
-            patient_id=new.patient_id,
-            author_account_id=new.author_account_id,
-            author_practitioner_id=new.author_practitioner_id,
-            legal_authenticator_id=new.legal_authenticator_id,
-            organisation_id=new.organisation_id,
-            status="draft",
-            confidentiality=new.confidentiality,
-            mime_type=new.mime_type,
-            created_at=now,
-            content=new.content,
-            sha256=sha256_hex(new.content),
-            size=len(new.content),
-        )
+        values: dict[str, Any] = {
+            "id": new.document_id or new_id(),
+            "set_id": replaces.set_id if replaces else new_id(),
+            "version": replaces.version + 1 if replaces else 1,
+            "replaces_id": replaces.id if replaces else None,
+            "kind": new.kind,
+            "type_code": new.type_code,
+            "patient_id": new.patient_id,
+            "author_account_id": new.author_account_id,
+            "author_practitioner_id": new.author_practitioner_id,
+            "legal_authenticator_id": new.legal_authenticator_id,
+            "organisation_id": new.organisation_id,
+            "status": "draft",
+            "confidentiality": new.confidentiality,
+            "mime_type": new.mime_type,
+            "created_at": now,
+            "finalised_at": None,
+            "content": new.content,
+            "sha256": sha256_hex(new.content),
+            "size": len(new.content),
+            "signature": None,
+            "signing_key_id": None,
+        }
         if status == "final":
-            await self._finalise(s, doc)
-        s.add(doc)
-        await s.flush()
+            signer = await self.keys.signer_for(s, new.organisation_id)
+            values.update(
+                signature=signer.sign(new.content),
+                signing_key_id=signer.key_id,
+                status="final",
+                finalised_at=self.clock.now(),
+            )
+        # One INSERT statement (hot path: every issued document), no unit-of-work flush; the
+        # returned object is not attached to the session.
+        await s.execute(insert(ClinicalDocument), values)
+        doc = ClinicalDocument(**values)
         await self.audit.record(
             s,
             actor,
