@@ -7,7 +7,7 @@ Producers issue certificates as doctors would, each in its own process (like sev
 build the sick-leave CDA (and XSD + LU-validate it with ``--validate``, as the video issuer does)
 *before* the transaction, then sign, store, audit and enqueue in one transaction. A ``konsil
 worker`` process delivers them (and seals the audit chain) to a ``konsil simulate cns`` process
-(which parses, XSD-validates and stores each one; ``--sim-procs`` runs several on one port).
+(which parses, XSD-validates and stores each one).
 
 Reported: certificates per second from the first issue to the last acknowledgement; p50/p99 from
 a message's commit to its recorded acknowledgement; CPU milliseconds per certificate of each
