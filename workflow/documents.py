@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor, AuditLog
@@ -22,6 +22,7 @@ from workflow.models import ClinicalDocument, new_id
 from workflow.signing import KeyRing, verifier_for
 
 CONFIDENTIALITY = ("N", "R", "V")
+_DOCUMENTS = cast(Table, ClinicalDocument.__table__)
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,12 @@ class DocumentStore:
                 status="final",
                 finalised_at=self.clock.now(),
             )
-        # One INSERT statement (hot path: every issued document), no unit-of-work flush; the
-        # returned object is not attached to the session.
-        await s.execute(insert(ClinicalDocument), values)
+        # One Core INSERT (hot path: every issued document) instead of a unit-of-work flush;
+        # objects the caller added are flushed first (the row may refer to them). The returned
+        # object is not attached to the session.
+        if s.new:
+            await s.flush()
+        await s.execute(insert(_DOCUMENTS), values)
         doc = ClinicalDocument(**values)
         await self.audit.record(
             s,

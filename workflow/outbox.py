@@ -147,9 +147,11 @@ class Outbox:
             "remote_reference": None,
             "last_error": None,
         }
-        # One INSERT now (an ORM-enabled statement: pending objects it refers to are flushed
-        # first); the returned object is not attached to the session.
-        await session.execute(insert(OutboxMessage), values)
+        # One Core INSERT now; objects the caller added are flushed first (the row may refer to
+        # them). The returned object is not attached to the session.
+        if session.new:
+            await session.flush()
+        await session.execute(insert(cast(Table, OutboxMessage.__table__)), values)
         return OutboxMessage(**values)
 
     async def messages(self, *, status: str | None = None, limit: int = 200) -> list[MessageView]:
