@@ -5,7 +5,14 @@ from sqlalchemy import delete, select, update
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
-from konsil.audit.service import Actor, AuditLog, seal_pending, verify_chain
+from konsil.audit.service import (
+    Actor,
+    AuditEntry,
+    AuditLog,
+    AuditSealer,
+    seal_pending,
+    verify_chain,
+)
 from konsil.clock import SystemClock
 from konsil.db import Database
 from konsil.identity.matricule import make_matricule
@@ -183,3 +190,22 @@ async def test_rows_committed_out_of_seq_order_are_all_chained(db_url: str) -> N
     assert result.ok and result.checked == 2 and result.unsealed == 0
     assert [r.actor for r in rows] == ["early", "late"]
     assert rows[0].seq > rows[1].seq and rows[0].position < rows[1].position
+
+
+async def test_the_sealer_task_seals_what_was_committed_and_stops(db_url: str) -> None:
+    """What a crashed process left unsealed is sealed by the next sealer that runs."""
+    import asyncio
+
+    db = Database(db_url)
+    try:
+        async with db.transaction() as s:
+            await AuditLog(SystemClock()).record_many(
+                s, Actor("crashed"), [AuditEntry("test.left"), AuditEntry("test.left")]
+            )
+        stop = asyncio.Event()
+        stop.set()  # already stopped: only the final round on the way out runs
+        await AuditSealer(db, interval=0.01).run(stop)
+        result = await verify_chain(db, seal=False)
+    finally:
+        await db.dispose()
+    assert result.ok and result.checked == 2 and result.unsealed == 0
