@@ -83,7 +83,9 @@ class KeyRing:
     async def signer_for(self, session: AsyncSession, organisation_id: str) -> Signer:
         # A key this ring created may belong to a transaction that then rolled back: such a row
         # is read again every time. A key found that this ring did not create was committed by
-        # someone, and keys are never deleted, so it is remembered per organisation.
+        # someone, and keys are never deleted, so it is remembered per organisation. (This holds
+        # with one ring per process, the app's ``workflow.web.keys.KEYS``: keys are only created
+        # through a ring.)
         known = self._by_org.get(organisation_id)
         if known is not None:
             return known
