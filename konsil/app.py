@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from aiohttp import web
 
 import templates as templates_pkg
 from konsil import appkeys as K
-from konsil.audit.service import AuditLog
+from konsil.audit.service import AuditLog, AuditSealer
 from konsil.auth.passwords import INTERACTIVE, PasswordHasher
 from konsil.auth.service import AuthService
 from konsil.clock import Clock, SystemClock, local
@@ -114,7 +115,13 @@ def create_app(
             Sealer(config.secret_key, "konsil.totp"),
         )
         app[K.IDENTITY] = IdentityService(db, clock, app[K.HASHER], app[K.AUDIT])
+        # Links committed audit rows into the hash chain (konsil/audit/service.py says why
+        # this is not done by the writers themselves).
+        stop_sealer = asyncio.Event()
+        sealer = asyncio.create_task(AuditSealer(db).run(stop_sealer))
         yield
+        stop_sealer.set()
+        await sealer
         await db.dispose()
 
     app.cleanup_ctx.append(database_ctx)

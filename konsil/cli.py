@@ -208,7 +208,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     result = asyncio.run(run())
     if result.ok:
-        print(f"audit chain intact: {result.checked} events verified")
+        pending = (
+            f" ({result.unsealed} committed meanwhile, not yet sealed)" if result.unsealed else ""
+        )
+        print(f"audit chain intact: {result.checked} events verified{pending}")
         return 0
     print(
         f"audit chain BROKEN at event {result.broken_seq}: {result.reason} "

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import delete, select, update
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
-from konsil.audit.service import Actor, verify_chain
+from konsil.audit.service import (
+    Actor,
+    AuditEntry,
+    AuditLog,
+    AuditSealer,
+    seal_pending,
+    verify_chain,
+)
+from konsil.clock import SystemClock
+from konsil.db import Database
 from konsil.identity.matricule import make_matricule
 from tests.conftest import Client, Person, web_login
 
@@ -26,6 +36,8 @@ async def _patient_traffic(client: Client, admin: Person) -> str:
     pid = (await resp.json())["id"]
     for _ in range(3):
         assert (await client.get(f"/api/v1/patients/{pid}")).status == 200
+    # Rows are protected once sealed (the app's sealer does it within its interval).
+    await seal_pending(client.app[K.DB])
     return str(pid)
 
 
@@ -123,3 +135,77 @@ async def test_audit_page_shows_chain_state(client: Client, admin: Person) -> No
     await web_login(client, admin)
     text = await (await client.get("/admin/audit")).text()
     assert "Chaîne vérifiée" in text and "login" in text
+
+
+async def test_unsealed_rows_are_reported_then_sealed(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        async with db.transaction() as s:
+            await AuditLog(SystemClock()).record(s, Actor("a"), "test.pending")
+        before = await verify_chain(db, seal=False)
+        after = await verify_chain(db)
+    finally:
+        await db.dispose()
+    assert before.ok and before.checked == 0 and before.unsealed == 1
+    assert after.ok and after.checked == 1 and after.unsealed == 0
+
+
+async def test_rows_committed_out_of_seq_order_are_all_chained(db_url: str) -> None:
+    """A transaction that took its seq first but commits last is sealed later, not lost."""
+    import asyncio
+
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has one writer at a time: commits cannot overtake each other")
+    db = Database(db_url)
+    audit = AuditLog(SystemClock())
+    late_may_commit = asyncio.Event()
+    late_inserted = asyncio.Event()
+
+    async def late() -> None:
+        async with db.transaction() as s:
+            await audit.record(s, Actor("late"), "test.order")
+            late_inserted.set()
+            await late_may_commit.wait()
+
+    try:
+        task = asyncio.create_task(late())
+        await late_inserted.wait()
+        async with db.transaction() as s:
+            await audit.record(s, Actor("early"), "test.order")
+        assert await seal_pending(db) == 1  # the row with the higher seq, committed first
+        late_may_commit.set()
+        await task
+        assert await seal_pending(db) == 1
+        result = await verify_chain(db)
+        async with db.session() as s:
+            rows = (
+                await s.execute(
+                    select(AuditEvent.actor, AuditEvent.seq, AuditEvent.position)
+                    .where(AuditEvent.action == "test.order")
+                    .order_by(AuditEvent.position)
+                )
+            ).all()
+    finally:
+        await db.dispose()
+    assert result.ok and result.checked == 2 and result.unsealed == 0
+    assert [r.actor for r in rows] == ["early", "late"]
+    assert rows[0].seq > rows[1].seq and rows[0].position < rows[1].position
+
+
+async def test_the_sealer_task_seals_what_was_committed_and_stops(db_url: str) -> None:
+    """What a crashed process left unsealed is sealed by the next sealer that runs."""
+    import asyncio
+
+    db = Database(db_url)
+    try:
+        async with db.transaction() as s:
+            await AuditLog(SystemClock()).record_many(
+                s, Actor("crashed"), [AuditEntry("test.left"), AuditEntry("test.left")]
+            )
+        stop = asyncio.Event()
+        stop.set()  # already stopped: only the final round on the way out runs
+        await AuditSealer(db, interval=0.01).run(stop)
+        result = await verify_chain(db, seal=False)
+    finally:
+        await db.dispose()
+    assert result.ok and result.checked == 2 and result.unsealed == 0

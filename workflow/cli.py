@@ -27,6 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from konsil.audit.service import AuditSealer
     from konsil.clock import SystemClock
     from konsil.db import Database, check_migrated
     from konsil.logs import setup_logging
@@ -43,7 +44,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await check_migrated(db)
-            await run_worker(config, db, SystemClock(), stop)
+            # A standalone worker seals the audit rows it writes, as `konsil serve` does.
+            sealer = asyncio.create_task(AuditSealer(db).run(stop))
+            try:
+                await run_worker(config, db, SystemClock(), stop)
+            finally:
+                stop.set()
+                await sealer
         finally:
             await db.dispose()
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor, AuditLog
@@ -38,6 +38,7 @@ CONFIDENTIALITY = ("N", "R", "V")
 # Where a document of each kind goes when nothing says otherwise (the issuers' own choice).
 DELIVERY_TARGETS: dict[str, tuple[str, ...]] = {"sick-leave": ("cns", "dsp")}
 DEFAULT_TARGETS: tuple[str, ...] = ("dsp",)
+_DOCUMENTS = cast(Table, ClinicalDocument.__table__)
 
 
 @dataclass(frozen=True)
@@ -102,30 +103,44 @@ class DocumentStore:
         """Store a document (signed when final) in the caller's transaction."""
         check_new_document(new)
         now = self.clock.now()
-        doc = ClinicalDocument(
-            id=new.document_id or new_id(),
-            set_id=replaces.set_id if replaces else new_id(),
-            version=replaces.version + 1 if replaces else 1,
-            replaces_id=replaces.id if replaces else None,
-            kind=new.kind,
-            type_code=new.type_code,
-            patient_id=new.patient_id,
-            author_account_id=new.author_account_id,
-            author_practitioner_id=new.author_practitioner_id,
-            legal_authenticator_id=new.legal_authenticator_id,
-            organisation_id=new.organisation_id,
-            status="draft",
-            confidentiality=new.confidentiality,
-            mime_type=new.mime_type,
-            created_at=now,
-            content=new.content,
-            sha256=sha256_hex(new.content),
-            size=len(new.content),
-        )
+        values: dict[str, Any] = {
+            "id": new.document_id or new_id(),
+            "set_id": replaces.set_id if replaces else new_id(),
+            "version": replaces.version + 1 if replaces else 1,
+            "replaces_id": replaces.id if replaces else None,
+            "kind": new.kind,
+            "type_code": new.type_code,
+            "patient_id": new.patient_id,
+            "author_account_id": new.author_account_id,
+            "author_practitioner_id": new.author_practitioner_id,
+            "legal_authenticator_id": new.legal_authenticator_id,
+            "organisation_id": new.organisation_id,
+            "status": "draft",
+            "confidentiality": new.confidentiality,
+            "mime_type": new.mime_type,
+            "created_at": now,
+            "finalised_at": None,
+            "content": new.content,
+            "sha256": sha256_hex(new.content),
+            "size": len(new.content),
+            "signature": None,
+            "signing_key_id": None,
+        }
         if status == "final":
-            await self._finalise(s, doc)
-        s.add(doc)
-        await s.flush()
+            signer = await self.keys.signer_for(s, new.organisation_id)
+            values.update(
+                signature=signer.sign(new.content),
+                signing_key_id=signer.key_id,
+                status="final",
+                finalised_at=self.clock.now(),
+            )
+        # One Core INSERT (hot path: every issued document) instead of a unit-of-work flush;
+        # objects the caller added are flushed first (the row may refer to them). The returned
+        # object is not attached to the session.
+        if s.new:
+            await s.flush()
+        await s.execute(insert(_DOCUMENTS), values)
+        doc = ClinicalDocument(**values)
         await self.audit.record(
             s,
             actor,

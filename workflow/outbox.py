@@ -29,7 +29,7 @@ from konsil.audit.service import Actor, AuditEntry, AuditLog
 from konsil.clock import Clock
 from konsil.db import Database, UTCDateTime
 from konsil.errors import Conflict, NotFound, ValidationError
-from workflow.models import ClinicalDocument, OutboxAttempt, OutboxMessage
+from workflow.models import ClinicalDocument, OutboxAttempt, OutboxMessage, new_id
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +128,31 @@ class Outbox:
                 "an idempotency key is required", fields={"idempotency_key": "1-100 characters"}
             )
         now = self.clock.now()
-        msg = OutboxMessage(
-            target=target,
-            kind=kind,
-            idempotency_key=idempotency_key,
-            payload=json.dumps(dict(payload), sort_keys=True, separators=(",", ":")),
-            document_id=document_id,
-            author_account_id=author_account_id,
-            status="pending",
-            attempts=0,
-            max_attempts=self.max_attempts,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        session.add(msg)
-        return msg
+        values: dict[str, Any] = {
+            "id": new_id(),
+            "target": target,
+            "kind": kind,
+            "idempotency_key": idempotency_key,
+            "payload": json.dumps(dict(payload), sort_keys=True, separators=(",", ":")),
+            "document_id": document_id,
+            "author_account_id": author_account_id,
+            "status": "pending",
+            "attempts": 0,
+            "max_attempts": self.max_attempts,
+            "next_attempt_at": now,
+            "lease_until": None,
+            "claimed_by": None,
+            "created_at": now,
+            "delivered_at": None,
+            "remote_reference": None,
+            "last_error": None,
+        }
+        # One Core INSERT now; objects the caller added are flushed first (the row may refer to
+        # them). The returned object is not attached to the session.
+        if session.new:
+            await session.flush()
+        await session.execute(insert(cast(Table, OutboxMessage.__table__)), values)
+        return OutboxMessage(**values)
 
     async def messages(self, *, status: str | None = None, limit: int = 200) -> list[MessageView]:
         async with self.db.session() as s:
@@ -292,15 +302,25 @@ class DeliveryWorker:
                     )
                 ).scalars()
             )
+            m, d = OutboxMessage, ClinicalDocument
             rows = (
                 await s.execute(
-                    select(OutboxMessage, ClinicalDocument)
-                    .outerjoin(ClinicalDocument, ClinicalDocument.id == OutboxMessage.document_id)
-                    .where(OutboxMessage.id.in_(claimed))
-                    .execution_options(populate_existing=True)
+                    # Plain columns, not ORM objects: a batch is hundreds of documents.
+                    select(
+                        m.id,
+                        m.target,
+                        m.kind,
+                        m.idempotency_key,
+                        m.attempts,
+                        m.max_attempts,
+                        m.payload,
+                        *_DOC_COLUMNS,
+                    )
+                    .outerjoin(d, d.id == m.document_id)
+                    .where(m.id.in_(claimed))
                 )
             ).all()
-            return [_delivery(r[0], r[1]) for r in rows]
+            return [_delivery(r) for r in rows]
 
     async def run_once(self) -> int:
         """Claim one batch, deliver it, record the outcomes. Returns how many were handled."""
@@ -430,32 +450,50 @@ class DeliveryWorker:
                 t.cancel()
 
 
-def _delivery(m: OutboxMessage, d: ClinicalDocument | None) -> Delivery:
+_DOC_COLUMNS = (
+    ClinicalDocument.id.label("doc_id"),
+    ClinicalDocument.patient_id,
+    ClinicalDocument.set_id,
+    ClinicalDocument.version,
+    ClinicalDocument.replaces_id,
+    ClinicalDocument.type_code,
+    ClinicalDocument.confidentiality,
+    ClinicalDocument.mime_type,
+    ClinicalDocument.created_at,
+    ClinicalDocument.content,
+    ClinicalDocument.sha256,
+    ClinicalDocument.size,
+    ClinicalDocument.signature,
+    ClinicalDocument.signing_key_id,
+)
+
+
+def _delivery(r: Any) -> Delivery:
     doc = None
-    if d is not None:
+    if r.doc_id is not None:
         doc = DocumentPayload(
-            id=d.id,
-            patient_id=d.patient_id,
-            set_id=d.set_id,
-            version=d.version,
-            replaces_id=d.replaces_id,
-            type_code=d.type_code,
-            confidentiality=d.confidentiality,
-            mime_type=d.mime_type,
-            created_at=d.created_at,
-            content=d.content,
-            sha256=d.sha256,
-            size=d.size,
-            signature=d.signature,
-            signing_key_id=d.signing_key_id,
+            id=r.doc_id,
+            patient_id=r.patient_id,
+            set_id=r.set_id,
+            version=r.version,
+            replaces_id=r.replaces_id,
+            type_code=r.type_code,
+            confidentiality=r.confidentiality,
+            mime_type=r.mime_type,
+            created_at=r.created_at,
+            content=r.content,
+            sha256=r.sha256,
+            size=r.size,
+            signature=r.signature,
+            signing_key_id=r.signing_key_id,
         )
     return Delivery(
-        message_id=m.id,
-        target=m.target,
-        kind=m.kind,
-        idempotency_key=m.idempotency_key,
-        attempt=m.attempts,
-        max_attempts=m.max_attempts,
-        payload=json.loads(m.payload),
+        message_id=r.id,
+        target=r.target,
+        kind=r.kind,
+        idempotency_key=r.idempotency_key,
+        attempt=r.attempts,
+        max_attempts=r.max_attempts,
+        payload=json.loads(r.payload),
         document=doc,
     )

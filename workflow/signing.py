@@ -78,15 +78,25 @@ class KeyRing:
         self._sealer = sealer(secret)
         self._clock = clock
         self._cache: dict[str, Ed25519Signer] = {}
+        self._by_org: dict[str, Ed25519Signer] = {}
+        self._created: set[str] = set()
 
     async def signer_for(self, session: AsyncSession, organisation_id: str) -> Signer:
-        # The row is read every time (it may have been created by a transaction that then
-        # rolled back); only the unsealed key is cached, by its id.
+        # A key this ring created may belong to a transaction that then rolled back: such a row
+        # is read again every time. A key found that this ring did not create was committed by
+        # someone, and keys are never deleted, so it is remembered per organisation. (This holds
+        # with one ring per process, the app's ``workflow.web.keys.KEYS``: keys are only created
+        # through a ring.)
+        known = self._by_org.get(organisation_id)
+        if known is not None:
+            return known
         row = await self._row(session, organisation_id)
         if row is None:
             row = await self._create(session, organisation_id)
         cached = self._cache.get(row.id)
         if cached is not None:
+            if row.id not in self._created:
+                self._by_org[organisation_id] = cached
             return cached
         try:
             seed = self._sealer.open(row.sealed_private_key)
@@ -96,6 +106,8 @@ class KeyRing:
             ) from None
         signer = Ed25519Signer(row.id, nacl.signing.SigningKey(seed))
         self._cache[row.id] = signer
+        if row.id not in self._created:
+            self._by_org[organisation_id] = signer
         return signer
 
     async def _row(self, session: AsyncSession, organisation_id: str) -> SigningKey | None:
@@ -122,6 +134,7 @@ class KeyRing:
             existing = await self._row(session, organisation_id)
             assert existing is not None
             return existing
+        self._created.add(row.id)
         return row
 
 

@@ -6,9 +6,10 @@ import dataclasses
 import pytest
 from sqlalchemy import update
 
+from konsil.audit.service import SYSTEM
 from konsil.cli import main
 from konsil.errors import ConfigError, Conflict, ValidationError
-from tests.workflow.helpers import Workflow, minimal_cda
+from tests.workflow.helpers import SECRET, Workflow, minimal_cda
 from workflow.documents import NewDocument, verify_document
 from workflow.models import ClinicalDocument, SigningKey
 from workflow.signing import KeyRing
@@ -110,3 +111,30 @@ async def test_signing_key_needs_the_right_secret(wf: Workflow) -> None:
             await other.signer_for(s, wf.org.id)
     with pytest.raises(ConfigError):
         KeyRing("short", wf.clock)
+
+
+async def test_a_signing_key_from_a_rolled_back_transaction_is_not_reused(wf: Workflow) -> None:
+    """The ring remembers an organisation's key only once it is known to be committed."""
+    org = await wf.identity.do_create_organisation(SYSTEM, "Cabinet rollback", "practice")
+    ring = KeyRing(SECRET, wf.clock)
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback):
+        async with wf.db.transaction() as s:
+            first = await ring.signer_for(s, org.id)
+            raise Rollback
+    async with wf.db.transaction() as s:
+        second = await ring.signer_for(s, org.id)
+    assert second.key_id != first.key_id
+    async with wf.db.session() as s:
+        assert (await s.get(SigningKey, second.key_id)) is not None
+        assert (await s.get(SigningKey, first.key_id)) is None
+    # A ring that finds the committed key uses it.
+    fresh = KeyRing(SECRET, wf.clock)
+    async with wf.db.session() as s:
+        found = await fresh.signer_for(s, org.id)
+    async with wf.db.session() as s:
+        again = await fresh.signer_for(s, org.id)
+    assert found.key_id == again.key_id == second.key_id

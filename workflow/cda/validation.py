@@ -11,12 +11,16 @@ from .xsd import parse, xsd_errors
 
 def validate_cda(xml: bytes) -> list[str]:
     """Every problem found, as readable lines; an empty list means the document is valid."""
-    errors = xsd_errors(xml)
     try:
         doc = parse(xml)
-    except etree.XMLSyntaxError:
-        return errors
-    return errors + profile_problems(doc)
+    except etree.XMLSyntaxError as exc:
+        return [f"not well-formed XML: {exc}"]
+    return validate_tree(doc)
+
+
+def validate_tree(doc: etree._Element) -> list[str]:
+    """``validate_cda`` for a tree already parsed with ``xsd.parse``."""
+    return xsd_errors(doc) + profile_problems(doc)
 
 
 def document_kind(xml: bytes) -> str | None:

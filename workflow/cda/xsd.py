@@ -52,12 +52,18 @@ def parse(xml: bytes) -> etree._Element:
     return etree.fromstring(xml, SAFE_PARSER)
 
 
-def xsd_errors(xml: bytes, *, schema: str | Path | None = None) -> list[str]:
-    """Schema violations as readable lines (empty when the document is valid)."""
-    try:
-        doc = parse(xml)
-    except etree.XMLSyntaxError as exc:
-        return [f"not well-formed XML: {exc}"]
+def xsd_errors(xml: bytes | etree._Element, *, schema: str | Path | None = None) -> list[str]:
+    """Schema violations as readable lines (empty when the document is valid).
+
+    Takes the bytes, or a tree already parsed with ``parse`` (saves parsing twice).
+    """
+    if isinstance(xml, bytes):
+        try:
+            doc = parse(xml)
+        except etree.XMLSyntaxError as exc:
+            return [f"not well-formed XML: {exc}"]
+    else:
+        doc = xml
     validator = _load(str(schema_dir(schema)))
     if validator.validate(doc):
         return []

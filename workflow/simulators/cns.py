@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from lxml import etree
 
+from workflow.cda.xsd import parse
 from workflow.simulators.common import (
     SimulatorSettings,
     SubmissionStore,
@@ -82,9 +84,13 @@ def check_envelope(
     if errors:
         reasons.extend(("CDA_INVALID", e) for e in errors[:10])
         return reasons, doc
-    if cda_type_code(doc) != SICK_LEAVE:
+    try:  # parsed once for both checks (an injected validator may accept anything)
+        root = parse(doc)
+    except etree.XMLSyntaxError as exc:
+        return [*reasons, ("CDA_INVALID", f"not well-formed XML: {exc}")], doc
+    if cda_type_code(root) != SICK_LEAVE:
         reasons.append(("UNSUPPORTED_DOCUMENT_TYPE", f"eCIT accepts {SICK_LEAVE} only"))
-    if cda_patient_matricule(doc) != body["patient_matricule"]:
+    if cda_patient_matricule(root) != body["patient_matricule"]:
         reasons.append(("PATIENT_MISMATCH", "the CDA's patient is not the envelope's patient"))
     return reasons, doc
 

@@ -151,10 +151,19 @@ async def apply_faults(settings: SimulatorSettings) -> str | None:
     return fault
 
 
-def cda_patient_matricule(xml: bytes) -> str | None:
+def _root(xml: bytes | etree._Element) -> etree._Element | None:
+    if not isinstance(xml, bytes):
+        return xml
     try:
-        root = parse(xml)
+        return parse(xml)
     except etree.XMLSyntaxError:
+        return None
+
+
+def cda_patient_matricule(xml: bytes | etree._Element) -> str | None:
+    """The patient's matricule in the CDA header (bytes, or a tree already parsed)."""
+    root = _root(xml)
+    if root is None:
         return None
     for el in root.iterfind(f"{{{HL7}}}recordTarget/{{{HL7}}}patientRole/{{{HL7}}}id"):
         if el.get("root") == MATRICULE_OID:
@@ -163,10 +172,9 @@ def cda_patient_matricule(xml: bytes) -> str | None:
     return None
 
 
-def cda_type_code(xml: bytes) -> str | None:
-    try:
-        root = parse(xml)
-    except etree.XMLSyntaxError:
+def cda_type_code(xml: bytes | etree._Element) -> str | None:
+    root = _root(xml)
+    if root is None:
         return None
     code = root.find(f"{{{HL7}}}code")
     return None if code is None else code.get("code")
