@@ -98,7 +98,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copyfile(request.getfixturevalue("sqlite_template"), target)
         yield f"sqlite+aiosqlite:///{target}"
         return
-    template = request.getfixturevalue("pg_template")
+    yield from _pg_database(request.getfixturevalue("pg_template"))
+
+
+@pytest.fixture
+def pg_db_url(pg_template: str) -> Iterator[str]:
+    """A freshly migrated PostgreSQL database, for behaviour SQLite cannot show."""
+    yield from _pg_database(pg_template)
+
+
+def _pg_database(template: str) -> Iterator[str]:
     name = f"konsil_t_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     try:

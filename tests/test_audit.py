@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import delete, select, update
 
 from konsil import appkeys as K
@@ -150,13 +149,14 @@ async def test_unsealed_rows_are_reported_then_sealed(db_url: str) -> None:
     assert after.ok and after.checked == 1 and after.unsealed == 0
 
 
-async def test_rows_committed_out_of_seq_order_are_all_chained(db_url: str) -> None:
-    """A transaction that took its seq first but commits last is sealed later, not lost."""
+async def test_rows_committed_out_of_seq_order_are_all_chained(pg_db_url: str) -> None:
+    """A transaction that took its seq first but commits last is sealed later, not lost.
+
+    PostgreSQL only: SQLite has one writer at a time, so its commits cannot overtake each other.
+    """
     import asyncio
 
-    if db_url.startswith("sqlite"):
-        pytest.skip("SQLite has one writer at a time: commits cannot overtake each other")
-    db = Database(db_url)
+    db = Database(pg_db_url)
     audit = AuditLog(SystemClock())
     late_may_commit = asyncio.Event()
     late_inserted = asyncio.Event()
