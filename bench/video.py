@@ -7,7 +7,10 @@
    the patient opens the link, confirms identity and consent, runs the pre-call check against
    the server's aiortc echo peer, waits; the doctor admits from the live waiting room; both
    pages report the first picture of the other (``loadeddata`` of the remote <video>).
-   Also printed: admit click → first frame on both sides (call set-up alone).
+   Also printed: admit click → first frame on both sides (call set-up alone), and a breakdown:
+   the median time after the click of each step (bench steps, and the ``konsilVideo.marks``
+   each page records: media, check offer/answer/first echo frame/done, socket, offer,
+   connected, first frame).
 2. Concurrently open signalling WebSockets held by one server process (``konsil serve`` in a
    subprocess) and its resident memory (VmRSS) before and with the sockets open.
 """
@@ -92,6 +95,7 @@ async def first_frame(rounds: int, tmp: Path) -> None:
         svc = app[SERVICE]
         totals: list[float] = []
         setups: list[float] = []
+        steps: dict[str, list[float]] = {}
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             lang = [{"name": "konsil_lang", "value": "en", "url": base}]
@@ -116,15 +120,19 @@ async def first_frame(rounds: int, tmp: Path) -> None:
                 pat = await pctx.new_page()
                 click = time.time() * 1000
                 await pat.goto(f"{base}/video/join/{inv.token}")
+                bench = {"join page loaded": time.time() * 1000}
                 await pat.fill("#f-birth_date", "1980-04-02")
                 await pat.check("#f-consent")
+                bench["identity + consent submitted"] = time.time() * 1000
                 await pat.click("main button[type=submit]")
                 item = doc.locator(f"li[data-appointment='{appt.id}'] form.admit button")
                 await doc.locator(f"li[data-appointment='{appt.id}']", has_text="camera").wait_for(
                     timeout=60_000
                 )
+                bench["doctor sees the patient waiting"] = time.time() * 1000
                 await pat.wait_for_selector("#waiting:not([hidden])", timeout=60_000)
                 admit = time.time() * 1000
+                bench["admit clicked"] = admit
                 await item.click()
                 await doc.wait_for_url(f"{base}/video/call/{appt.id}")
                 ff = "() => !!window.konsilVideo.firstFrameAt"
@@ -134,6 +142,12 @@ async def first_frame(rounds: int, tmp: Path) -> None:
                 p = await pat.evaluate("window.konsilVideo.firstFrameAt")
                 totals.append(max(d, p) - click)
                 setups.append(max(d, p) - admit)
+                marks = {f"bench: {k}": v for k, v in bench.items()}
+                for side, page in (("patient", pat), ("doctor", doc)):
+                    got = await page.evaluate("window.konsilVideo.marks")
+                    marks.update({f"{side}: {k}": v for k, v in got.items()})
+                for k, v in marks.items():
+                    steps.setdefault(k, []).append(v - click)
                 await doc.click("#btn-hangup")
                 await doc.wait_for_url(f"{base}/video/appointments/{appt.id}/after")
                 await pctx.close()
@@ -147,6 +161,13 @@ async def first_frame(rounds: int, tmp: Path) -> None:
             f"admit click -> first frame both sides, median of {rounds}: "
             f"{statistics.median(setups):.0f} ms (min {min(setups):.0f}, max {max(setups):.0f})"
         )
+        print("breakdown: median ms after the invitation click (step; + since the previous one)")
+        prev = 0.0
+        for name, at in sorted(
+            ((k, statistics.median(v)) for k, v in steps.items()), key=lambda kv: kv[1]
+        ):
+            print(f"  {at:7.0f}  (+{at - prev:5.0f})  {name}")
+            prev = at
     finally:
         await runner.cleanup()
 

@@ -72,7 +72,10 @@
     }
     return out;
   }
-  const kv = { framesDecoded: 0, last: null, stats: () => statsOf(pc),
+  // Wall-clock times (Date.now()) of the first time each step happened: the bench's breakdown.
+  const marks = {};
+  const mark = (name) => { if (!(name in marks)) marks[name] = Date.now(); };
+  const kv = { framesDecoded: 0, last: null, marks, stats: () => statsOf(pc),
     state: () => ({ inCall, ended, role, generation, events }),
     sending: () => {
       const snd = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
@@ -82,7 +85,7 @@
   const remoteVideo = $("remote");
   if (remoteVideo) {
     // When the first picture of the other person is ready (for the page, tests and the bench).
-    remoteVideo.addEventListener("loadeddata", () => { if (!kv.firstFrameAt) kv.firstFrameAt = Date.now(); });
+    remoteVideo.addEventListener("loadeddata", () => { if (!kv.firstFrameAt) { kv.firstFrameAt = Date.now(); mark("first-frame"); } });
   }
   // While in a call, keep the latest numbers where tests and the page can read them at once.
   setInterval(async () => {
@@ -107,15 +110,18 @@
     $("check-error").hidden = true; $("check-retry").hidden = true;
     let stream;
     try { stream = await media(); } catch (e) { $("check-retry").hidden = false; return; }
+    mark("media");
     const cpc = new RTCPeerConnection({ iceServers: [] });
     try {
       stream.getTracks().forEach((t) => cpc.addTrack(t, stream));
       cpc.ontrack = (e) => { $("check-video").srcObject = e.streams[0]; };
       await cpc.setLocalDescription(await cpc.createOffer());
       await gathered(cpc);
+      mark("check-offer");
       const r = await fetch(`/video/api/${appt}/check`, { method: "POST", headers: jsonHeaders,
         credentials: "same-origin", body: JSON.stringify({ sdp: cpc.localDescription.sdp, type: cpc.localDescription.type }) });
       if (!r.ok) throw new Error(await r.text().then((t) => t.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").slice(0, 200)));
+      mark("check-answer");
       await cpc.setRemoteDescription(await r.json());
       // Watch for up to 10 s; stop as soon as a few seconds of video and sound came back.
       let first = null, last = null;
@@ -123,7 +129,7 @@
         await wait(250);
         const s = await statsOf(cpc);
         const now = performance.now();
-        if (s.framesDecoded > 0 && !first) first = { t: now, frames: s.framesDecoded };
+        if (s.framesDecoded > 0 && !first) { first = { t: now, frames: s.framesDecoded }; mark("check-frame"); }
         last = { t: now, s };
         if (first && now - first.t > 1000 && s.audioPackets > 0) break;
       }
@@ -141,6 +147,7 @@
         $(id).className = ok ? "ok" : "bad";
       }
       app.dataset.check = JSON.stringify(clean);
+      mark("check-done");
     } catch (e) {
       $("check-error").textContent = `${C.failed} ${e.message || e}`;
       $("check-error").hidden = false; $("check-retry").hidden = false;
@@ -178,7 +185,7 @@
     conn.onconnectionstatechange = () => {
       if (pc !== conn) return;
       note("pc-" + conn.connectionState);
-      if (conn.connectionState === "connected") say(T.connected);
+      if (conn.connectionState === "connected") { say(T.connected); mark("connected"); }
       if (conn.connectionState === "failed" || conn.connectionState === "disconnected") {
         say(T.reconnecting);
         // aiortc-style: no ICE restart; a new connection is negotiated from scratch.
@@ -195,6 +202,7 @@
     await media(); await ice();
     const conn = newPeer();
     say(T.connecting);
+    mark("offer");
     await conn.setLocalDescription(await conn.createOffer());
     send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
   }
@@ -205,6 +213,7 @@
       if (data.description.type === "offer") {
         await media(); await ice();
         const conn = newPeer();
+        mark("offer");
         await conn.setRemoteDescription(data.description);
         await conn.setLocalDescription(await conn.createAnswer());
         send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
@@ -224,7 +233,7 @@
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
     ws = new WebSocket(`${proto}://${location.host}/video/ws/${appt}`);
-    ws.onopen = () => { wsRetry = 0; };
+    ws.onopen = () => { wsRetry = 0; mark("ws-open"); };
     // Messages are handled one after the other: an offer never overtakes the greeting.
     ws.onmessage = (ev) => {
       const m = JSON.parse(ev.data);
@@ -253,6 +262,7 @@
     note("ws-" + m.type + (m.status ? ":" + m.status : "") + (m.present !== undefined ? ":" + m.present : ""));
     switch (m.type) {
       case "hello":
+        mark("hello");
         (m.messages || []).forEach(addChat);
         $("file-list").replaceChildren(); (m.files || []).forEach(addFile);
         if (role === "doctor" || m.status === "admitted") {
@@ -265,7 +275,7 @@
         else { say(T.peerLeft); }
         break;
       case "status":
-        if (m.status === "admitted") { say(T.admitted); await media(); await ice(); showCall(); }
+        if (m.status === "admitted") { mark("admitted"); say(T.admitted); await media(); await ice(); showCall(); }
         else if (m.status === "postponed") { const w = $("waiting-text"); if (w) w.textContent = T.postponed; }
         else if (m.status === "ended") finish(T.ended);
         else if (m.status === "cancelled") finish(T.cancelled);
@@ -360,6 +370,7 @@
     $("btn-hangup").addEventListener("click", () => { send({ type: "hangup" }); });
   }
 
+  mark("page");
   wireControls();
   if (role === "doctor") {
     connect();
