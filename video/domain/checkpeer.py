@@ -38,6 +38,7 @@ class CheckPeers:
         self.timeout_seconds = timeout_seconds
         self.relay = MediaRelay()
         self._peers: dict[str, _Peer] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def count(self) -> int:
@@ -84,6 +85,14 @@ class CheckPeers:
             task = asyncio.ensure_future(self.close(key, pc))
             peer.tasks.add(task)
 
+    def close_soon(self, key: str) -> None:
+        """Close the key's peer in the background (the caller does not wait for aiortc)."""
+        peer = self._peers.get(key)
+        if peer is not None:
+            task = asyncio.ensure_future(self.close(key, peer.pc))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def close(self, key: str, pc: RTCPeerConnection | None = None) -> None:
         peer = self._peers.get(key)
         if peer is None or (pc is not None and peer.pc is not pc):
@@ -97,3 +106,5 @@ class CheckPeers:
     async def close_all(self) -> None:
         for key in list(self._peers):
             await self.close(key)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -392,9 +392,10 @@ class VideoService:
             return appt
 
     async def do_enter(
-        self, token: str, form: Mapping[str, str], ip: str | None
+        self, token: str, form: Mapping[str, str], ip: str | None, *, check_start: bool = False
     ) -> tuple[GuestPrincipal, str]:
-        """Identity check and consent; returns the guest and its cookie secret (once)."""
+        """Identity check and consent; returns the guest and its cookie secret (once).
+        ``check_start``: the pre-call check starts with the entry (audited with it)."""
         consent = form.get("consent") == "yes"
         async with self.db.transaction() as s:
             inv, appt = await self._check_link(s, token, ip)
@@ -459,6 +460,14 @@ class VideoService:
                     resource=f"video/{appt.id}",
                     details={"identified_by": how, "version": CONSENT_VERSION},
                 )
+                if check_start:
+                    await self.audit.record(
+                        s,
+                        guest.actor(ip),
+                        "video.check.start",
+                        patient_id=appt.patient_id,
+                        resource=f"video/{appt.id}",
+                    )
         if failed is not None:
             raise failed
         return guest, secret

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 FRENCH: dict[str, str] = {
+    "Identity and consent": "Identité et consentement",
+    "Your camera and microphone are prepared on this device meanwhile; nothing is sent before you continue.": "Votre caméra et votre micro sont préparés sur cet appareil en attendant ; rien n'est envoyé avant que vous continuiez.",
     "Accident": "Accident",
     "Reason for the consultation": "Motif de la consultation",
     "History of the present illness (optional)": "Histoire de la maladie (facultatif)",
