@@ -21,18 +21,21 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
-from konsil.audit.service import Actor
+from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.clock import FakeClock, local
+from konsil.db import Database
 from konsil.errors import RateLimited, ValidationError
 from konsil.identity.matricule import make_matricule
 from konsil.identity.models import Account
 from tests.conftest import CSRF_RE, AiohttpClient, Client, Person, web_login
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import read_invitation_token, turn_credentials
-from video.domain.documents import check_after_call
+from video.domain.documents import ConsultationReport, IssueContext, Prepared, check_after_call
+from video.domain.issuer import WorkflowIssuer
 from video.domain.service import VideoService, check_schedule
 from video.models import VideoAppointment, VideoDocument, VideoFile, VideoInvitation
 from video.web import GUEST_COOKIE, SERVICE
@@ -381,6 +384,48 @@ def test_after_call_form_validation() -> None:
     line = rx.lines[0]
     assert (line.atc, line.dose, line.times, line.period_unit) == ("J01CA04", Decimal(1), 3, "d")
     assert line.reimbursable and line.duration_days == 7
+
+
+class _WritesWhilePreparing(WorkflowIssuer):
+    """The real issuer; while it builds and renders, another writer commits an audit row
+    (under SQLite's single writer this would wait forever if the form's transaction were open)."""
+
+    def __init__(self, inner: WorkflowIssuer, db: Database, audit: AuditLog) -> None:
+        super().__init__(inner.documents, inner.outbox)
+        self.db, self.audit = db, audit
+        self.committed: list[str] = []
+
+    async def prepare_report(
+        self, s: AsyncSession, ctx: IssueContext, report: ConsultationReport
+    ) -> Prepared:
+        async with asyncio.timeout(10), self.db.transaction() as other:
+            await self.audit.record(other, SYSTEM, "test.meanwhile", patient_id=ctx.patient_id)
+        self.committed.append(ctx.appointment_id)
+        return await super().prepare_report(s, ctx, report)
+
+
+async def test_after_call_documents_are_rendered_before_the_transaction(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    svc: VideoService = client.app[SERVICE]
+    assert isinstance(svc.issuer, WorkflowIssuer)
+    watching = _WritesWhilePreparing(svc.issuer, client.app[K.DB], client.app[K.AUDIT])
+    svc.issuer = watching
+    a = await _appointment(client, doctor, 8, clock)
+    patient = await aiohttp_client(client.server)
+    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
+    csrf = await web_login(client, doctor)
+    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
+    clock.advance(10 * 60)
+    form = {"csrf_token": csrf, "reason": "Toux.", "findings": "RAS.", "plan": "Repos."}
+    ok = await client.post(f"/video/appointments/{a}/after", data=form, allow_redirects=False)
+    assert ok.status == 303, await ok.text()
+    assert watching.committed == [a]
+    async with client.app[K.DB].session() as s:
+        doc = (await s.execute(select(VideoDocument))).scalar_one()
+        assert doc.kind == "report"
+    pdf = await client.get(f"/video/documents/{a}/{doc.id}")
+    assert pdf.status == 200 and (await pdf.read()).startswith(b"%PDF-")
 
 
 async def test_after_call_documents_are_signed_stored_and_queued(

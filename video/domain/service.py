@@ -29,7 +29,7 @@ from video.domain.crypto import (
     read_invitation_token,
     sha256_hex,
 )
-from video.domain.documents import DocumentIssuer, IssueContext, check_after_call
+from video.domain.documents import DocumentIssuer, IssueContext, Prepared, check_after_call
 from video.models import (
     VideoAppointment,
     VideoConsent,
@@ -41,6 +41,7 @@ from video.models import (
 
 CONSENT_VERSION = "2026-1"
 ACTIVE = ("scheduled", "waiting", "admitted")
+DOCUMENT_KINDS = ("report", "sick_leave", "prescription")
 ALLOWED_TYPES = {
     "application/pdf": (b"%PDF-",),
     "image/png": (b"\x89PNG\r\n\x1a\n",),
@@ -752,51 +753,72 @@ class VideoService:
 
     # ------------------------------------------------------------------ after the call
 
+    async def _issue_context(
+        self, s: AsyncSession, appt: VideoAppointment, actor: Actor, now: datetime
+    ) -> IssueContext:
+        consented = (
+            await s.execute(
+                select(VideoConsent.id).where(VideoConsent.appointment_id == appt.id).limit(1)
+            )
+        ).first() is not None
+        return IssueContext(
+            appt.id,
+            appt.patient_id,
+            actor.id,
+            now,
+            start=to_utc(appt.admitted_at or appt.starts_at),
+            end=to_utc(appt.ended_at or now),
+            patient_consent=consented,
+        )
+
+    async def _issued_already(self, s: AsyncSession, appointment_id: str) -> bool:
+        return (
+            await s.execute(
+                select(VideoDocument.id).where(VideoDocument.appointment_id == appointment_id)
+            )
+        ).first() is not None
+
     async def do_after_call(
         self, actor: Actor, appointment_id: str, form: Mapping[str, str]
     ) -> list[str]:
+        issuer = self.issuer
+        now = self.clock.now()
+        # 1. Build, validate and render the documents with reads only: the PDFs are not drawn
+        #    under the writer's lock, and a refusal (ValidationError) writes nothing.
+        prepared: list[Prepared] = []
+        async with self.db.session() as s:
+            appt = await s.get(VideoAppointment, appointment_id)
+            if (
+                appt is not None
+                and appt.practitioner_account_id == actor.id
+                and appt.status in ("admitted", "ended")
+                and issuer is not None
+                and not await self._issued_already(s, appt.id)
+            ):
+                docs = check_after_call(form, to_utc(appt.starts_at).astimezone(LUXEMBOURG).date())
+                ctx = await self._issue_context(s, appt, actor, now)
+                prepared.append(await issuer.prepare_report(s, ctx, docs.report))
+                if docs.sick_leave is not None:
+                    prepared.append(await issuer.prepare_sick_leave(s, ctx, docs.sick_leave))
+                if docs.prescription is not None:
+                    prepared.append(await issuer.prepare_prescription(s, ctx, docs.prescription))
+        # 2. One transaction: the checks again (another request may have come first), the end
+        #    of the consultation, the signed documents, their messages and the patient's copies.
         async with self.db.transaction() as s:
             appt = await self._own(s, actor, appointment_id)
             if appt.status not in ("admitted", "ended"):
                 raise Conflict("documents are written after the consultation")
-            docs = check_after_call(form, to_utc(appt.starts_at).astimezone(LUXEMBOURG).date())
-            already = (
-                await s.execute(
-                    select(VideoDocument.id).where(VideoDocument.appointment_id == appt.id).limit(1)
-                )
-            ).first()
-            if already is not None:
+            if await self._issued_already(s, appt.id):
                 raise Conflict("the documents of this consultation have already been issued")
-            if appt.status == "admitted":
-                appt.status = "ended"
-                appt.ended_at = self.clock.now()
-            now = self.clock.now()
-            consented = (
-                await s.execute(
-                    select(VideoConsent.id).where(VideoConsent.appointment_id == appt.id).limit(1)
-                )
-            ).first() is not None
-            ctx = IssueContext(
-                appt.id,
-                appt.patient_id,
-                actor.id,
-                now,
-                start=to_utc(appt.admitted_at or appt.starts_at),
-                end=to_utc(appt.ended_at or now),
-                patient_consent=consented,
-            )
-            issuer = self.issuer
             if issuer is None:
                 raise Conflict("no document pipeline is configured (the workflow feature)")
-            issued = [("report", await issuer.issue_report(s, ctx, docs.report))]
-            if docs.sick_leave is not None:
-                issued.append(
-                    ("sick_leave", await issuer.issue_sick_leave(s, ctx, docs.sick_leave))
-                )
-            if docs.prescription is not None:
-                issued.append(
-                    ("prescription", await issuer.issue_prescription(s, ctx, docs.prescription))
-                )
+            if not prepared:
+                raise Conflict("the consultation changed meanwhile: submit the form again")
+            ctx = await self._issue_context(s, appt, actor, now)
+            if appt.status == "admitted":
+                appt.status = "ended"
+                appt.ended_at = now
+            issued = [(p.kind, await issuer.store(s, ctx, p)) for p in prepared]
             for kind, doc in issued:
                 s.add(
                     VideoDocument(
@@ -815,11 +837,7 @@ class VideoService:
                 "video.documents",
                 patient_id=appt.patient_id,
                 resource=f"video/{appt.id}",
-                details={
-                    "report": True,
-                    "sick_leave": docs.sick_leave is not None,
-                    "prescription": docs.prescription is not None,
-                },
+                details={k: any(kind == k for kind, _d in issued) for k in DOCUMENT_KINDS},
             )
         issuer.wake()
         return [doc.document_id for _kind, doc in issued]
