@@ -564,21 +564,29 @@ class VideoService:
             )
         return clean
 
-    async def do_set_waiting(self, party: Party, appointment_id: str) -> VideoAppointment:
+    async def _move(
+        self, party: Party, appointment_id: str, src: str, dst: str, stamp: str, action: str
+    ) -> VideoAppointment:
+        """``src`` → ``dst`` (time in ``stamp``, audited as ``action``); otherwise unchanged."""
         async with self.db.transaction() as s:
             appt = await s.get(VideoAppointment, appointment_id)
             assert appt is not None
-            if appt.status == "scheduled":
-                appt.status = "waiting"
-                appt.waiting_since = self.clock.now()
+            if appt.status == src:
+                appt.status = dst
+                setattr(appt, stamp, self.clock.now())
                 await self.audit.record(
                     s,
                     party.actor,
-                    "video.wait",
+                    action,
                     patient_id=appt.patient_id,
                     resource=f"video/{appt.id}",
                 )
             return appt
+
+    async def do_set_waiting(self, party: Party, appointment_id: str) -> VideoAppointment:
+        return await self._move(
+            party, appointment_id, "scheduled", "waiting", "waiting_since", "video.wait"
+        )
 
     async def do_admit(self, actor: Actor, appointment_id: str, admit: bool) -> VideoAppointment:
         async with self.db.transaction() as s:
@@ -599,19 +607,7 @@ class VideoService:
             return appt
 
     async def do_end(self, party: Party, appointment_id: str) -> None:
-        async with self.db.transaction() as s:
-            appt = await s.get(VideoAppointment, appointment_id)
-            assert appt is not None
-            if appt.status == "admitted":
-                appt.status = "ended"
-                appt.ended_at = self.clock.now()
-                await self.audit.record(
-                    s,
-                    party.actor,
-                    "video.hangup",
-                    patient_id=appt.patient_id,
-                    resource=f"video/{appt.id}",
-                )
+        await self._move(party, appointment_id, "admitted", "ended", "ended_at", "video.hangup")
 
     async def waiting(self, account_id: str) -> list[dict[str, Any]]:
         """The practitioner's patients in the waiting room or admitted (no audit: a push feed of
