@@ -38,7 +38,7 @@ from video.domain.documents import ConsultationReport, IssueContext, Prepared, c
 from video.domain.issuer import WorkflowIssuer
 from video.domain.service import VideoService, check_schedule
 from video.models import VideoAppointment, VideoDocument, VideoFile, VideoInvitation
-from video.web import GUEST_COOKIE, SERVICE
+from video.web import CHECKS, GUEST_COOKIE, SERVICE
 from workflow.cda.validation import validate_cda
 from workflow.documents import verify_document
 from workflow.models import ClinicalDocument, OutboxMessage
@@ -314,6 +314,66 @@ async def test_precheck_echo_with_two_aiortc_peers() -> None:
         await browser.close()
         await peers.close_all()
     assert peers.count == 0
+
+
+async def test_a_check_that_never_finishes_is_closed_and_reported(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    """The browser offers, gets the echo peer's answer and then never finishes (no result):
+    the server closes the peer after ``check_timeout_seconds`` (1 s here), records and audits
+    a failed check, tells the patient's page in plain words and the doctor's waiting room."""
+    peers = client.app[CHECKS]
+    peers.timeout_seconds = 1
+    a = await _appointment(client, doctor, 9, clock)
+    patient = await aiohttp_client(client.server)
+    link = await _link(client, doctor, a)
+    page = await patient.get(link)
+    m = CSRF_RE.search(await page.text())
+    assert m
+    csrf = m.group(1)
+    entered = await patient.post(
+        link,
+        data={"csrf_token": csrf, "birth_date": "1975-03-10", "consent": "yes"},
+        allow_redirects=False,
+    )
+    assert entered.status == 303
+    ws = await patient.ws_connect(f"/video/ws/{a}")
+    assert (await ws.receive_json())["type"] == "hello"
+    browser = RTCPeerConnection()
+    try:
+        browser.addTrack(VideoStreamTrack())
+        await browser.setLocalDescription(await browser.createOffer())
+        offer = {"sdp": browser.localDescription.sdp, "type": "offer"}
+        r = await patient.post(f"/video/api/{a}/check", json=offer, headers={"X-CSRF-Token": csrf})
+        assert r.status == 200 and (await r.json())["type"] == "answer"
+        assert peers.count == 1
+        async with asyncio.timeout(20):
+            while (msg := await ws.receive_json())["type"] != "check":
+                pass
+        assert msg == {"type": "check", "status": "timed_out"}
+    finally:
+        await browser.close()
+        await ws.close()
+    assert peers.count == 0
+    # The page's words for it.
+    patient.session.cookie_jar.update_cookies({"konsil_lang": "en"})
+    room = await (await patient.get(f"/video/room/{a}")).text()
+    assert "The connection test did not finish in time and was stopped." in room
+    waiting = await client.app[SERVICE].waiting(doctor.account_id)
+    assert [w["check"]["timed_out"] for w in waiting if w["id"] == a] == [True]
+    async with client.app[K.DB].session() as s:
+        failed = (
+            (
+                await s.execute(
+                    select(AuditEvent).where(
+                        AuditEvent.action == "video.check", AuditEvent.outcome == "failure"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(failed) == 1 and failed[0].resource == f"video/{a}"
 
 
 def test_after_call_form_validation() -> None:

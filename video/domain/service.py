@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.audit.service import Actor, AuditLog
+from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.clock import LUXEMBOURG, Clock, to_utc
 from konsil.config import VideoConfig
 from konsil.db import Database
@@ -563,6 +563,33 @@ class VideoService:
                 details=clean,
             )
         return clean
+
+    async def do_check_timed_out(self, appointment_id: str) -> VideoAppointment | None:
+        """The server closed a pre-call check that did not finish in time: recorded (the
+        doctor's waiting room says so), audited as a failed check."""
+        result = {
+            "camera": False,
+            "microphone": False,
+            "rtt_ms": None,
+            "fps": None,
+            "connection": "weak",
+            "timed_out": True,
+        }
+        async with self.db.transaction() as s:
+            appt = await s.get(VideoAppointment, appointment_id)
+            if appt is None:
+                return None
+            appt.check_result = json.dumps(result)
+            await self.audit.record(
+                s,
+                SYSTEM,
+                "video.check",
+                patient_id=appt.patient_id,
+                resource=f"video/{appt.id}",
+                outcome="failure",
+                details={"timed_out": True},
+            )
+            return appt
 
     async def _move(
         self, party: Party, appointment_id: str, src: str, dst: str, stamp: str, action: str

@@ -104,10 +104,14 @@ def _fmt(dt: Any) -> str:
 
 
 async def _push_lobby(request: web.Request, account_id: str) -> None:
-    if not request.app[HUB].lobbies.get(account_id):
+    await _push_lobby_of(request.app, account_id)
+
+
+async def _push_lobby_of(app: web.Application, account_id: str) -> None:
+    if not app[HUB].lobbies.get(account_id):
         return  # nobody is watching this practitioner's waiting room
-    items = await _svc(request).waiting(account_id)
-    await request.app[HUB].push_lobby(account_id, {"type": "waiting", "items": items})
+    items = await app[SERVICE].waiting(account_id)
+    await app[HUB].push_lobby(account_id, {"type": "waiting", "items": items})
 
 
 # ---------------------------------------------------------------- practitioner pages
@@ -631,7 +635,16 @@ def setup(app: web.Application) -> None:
     app[K.TRANSLATOR].add(FRENCH)
     app[HUB] = Hub()
     cfg = app[K.CONFIG]
-    app[CHECKS] = CheckPeers(cfg.video.max_check_peers, cfg.video.check_timeout_seconds)
+
+    async def check_expired(appointment_id: str) -> None:
+        appt = await app[SERVICE].do_check_timed_out(appointment_id)
+        if appt is not None:
+            await app[HUB].send(appointment_id, "patient", {"type": "check", "status": "timed_out"})
+            await _push_lobby_of(app, appt.practitioner_account_id)
+
+    app[CHECKS] = CheckPeers(
+        cfg.video.max_check_peers, cfg.video.check_timeout_seconds, on_expire=check_expired
+    )
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE] = VideoService(

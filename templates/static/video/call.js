@@ -403,6 +403,12 @@
         break;
       case "signal": await onSignal(m.data); break;
       case "restart": if (role === "doctor") await offer(); break;
+      case "check":  // the server stopped a check that did not finish
+        if (m.status === "timed_out" && $("check-error") && !inCall) {
+          $("check-error").textContent = C.timedOut; $("check-error").hidden = false;
+          $("check-retry").hidden = false;
+        }
+        break;
       case "chat": addChat(m.message); break;
       case "file": addFile(m.file); break;
       default: break;

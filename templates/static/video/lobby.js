@@ -17,7 +17,7 @@
       li.querySelector(".name").textContent = it.name;
       li.querySelector(".state").textContent = `(${text(it.status === "admitted" ? "t-admitted" : "t-waiting")})`;
       const c = it.check;
-      li.querySelector(".check").textContent = c
+      li.querySelector(".check").textContent = c && c.timed_out ? text("t-timedout") : c
         ? [c.camera ? text("t-camera-ok") : text("t-camera-bad"), c.microphone ? text("t-mic-ok") : text("t-mic-bad"),
            c.connection === "good" ? text("t-good") : text("t-weak")].join(", ")
         : text("t-nocheck");
