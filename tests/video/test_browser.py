@@ -379,3 +379,39 @@ async def test_call_recovers_when_the_signalling_sockets_drop(
         assert sum(e.startswith("ws-hello") for e in events) >= 2, events
     for ctx in (ctx_doc, ctx_pat):
         await ctx.close()
+
+
+async def test_relay_call_recovers_after_the_relay_drops(
+    browser: Any, video_server: ServerFactory, turn: Turn, doctor: Person
+) -> None:
+    """A relay-only call loses its media path (coturn stops: what a network drop does to
+    it); both pages see the connection go, the peer connection is re-created once the relay
+    is back, and pictures flow again on both sides."""
+    server = await video_server(turn=turn, force_relay=True)
+    base = f"http://127.0.0.1:{server.port}"
+    ctx_doc = await browser.new_context(locale="en-GB")
+    ctx_pat = await browser.new_context(locale="en-GB")
+    for ctx in (ctx_doc, ctx_pat):
+        await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
+    doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
+    await login(doc, base, doctor)
+    appointment = await schedule(doc, base, make_matricule("19800402", 127))
+    await doc.click("#invite")
+    await enter(pat, await doc.input_value("#invite-link"))
+    await admit_and_connect(doc, pat, base, appointment)
+    before = {p: await p.evaluate("window.konsilVideo.state().generation") for p in (doc, pat)}
+    turn.stop()
+    lost = (
+        "() => window.konsilVideo.state().events.some((e) => /^pc-(disconnected|failed)$/.test(e))"
+    )
+    for page in (doc, pat):
+        await page.wait_for_function(lost, polling=250, timeout=60_000)
+    turn.start()
+    for page in (doc, pat):
+        await page.wait_for_function(
+            NEW_PEER_FLOWING, arg=before[page], polling=250, timeout=60_000
+        )
+        stats = await page.evaluate("window.konsilVideo.stats()")
+        assert stats["localCandidateType"] == "relay", stats
+    for ctx in (ctx_doc, ctx_pat):
+        await ctx.close()
