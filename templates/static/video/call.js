@@ -12,7 +12,7 @@
   const C = $("check-i18n") ? $("check-i18n").dataset : {};
   let ws = null, pc = null, localStream = null, iceConfig = null, screenTrack = null;
   let inbox = Promise.resolve();
-  let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0, generation = 0;
+  let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0, generation = 0, hellos = 0;
   const events = [];
   const note = (e) => { events.push(e); if (events.length > 50) events.shift(); };
 
@@ -76,7 +76,7 @@
   const marks = {};
   const mark = (name) => { if (!(name in marks)) marks[name] = Date.now(); };
   const kv = { framesDecoded: 0, last: null, marks, stats: () => statsOf(pc),
-    state: () => ({ inCall, ended, role, generation, events }),
+    state: () => ({ inCall, ended, role, generation, events, hellos }),
     sending: () => {
       const snd = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
       return snd ? snd.track.label : null;
@@ -383,7 +383,7 @@
     if (!admittedHere && m.type !== "hello") return;
     switch (m.type) {
       case "hello":
-        mark("hello");
+        mark("hello"); hellos += 1;
         (m.messages || []).forEach(addChat);
         $("file-list").replaceChildren(); (m.files || []).forEach(addFile);
         if ((role === "doctor" && admittedHere) || m.status === "admitted") {
