@@ -4,10 +4,15 @@
 
 1. Invitation click → first decoded frame on both sides (median of ``--rounds``, loopback):
    a real server (aiohttp, SQLite), headless Chromium with fake camera/microphone (Playwright):
-   the patient opens the link, confirms identity and consent, runs the pre-call check against
-   the server's aiortc echo peer, waits; the doctor admits from the live waiting room; both
+   the patient opens the link, confirms identity and consent (one script call fills and submits
+   the form; ``--typed``: Playwright fill/check/click), runs the pre-call check against
+   the server's aiortc echo peer, waits; the doctor admits from the live waiting room (a script in the page clicks "Admit" as
+   soon as the patient is listed with the check result); both
    pages report the first picture of the other (``loadeddata`` of the remote <video>).
-   Also printed: admit click → first frame on both sides (call set-up alone).
+   Also printed: admit click → first frame on both sides (call set-up alone), and a breakdown:
+   the median time after the click of each step (bench steps, and the ``konsilVideo.marks``
+   each page records: media, check offer/answer/first echo frame/done, socket, offer,
+   connected, first frame).
 2. Concurrently open signalling WebSockets held by one server process (``konsil serve`` in a
    subprocess) and its resident memory (VmRSS) before and with the sockets open.
 """
@@ -73,7 +78,33 @@ def schedule_form(seq: int, when: str) -> dict[str, str]:
     }
 
 
-async def first_frame(rounds: int, tmp: Path) -> None:
+ENTER = """() => {
+  document.getElementById("f-birth_date").value = "1980-04-02";
+  document.getElementById("f-consent").checked = true;
+  document.getElementById("entry-submit").click();
+}"""
+
+
+# In the doctor's page: click "Admit" the moment the patient's entry shows the check result
+# (no driver polling in between); resolves with the click time.
+ADMIT = """(id) => new Promise((resolve) => {
+  const ready = () => {
+    const li = document.querySelector(`li[data-appointment='${id}']`);
+    const btn = li && li.querySelector("form.admit button");
+    return btn && li.querySelector(".check").textContent.includes("camera") ? btn : null;
+  };
+  const go = (btn) => { const at = Date.now(); btn.click(); resolve(at); };
+  const now = ready();
+  if (now) { go(now); return; }
+  const obs = new MutationObserver(() => {
+    const btn = ready();
+    if (btn) { obs.disconnect(); go(btn); }
+  });
+  obs.observe(document.getElementById("lobby-list"), { childList: true, subtree: true, characterData: true });
+})"""
+
+
+async def first_frame(rounds: int, tmp: Path, typed: bool) -> None:
     from playwright.async_api import async_playwright
 
     url = f"sqlite+aiosqlite:///{tmp / 'ff.db'}"
@@ -92,6 +123,7 @@ async def first_frame(rounds: int, tmp: Path) -> None:
         svc = app[SERVICE]
         totals: list[float] = []
         setups: list[float] = []
+        steps: dict[str, list[float]] = {}
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             lang = [{"name": "konsil_lang", "value": "en", "url": base}]
@@ -116,16 +148,18 @@ async def first_frame(rounds: int, tmp: Path) -> None:
                 pat = await pctx.new_page()
                 click = time.time() * 1000
                 await pat.goto(f"{base}/video/join/{inv.token}")
-                await pat.fill("#f-birth_date", "1980-04-02")
-                await pat.check("#f-consent")
-                await pat.click("main button[type=submit]")
-                item = doc.locator(f"li[data-appointment='{appt.id}'] form.admit button")
-                await doc.locator(f"li[data-appointment='{appt.id}']", has_text="camera").wait_for(
-                    timeout=60_000
-                )
-                await pat.wait_for_selector("#waiting:not([hidden])", timeout=60_000)
-                admit = time.time() * 1000
-                await item.click()
+                bench = {"join page loaded": time.time() * 1000}
+                if typed:  # three driver actions (each waits for the element to be stable)
+                    await pat.fill("#f-birth_date", "1980-04-02")
+                    await pat.check("#f-consent")
+                    bench["identity + consent submitted"] = time.time() * 1000
+                    await pat.click("#entry-submit")
+                else:  # the same input in one driver round trip: the page's time, not the driver's
+                    bench["identity + consent submitted"] = time.time() * 1000
+                    await pat.evaluate(ENTER)
+                # The doctor admits as soon as the patient is listed with the check's result.
+                admit = await asyncio.wait_for(doc.evaluate(ADMIT, appt.id), 60)
+                bench["admit clicked"] = admit
                 await doc.wait_for_url(f"{base}/video/call/{appt.id}")
                 ff = "() => !!window.konsilVideo.firstFrameAt"
                 await doc.wait_for_function(ff, polling=20, timeout=60_000)
@@ -134,6 +168,12 @@ async def first_frame(rounds: int, tmp: Path) -> None:
                 p = await pat.evaluate("window.konsilVideo.firstFrameAt")
                 totals.append(max(d, p) - click)
                 setups.append(max(d, p) - admit)
+                marks = {f"bench: {k}": v for k, v in bench.items()}
+                for side, page in (("patient", pat), ("doctor", doc)):
+                    got = await page.evaluate("window.konsilVideo.marks")
+                    marks.update({f"{side}: {k}": v for k, v in got.items()})
+                for k, v in marks.items():
+                    steps.setdefault(k, []).append(max(v - click, 0.0))
                 await doc.click("#btn-hangup")
                 await doc.wait_for_url(f"{base}/video/appointments/{appt.id}/after")
                 await pctx.close()
@@ -147,6 +187,16 @@ async def first_frame(rounds: int, tmp: Path) -> None:
             f"admit click -> first frame both sides, median of {rounds}: "
             f"{statistics.median(setups):.0f} ms (min {min(setups):.0f}, max {max(setups):.0f})"
         )
+        print(
+            "breakdown: median ms after the invitation click (step; + since the previous one;"
+            " 0 = before the click)"
+        )
+        prev = 0.0
+        for name, at in sorted(
+            ((k, statistics.median(v)) for k, v in steps.items()), key=lambda kv: kv[1]
+        ):
+            print(f"  {at:7.0f}  (+{at - prev:5.0f})  {name}")
+            prev = at
     finally:
         await runner.cleanup()
 
@@ -255,12 +305,18 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--sockets", type=int, default=1000)
     ap.add_argument("--skip-browser", action="store_true")
+    ap.add_argument(
+        "--typed",
+        action="store_true",
+        help="fill the entry form with Playwright fill/check/click (slower driver round trips)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if not args.skip_browser:
-            await first_frame(args.rounds, tmp)
-        await sockets(args.sockets, tmp)
+            await first_frame(args.rounds, tmp, args.typed)
+        if args.sockets:
+            await sockets(args.sockets, tmp)
 
 
 if __name__ == "__main__":

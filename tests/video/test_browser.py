@@ -25,7 +25,7 @@ from tests.conftest import Person
 from tests.video.conftest import ServerFactory, Smtp, Turn
 from video.domain.service import check_schedule
 from video.models import VideoAppointment
-from video.web import SERVICE
+from video.web import HUB, SERVICE
 from workflow.cda.validation import validate_cda
 from workflow.models import ClinicalDocument
 from workflow.simulators import cns, dsp
@@ -339,5 +339,85 @@ async def test_relay_only_call_through_coturn(
     body = await ice.json()
     assert body["iceTransportPolicy"] == "relay"
     assert body["iceServers"][0]["username"].endswith(f":guest-{appointment}")
+    for ctx in (ctx_doc, ctx_pat):
+        await ctx.close()
+
+
+NEW_PEER_FLOWING = """async (gen) => {
+  const k = window.konsilVideo;
+  return k.state().generation > gen && (await k.stats()).framesDecoded > 0;
+}"""
+
+
+async def test_call_recovers_when_the_signalling_sockets_drop(
+    browser: Any, video_server: ServerFactory, doctor: Person
+) -> None:
+    """The server drops both signalling WebSockets (as a restart or a network cut does): both
+    pages reconnect with backoff, the peer connection is re-created and pictures flow again."""
+    server = await video_server()
+    base = f"http://127.0.0.1:{server.port}"
+    app = server.app
+    assert app is not None
+    ctx_doc = await browser.new_context(locale="en-GB")
+    ctx_pat = await browser.new_context(locale="en-GB")
+    for ctx in (ctx_doc, ctx_pat):
+        await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
+    doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
+    await login(doc, base, doctor)
+    appointment = await schedule(doc, base, make_matricule("19800402", 126))
+    await doc.click("#invite")
+    await enter(pat, await doc.input_value("#invite-link"))
+    await admit_and_connect(doc, pat, base, appointment)
+    before = {p: await p.evaluate("window.konsilVideo.state().generation") for p in (doc, pat)}
+    hellos = {p: await p.evaluate("window.konsilVideo.state().hellos") for p in (doc, pat)}
+    for ws in list(app[HUB].rooms[appointment].values()):
+        await ws.close(code=1012, message=b"restart")
+    for page in (doc, pat):  # each page greeted again on a new socket
+        await page.wait_for_function(
+            "(n) => window.konsilVideo.state().hellos > n",
+            arg=hellos[page],
+            polling=250,
+            timeout=30_000,
+        )
+    for page in (doc, pat):
+        await page.wait_for_function(
+            NEW_PEER_FLOWING, arg=before[page], polling=250, timeout=30_000
+        )
+    for ctx in (ctx_doc, ctx_pat):
+        await ctx.close()
+
+
+async def test_relay_call_recovers_after_the_relay_drops(
+    browser: Any, video_server: ServerFactory, turn: Turn, doctor: Person
+) -> None:
+    """A relay-only call loses its media path (coturn stops: what a network drop does to
+    it); both pages see the connection go, the peer connection is re-created once the relay
+    is back, and pictures flow again on both sides."""
+    server = await video_server(turn=turn, force_relay=True)
+    base = f"http://127.0.0.1:{server.port}"
+    ctx_doc = await browser.new_context(locale="en-GB")
+    ctx_pat = await browser.new_context(locale="en-GB")
+    for ctx in (ctx_doc, ctx_pat):
+        await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
+    doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
+    await login(doc, base, doctor)
+    appointment = await schedule(doc, base, make_matricule("19800402", 127))
+    await doc.click("#invite")
+    await enter(pat, await doc.input_value("#invite-link"))
+    await admit_and_connect(doc, pat, base, appointment)
+    before = {p: await p.evaluate("window.konsilVideo.state().generation") for p in (doc, pat)}
+    turn.stop()
+    lost = (
+        "() => window.konsilVideo.state().events.some((e) => /^pc-(disconnected|failed)$/.test(e))"
+    )
+    for page in (doc, pat):
+        await page.wait_for_function(lost, polling=250, timeout=60_000)
+    turn.start()
+    for page in (doc, pat):
+        await page.wait_for_function(
+            NEW_PEER_FLOWING, arg=before[page], polling=250, timeout=60_000
+        )
+        stats = await page.evaluate("window.konsilVideo.stats()")
+        assert stats["localCandidateType"] == "relay", stats
     for ctx in (ctx_doc, ctx_pat):
         await ctx.close()

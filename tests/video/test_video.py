@@ -21,21 +21,24 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
-from konsil.audit.service import Actor
+from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.clock import FakeClock, local
+from konsil.db import Database
 from konsil.errors import RateLimited, ValidationError
 from konsil.identity.matricule import make_matricule
 from konsil.identity.models import Account
 from tests.conftest import CSRF_RE, AiohttpClient, Client, Person, web_login
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import read_invitation_token, turn_credentials
-from video.domain.documents import check_after_call
+from video.domain.documents import ConsultationReport, IssueContext, Prepared, check_after_call
+from video.domain.issuer import WorkflowIssuer
 from video.domain.service import VideoService, check_schedule
 from video.models import VideoAppointment, VideoDocument, VideoFile, VideoInvitation
-from video.web import GUEST_COOKIE, SERVICE
+from video.web import CHECKS, GUEST_COOKIE, SERVICE
 from workflow.cda.validation import validate_cda
 from workflow.documents import verify_document
 from workflow.models import ClinicalDocument, OutboxMessage
@@ -313,6 +316,66 @@ async def test_precheck_echo_with_two_aiortc_peers() -> None:
     assert peers.count == 0
 
 
+async def test_a_check_that_never_finishes_is_closed_and_reported(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    """The browser offers, gets the echo peer's answer and then never finishes (no result):
+    the server closes the peer after ``check_timeout_seconds`` (1 s here), records and audits
+    a failed check, tells the patient's page in plain words and the doctor's waiting room."""
+    peers = client.app[CHECKS]
+    peers.timeout_seconds = 1
+    a = await _appointment(client, doctor, 9, clock)
+    patient = await aiohttp_client(client.server)
+    link = await _link(client, doctor, a)
+    page = await patient.get(link)
+    m = CSRF_RE.search(await page.text())
+    assert m
+    csrf = m.group(1)
+    entered = await patient.post(
+        link,
+        data={"csrf_token": csrf, "birth_date": "1975-03-10", "consent": "yes"},
+        allow_redirects=False,
+    )
+    assert entered.status == 303
+    ws = await patient.ws_connect(f"/video/ws/{a}")
+    assert (await ws.receive_json())["type"] == "hello"
+    browser = RTCPeerConnection()
+    try:
+        browser.addTrack(VideoStreamTrack())
+        await browser.setLocalDescription(await browser.createOffer())
+        offer = {"sdp": browser.localDescription.sdp, "type": "offer"}
+        r = await patient.post(f"/video/api/{a}/check", json=offer, headers={"X-CSRF-Token": csrf})
+        assert r.status == 200 and (await r.json())["type"] == "answer"
+        assert peers.count == 1
+        async with asyncio.timeout(20):
+            while (msg := await ws.receive_json())["type"] != "check":
+                pass
+        assert msg == {"type": "check", "status": "timed_out"}
+    finally:
+        await browser.close()
+        await ws.close()
+    assert peers.count == 0
+    # The page's words for it.
+    patient.session.cookie_jar.update_cookies({"konsil_lang": "en"})
+    room = await (await patient.get(f"/video/room/{a}")).text()
+    assert "The connection test did not finish in time and was stopped." in room
+    waiting = await client.app[SERVICE].waiting(doctor.account_id)
+    assert [w["check"]["timed_out"] for w in waiting if w["id"] == a] == [True]
+    async with client.app[K.DB].session() as s:
+        failed = (
+            (
+                await s.execute(
+                    select(AuditEvent).where(
+                        AuditEvent.action == "video.check", AuditEvent.outcome == "failure"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(failed) == 1 and failed[0].resource == f"video/{a}"
+
+
 def test_after_call_form_validation() -> None:
     day = date(2026, 1, 15)
     with pytest.raises(ValidationError) as exc:
@@ -381,6 +444,48 @@ def test_after_call_form_validation() -> None:
     line = rx.lines[0]
     assert (line.atc, line.dose, line.times, line.period_unit) == ("J01CA04", Decimal(1), 3, "d")
     assert line.reimbursable and line.duration_days == 7
+
+
+class _WritesWhilePreparing(WorkflowIssuer):
+    """The real issuer; while it builds and renders, another writer commits an audit row
+    (under SQLite's single writer this would wait forever if the form's transaction were open)."""
+
+    def __init__(self, inner: WorkflowIssuer, db: Database, audit: AuditLog) -> None:
+        super().__init__(inner.documents, inner.outbox)
+        self.db, self.audit = db, audit
+        self.committed: list[str] = []
+
+    async def prepare_report(
+        self, s: AsyncSession, ctx: IssueContext, report: ConsultationReport
+    ) -> Prepared:
+        async with asyncio.timeout(10), self.db.transaction() as other:
+            await self.audit.record(other, SYSTEM, "test.meanwhile", patient_id=ctx.patient_id)
+        self.committed.append(ctx.appointment_id)
+        return await super().prepare_report(s, ctx, report)
+
+
+async def test_after_call_documents_are_rendered_before_the_transaction(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    svc: VideoService = client.app[SERVICE]
+    assert isinstance(svc.issuer, WorkflowIssuer)
+    watching = _WritesWhilePreparing(svc.issuer, client.app[K.DB], client.app[K.AUDIT])
+    svc.issuer = watching
+    a = await _appointment(client, doctor, 8, clock)
+    patient = await aiohttp_client(client.server)
+    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
+    csrf = await web_login(client, doctor)
+    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
+    clock.advance(10 * 60)
+    form = {"csrf_token": csrf, "reason": "Toux.", "findings": "RAS.", "plan": "Repos."}
+    ok = await client.post(f"/video/appointments/{a}/after", data=form, allow_redirects=False)
+    assert ok.status == 303, await ok.text()
+    assert watching.committed == [a]
+    async with client.app[K.DB].session() as s:
+        doc = (await s.execute(select(VideoDocument))).scalar_one()
+        assert doc.kind == "report"
+    pdf = await client.get(f"/video/documents/{a}/{doc.id}")
+    assert pdf.status == 200 and (await pdf.read()).startswith(b"%PDF-")
 
 
 async def test_after_call_documents_are_signed_stored_and_queued(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiortc import (
     MediaStreamTrack,
@@ -29,15 +30,24 @@ log = logging.getLogger("konsil.video.check")
 class _Peer:
     pc: RTCPeerConnection
     timer: asyncio.TimerHandle | None = None
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class CheckPeers:
-    def __init__(self, max_peers: int, timeout_seconds: float) -> None:
+    """``on_expire(key)`` is awaited after a peer was closed because its check did not finish
+    within ``timeout_seconds`` (to record it and tell the people concerned)."""
+
+    def __init__(
+        self,
+        max_peers: int,
+        timeout_seconds: float,
+        on_expire: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.max_peers = max_peers
         self.timeout_seconds = timeout_seconds
+        self.on_expire = on_expire
         self.relay = MediaRelay()
         self._peers: dict[str, _Peer] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def count(self) -> int:
@@ -81,8 +91,26 @@ class CheckPeers:
     def _expire(self, key: str, pc: RTCPeerConnection) -> None:
         peer = self._peers.get(key)
         if peer is not None and peer.pc is pc:
-            task = asyncio.ensure_future(self.close(key, pc))
-            peer.tasks.add(task)
+            task = asyncio.ensure_future(self._expired(key, pc))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _expired(self, key: str, pc: RTCPeerConnection) -> None:
+        log.info("pre-call check timed out after %s s", self.timeout_seconds)
+        await self.close(key, pc)
+        if self.on_expire is not None:
+            try:
+                await self.on_expire(key)
+            except Exception:
+                log.exception("reporting an expired pre-call check failed")
+
+    def close_soon(self, key: str) -> None:
+        """Close the key's peer in the background (the caller does not wait for aiortc)."""
+        peer = self._peers.get(key)
+        if peer is not None:
+            task = asyncio.ensure_future(self.close(key, peer.pc))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self, key: str, pc: RTCPeerConnection | None = None) -> None:
         peer = self._peers.get(key)
@@ -97,3 +125,5 @@ class CheckPeers:
     async def close_all(self) -> None:
         for key in list(self._peers):
             await self.close(key)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -133,25 +133,40 @@ class Issued:
     pdf: bytes
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A document built, validated and rendered (the patient's PDF copy) but not stored yet;
+    ``content`` is the issuer's own (what ``store`` needs)."""
+
+    kind: str  # report | sick_leave | prescription
+    title: str
+    pdf: bytes
+    content: Any
+
+
 class DocumentIssuer(Protocol):
     """Turns after-call values into issued documents (signed CDA → DSP, CIT → CNS and DSP).
 
-    The ``issue_*`` methods are called inside the transaction that records the consultation's
-    end: a document and its outgoing messages commit with the form or not at all. A value the
-    builders refuse raises ``ValidationError``. ``wake`` is called after the commit.
+    Two steps, so that the slow part holds no write lock: the ``prepare_*`` methods read (a
+    read-only session), build, validate and render the patient's copy, and raise
+    ``ValidationError`` when a builder refuses a value (nothing is written); ``store`` is called
+    inside the transaction that records the consultation's end, so a document and its outgoing
+    messages commit with the form or not at all. ``wake`` is called after the commit.
     """
 
-    async def issue_report(
+    async def prepare_report(
         self, s: AsyncSession, ctx: IssueContext, report: ConsultationReport
-    ) -> Issued: ...
+    ) -> Prepared: ...
 
-    async def issue_sick_leave(
+    async def prepare_sick_leave(
         self, s: AsyncSession, ctx: IssueContext, cert: SickLeaveCertificate
-    ) -> Issued: ...
+    ) -> Prepared: ...
 
-    async def issue_prescription(
+    async def prepare_prescription(
         self, s: AsyncSession, ctx: IssueContext, rx: Prescription
-    ) -> Issued: ...
+    ) -> Prepared: ...
+
+    async def store(self, s: AsyncSession, ctx: IssueContext, prepared: Prepared) -> Issued: ...
 
     async def delivery(
         self, s: AsyncSession, document_ids: Sequence[str]

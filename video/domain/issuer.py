@@ -6,7 +6,8 @@ authenticator) and the doctor's organisation. The CDA is validated (XML Schema +
 stored final and signed with the organisation's key, and queued in the caller's transaction:
 the report and the prescription to the DSP, the sick-leave certificate to the CNS and the DSP.
 A value the builders refuse raises ``ValidationError`` with the form's field names, so nothing
-is written.
+is written. Building, validating and rendering the patient's PDF happen in ``prepare_*``,
+before the form's transaction; ``store`` signs, stores and queues inside it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from video.domain.documents import (
     ConsultationReport,
     IssueContext,
     Issued,
+    Prepared,
     Prescription,
     SickLeaveCertificate,
 )
@@ -93,6 +95,16 @@ class _Parties:
     organisation_id: str
 
 
+@dataclass(frozen=True)
+class _Built:
+    """A prepared document: its parties, workflow kind, validated CDA and where it goes."""
+
+    parties: _Parties
+    cda_kind: str
+    xml: bytes
+    targets: tuple[str, ...]
+
+
 class WorkflowIssuer:
     def __init__(
         self, documents: DocumentStore, outbox: Outbox, wake: Callable[[], None] | None = None
@@ -154,37 +166,36 @@ class WorkflowIssuer:
         )
         return _Parties(document_id, header, patient, pr.id, org.id)
 
-    async def _store(
-        self,
-        s: AsyncSession,
-        ctx: IssueContext,
-        parties: _Parties,
-        kind: str,
-        xml: bytes,
-        targets: tuple[str, ...],
-    ) -> str:
+    @staticmethod
+    def _checked(xml: bytes) -> bytes:
         problems = validate_cda(xml)
         if problems:  # the builders' output must pass; say which rule failed, keep nothing
             raise ValidationError(
                 "the document does not pass validation", fields={"document": problems[0]}
             )
-        dtype = codes.BY_KIND[kind]
+        return xml
+
+    async def store(self, s: AsyncSession, ctx: IssueContext, prepared: Prepared) -> Issued:
+        built = prepared.content
+        assert isinstance(built, _Built)
+        parties = built.parties
+        dtype = codes.BY_KIND[built.cda_kind]
         doc = await self.documents.do_create(
             s,
             Actor(ctx.practitioner_account_id),
             NewDocument(
-                kind=kind,
+                kind=built.cda_kind,
                 type_code=dtype.code,
                 patient_id=ctx.patient_id,
                 organisation_id=parties.organisation_id,
-                content=xml,
+                content=built.xml,
                 author_account_id=ctx.practitioner_account_id,
                 author_practitioner_id=parties.practitioner_id,
                 legal_authenticator_id=parties.practitioner_id,
                 document_id=parties.document_id,
             ),
         )
-        for target in targets:
+        for target in built.targets:
             await self.outbox.enqueue(
                 s,
                 target,
@@ -193,11 +204,11 @@ class WorkflowIssuer:
                 document_id=doc.id,
                 author_account_id=ctx.practitioner_account_id,
             )
-        return doc.id
+        return Issued(doc.id, prepared.title, prepared.pdf)
 
-    async def issue_report(
+    async def prepare_report(
         self, s: AsyncSession, ctx: IssueContext, report: ConsultationReport
-    ) -> Issued:
+    ) -> Prepared:
         parties = await self._parties(s, ctx)
         tc = Teleconsultation(
             start=ctx.start,
@@ -215,13 +226,15 @@ class WorkflowIssuer:
             xml = build_teleconsultation(tc, parties.header, now=ctx.consultation_at)
         except ValidationError as exc:
             raise _form_fields(exc, lambda k: _REPORT_FIELDS.get(k, k)) from exc
-        doc_id = await self._store(s, ctx, parties, "teleconsultation-report", xml, ("dsp",))
+        xml = self._checked(xml)
         pdf = await asyncio.to_thread(narrative_pdf, xml)
-        return Issued(doc_id, codes.BY_KIND["teleconsultation-report"].display, pdf)
+        kind = "teleconsultation-report"
+        built = _Built(parties, kind, xml, ("dsp",))
+        return Prepared("report", codes.BY_KIND[kind].display, pdf, built)
 
-    async def issue_sick_leave(
+    async def prepare_sick_leave(
         self, s: AsyncSession, ctx: IssueContext, cert: SickLeaveCertificate
-    ) -> Issued:
+    ) -> Prepared:
         parties = await self._parties(s, ctx)
         accident = None
         if cert.kind == "accident" and cert.accident_kind and cert.accident_date:
@@ -239,15 +252,16 @@ class WorkflowIssuer:
             xml = build_sick_leave(value, parties.header, now=now)
         except ValidationError as exc:
             raise _form_fields(exc, lambda k: _SICK_LEAVE_FIELDS.get(k, k)) from exc
-        doc_id = await self._store(s, ctx, parties, "sick-leave", xml, ("cns", "dsp"))
+        xml = self._checked(xml)
         pdf = await asyncio.to_thread(
             sick_leave_pdf, value, parties.header, copy="patient", now=now
         )
-        return Issued(doc_id, codes.BY_KIND["sick-leave"].display, pdf)
+        built = _Built(parties, "sick-leave", xml, ("cns", "dsp"))
+        return Prepared("sick_leave", codes.BY_KIND["sick-leave"].display, pdf, built)
 
-    async def issue_prescription(
+    async def prepare_prescription(
         self, s: AsyncSession, ctx: IssueContext, rx: Prescription
-    ) -> Issued:
+    ) -> Prepared:
         parties = await self._parties(s, ctx)
         value = rxcda.Prescription(
             tuple(
@@ -274,9 +288,10 @@ class WorkflowIssuer:
             xml = rxcda.build_prescription(value, parties.header, now=ctx.consultation_at)
         except ValidationError as exc:
             raise _form_fields(exc, _rx_field) from exc
-        doc_id = await self._store(s, ctx, parties, "prescription", xml, ("dsp",))
+        xml = self._checked(xml)
         pdf = await asyncio.to_thread(narrative_pdf, xml)
-        return Issued(doc_id, codes.BY_KIND["prescription"].display, pdf)
+        built = _Built(parties, "prescription", xml, ("dsp",))
+        return Prepared("prescription", codes.BY_KIND["prescription"].display, pdf, built)
 
     async def delivery(
         self, s: AsyncSession, document_ids: Sequence[str]

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.audit.service import Actor, AuditLog
+from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.clock import LUXEMBOURG, Clock, to_utc
 from konsil.config import VideoConfig
 from konsil.db import Database
@@ -29,7 +29,7 @@ from video.domain.crypto import (
     read_invitation_token,
     sha256_hex,
 )
-from video.domain.documents import DocumentIssuer, IssueContext, check_after_call
+from video.domain.documents import DocumentIssuer, IssueContext, Prepared, check_after_call
 from video.models import (
     VideoAppointment,
     VideoConsent,
@@ -41,6 +41,7 @@ from video.models import (
 
 CONSENT_VERSION = "2026-1"
 ACTIVE = ("scheduled", "waiting", "admitted")
+DOCUMENT_KINDS = ("report", "sick_leave", "prescription")
 ALLOWED_TYPES = {
     "application/pdf": (b"%PDF-",),
     "image/png": (b"\x89PNG\r\n\x1a\n",),
@@ -392,9 +393,10 @@ class VideoService:
             return appt
 
     async def do_enter(
-        self, token: str, form: Mapping[str, str], ip: str | None
+        self, token: str, form: Mapping[str, str], ip: str | None, *, check_start: bool = False
     ) -> tuple[GuestPrincipal, str]:
-        """Identity check and consent; returns the guest and its cookie secret (once)."""
+        """Identity check and consent; returns the guest and its cookie secret (once).
+        ``check_start``: the pre-call check starts with the entry (audited with it)."""
         consent = form.get("consent") == "yes"
         async with self.db.transaction() as s:
             inv, appt = await self._check_link(s, token, ip)
@@ -459,6 +461,14 @@ class VideoService:
                     resource=f"video/{appt.id}",
                     details={"identified_by": how, "version": CONSENT_VERSION},
                 )
+                if check_start:
+                    await self.audit.record(
+                        s,
+                        guest.actor(ip),
+                        "video.check.start",
+                        patient_id=appt.patient_id,
+                        resource=f"video/{appt.id}",
+                    )
         if failed is not None:
             raise failed
         return guest, secret
@@ -554,21 +564,56 @@ class VideoService:
             )
         return clean
 
-    async def do_set_waiting(self, party: Party, appointment_id: str) -> VideoAppointment:
+    async def do_check_timed_out(self, appointment_id: str) -> VideoAppointment | None:
+        """The server closed a pre-call check that did not finish in time: recorded (the
+        doctor's waiting room says so), audited as a failed check."""
+        result = {
+            "camera": False,
+            "microphone": False,
+            "rtt_ms": None,
+            "fps": None,
+            "connection": "weak",
+            "timed_out": True,
+        }
+        async with self.db.transaction() as s:
+            appt = await s.get(VideoAppointment, appointment_id)
+            if appt is None:
+                return None
+            appt.check_result = json.dumps(result)
+            await self.audit.record(
+                s,
+                SYSTEM,
+                "video.check",
+                patient_id=appt.patient_id,
+                resource=f"video/{appt.id}",
+                outcome="failure",
+                details={"timed_out": True},
+            )
+            return appt
+
+    async def _move(
+        self, party: Party, appointment_id: str, src: str, dst: str, stamp: str, action: str
+    ) -> VideoAppointment:
+        """``src`` → ``dst`` (time in ``stamp``, audited as ``action``); otherwise unchanged."""
         async with self.db.transaction() as s:
             appt = await s.get(VideoAppointment, appointment_id)
             assert appt is not None
-            if appt.status == "scheduled":
-                appt.status = "waiting"
-                appt.waiting_since = self.clock.now()
+            if appt.status == src:
+                appt.status = dst
+                setattr(appt, stamp, self.clock.now())
                 await self.audit.record(
                     s,
                     party.actor,
-                    "video.wait",
+                    action,
                     patient_id=appt.patient_id,
                     resource=f"video/{appt.id}",
                 )
             return appt
+
+    async def do_set_waiting(self, party: Party, appointment_id: str) -> VideoAppointment:
+        return await self._move(
+            party, appointment_id, "scheduled", "waiting", "waiting_since", "video.wait"
+        )
 
     async def do_admit(self, actor: Actor, appointment_id: str, admit: bool) -> VideoAppointment:
         async with self.db.transaction() as s:
@@ -589,19 +634,7 @@ class VideoService:
             return appt
 
     async def do_end(self, party: Party, appointment_id: str) -> None:
-        async with self.db.transaction() as s:
-            appt = await s.get(VideoAppointment, appointment_id)
-            assert appt is not None
-            if appt.status == "admitted":
-                appt.status = "ended"
-                appt.ended_at = self.clock.now()
-                await self.audit.record(
-                    s,
-                    party.actor,
-                    "video.hangup",
-                    patient_id=appt.patient_id,
-                    resource=f"video/{appt.id}",
-                )
+        await self._move(party, appointment_id, "admitted", "ended", "ended_at", "video.hangup")
 
     async def waiting(self, account_id: str) -> list[dict[str, Any]]:
         """The practitioner's patients in the waiting room or admitted (no audit: a push feed of
@@ -743,51 +776,72 @@ class VideoService:
 
     # ------------------------------------------------------------------ after the call
 
+    async def _issue_context(
+        self, s: AsyncSession, appt: VideoAppointment, actor: Actor, now: datetime
+    ) -> IssueContext:
+        consented = (
+            await s.execute(
+                select(VideoConsent.id).where(VideoConsent.appointment_id == appt.id).limit(1)
+            )
+        ).first() is not None
+        return IssueContext(
+            appt.id,
+            appt.patient_id,
+            actor.id,
+            now,
+            start=to_utc(appt.admitted_at or appt.starts_at),
+            end=to_utc(appt.ended_at or now),
+            patient_consent=consented,
+        )
+
+    async def _issued_already(self, s: AsyncSession, appointment_id: str) -> bool:
+        return (
+            await s.execute(
+                select(VideoDocument.id).where(VideoDocument.appointment_id == appointment_id)
+            )
+        ).first() is not None
+
     async def do_after_call(
         self, actor: Actor, appointment_id: str, form: Mapping[str, str]
     ) -> list[str]:
+        issuer = self.issuer
+        now = self.clock.now()
+        # 1. Build, validate and render the documents with reads only: the PDFs are not drawn
+        #    under the writer's lock, and a refusal (ValidationError) writes nothing.
+        prepared: list[Prepared] = []
+        async with self.db.session() as s:
+            appt = await s.get(VideoAppointment, appointment_id)
+            if (
+                appt is not None
+                and appt.practitioner_account_id == actor.id
+                and appt.status in ("admitted", "ended")
+                and issuer is not None
+                and not await self._issued_already(s, appt.id)
+            ):
+                docs = check_after_call(form, to_utc(appt.starts_at).astimezone(LUXEMBOURG).date())
+                ctx = await self._issue_context(s, appt, actor, now)
+                prepared.append(await issuer.prepare_report(s, ctx, docs.report))
+                if docs.sick_leave is not None:
+                    prepared.append(await issuer.prepare_sick_leave(s, ctx, docs.sick_leave))
+                if docs.prescription is not None:
+                    prepared.append(await issuer.prepare_prescription(s, ctx, docs.prescription))
+        # 2. One transaction: the checks again (another request may have come first), the end
+        #    of the consultation, the signed documents, their messages and the patient's copies.
         async with self.db.transaction() as s:
             appt = await self._own(s, actor, appointment_id)
             if appt.status not in ("admitted", "ended"):
                 raise Conflict("documents are written after the consultation")
-            docs = check_after_call(form, to_utc(appt.starts_at).astimezone(LUXEMBOURG).date())
-            already = (
-                await s.execute(
-                    select(VideoDocument.id).where(VideoDocument.appointment_id == appt.id).limit(1)
-                )
-            ).first()
-            if already is not None:
+            if await self._issued_already(s, appt.id):
                 raise Conflict("the documents of this consultation have already been issued")
-            if appt.status == "admitted":
-                appt.status = "ended"
-                appt.ended_at = self.clock.now()
-            now = self.clock.now()
-            consented = (
-                await s.execute(
-                    select(VideoConsent.id).where(VideoConsent.appointment_id == appt.id).limit(1)
-                )
-            ).first() is not None
-            ctx = IssueContext(
-                appt.id,
-                appt.patient_id,
-                actor.id,
-                now,
-                start=to_utc(appt.admitted_at or appt.starts_at),
-                end=to_utc(appt.ended_at or now),
-                patient_consent=consented,
-            )
-            issuer = self.issuer
             if issuer is None:
                 raise Conflict("no document pipeline is configured (the workflow feature)")
-            issued = [("report", await issuer.issue_report(s, ctx, docs.report))]
-            if docs.sick_leave is not None:
-                issued.append(
-                    ("sick_leave", await issuer.issue_sick_leave(s, ctx, docs.sick_leave))
-                )
-            if docs.prescription is not None:
-                issued.append(
-                    ("prescription", await issuer.issue_prescription(s, ctx, docs.prescription))
-                )
+            if not prepared:
+                raise Conflict("the consultation changed meanwhile: submit the form again")
+            ctx = await self._issue_context(s, appt, actor, now)
+            if appt.status == "admitted":
+                appt.status = "ended"
+                appt.ended_at = now
+            issued = [(p.kind, await issuer.store(s, ctx, p)) for p in prepared]
             for kind, doc in issued:
                 s.add(
                     VideoDocument(
@@ -806,11 +860,7 @@ class VideoService:
                 "video.documents",
                 patient_id=appt.patient_id,
                 resource=f"video/{appt.id}",
-                details={
-                    "report": True,
-                    "sick_leave": docs.sick_leave is not None,
-                    "prescription": docs.prescription is not None,
-                },
+                details={k: any(kind == k for kind, _d in issued) for k in DOCUMENT_KINDS},
             )
         issuer.wake()
         return [doc.document_id for _kind, doc in issued]

@@ -22,6 +22,7 @@ from konsil.errors import BadRequest, Forbidden, KonsilError, ValidationError
 from konsil.web.request import (
     actor_of,
     client_ip,
+    gettext,
     json_response,
     principal_of,
     read_form,
@@ -93,15 +94,24 @@ def _same_origin(request: web.Request) -> None:
         raise Forbidden("cross-site WebSocket refused")
 
 
+def _wants_json(request: web.Request) -> bool:
+    """The page's script submitted the form (fetch) and continues in the page."""
+    return request.headers.get("Accept", "").startswith("application/json")
+
+
 def _fmt(dt: Any) -> str:
     return local(dt).strftime("%d/%m/%Y %H:%M")
 
 
 async def _push_lobby(request: web.Request, account_id: str) -> None:
-    if not request.app[HUB].lobbies.get(account_id):
+    await _push_lobby_of(request.app, account_id)
+
+
+async def _push_lobby_of(app: web.Application, account_id: str) -> None:
+    if not app[HUB].lobbies.get(account_id):
         return  # nobody is watching this practitioner's waiting room
-    items = await _svc(request).waiting(account_id)
-    await request.app[HUB].push_lobby(account_id, {"type": "waiting", "items": items})
+    items = await app[SERVICE].waiting(account_id)
+    await app[HUB].push_lobby(account_id, {"type": "waiting", "items": items})
 
 
 # ---------------------------------------------------------------- practitioner pages
@@ -241,7 +251,11 @@ async def admit(request: web.Request) -> web.Response:
     appointment = request.match_info["appointment"]
     await _svc(request).do_admit(actor_of(request), appointment, True)
     await request.app[HUB].send(appointment, "patient", {"type": "status", "status": "admitted"})
+    # The doctor's dashboard may hold this appointment's socket already (pre-warmed): start now.
+    await _announce(request, appointment)
     await _push_lobby(request, p.account_id)
+    if _wants_json(request):
+        return json_response({"call": f"/video/call/{appointment}"})
     raise web.HTTPSeeOther(f"/video/call/{appointment}")
 
 
@@ -320,9 +334,21 @@ async def join_submit(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     form = await read_form(request)
     svc = _svc(request)
+    # The page's script sends the pre-call check's offer with the form: answered in this reply.
+    check_sdp = form.get("check_sdp", "") if _wants_json(request) else ""
     try:
-        guest, secret = await svc.do_enter(token, form, client_ip(request))
+        guest, secret = await svc.do_enter(
+            token, form, client_ip(request), check_start=bool(check_sdp)
+        )
     except ValidationError as exc:
+        if _wants_json(request):
+            return json_response(
+                {
+                    "error": gettext(request, exc.message),
+                    "fields": {k: gettext(request, v) for k, v in exc.fields.items()},
+                },
+                status=400,
+            )
         appt = await svc.check_link(token, client_ip(request))
         return render(
             request,
@@ -330,7 +356,21 @@ async def join_submit(request: web.Request) -> web.Response:
             {"token": token, "a": appt, "form": form, "error": exc},
             status=400,
         )
-    resp = web.HTTPSeeOther(f"/video/room/{guest.appointment_id}")
+    room = f"/video/room/{guest.appointment_id}"
+    resp: web.Response
+    if _wants_json(request):
+        body: dict[str, Any] = {"room": room}
+        if check_sdp:
+            try:
+                sdp, kind = await request.app[CHECKS].answer(
+                    guest.appointment_id, check_sdp, "offer"
+                )
+                body["check"] = {"sdp": sdp, "type": kind}
+            except KonsilError as exc:  # busy or unusable offer: the page asks again
+                body["check_error"] = gettext(request, exc.message)
+        resp = json_response(body)
+    else:
+        resp = web.HTTPSeeOther(room)
     cfg = request.app[K.CONFIG]
     resp.set_cookie(
         GUEST_COOKIE,
@@ -341,7 +381,9 @@ async def join_submit(request: web.Request) -> web.Response:
         path="/video",
         max_age=cfg.video.link_valid_hours * 3600 + 86_400,
     )
-    raise resp
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
 
 
 @routes.get("/video/room/{appointment}")
@@ -411,7 +453,7 @@ async def check_done(request: web.Request) -> web.Response:
     if party.role != "patient":
         raise Forbidden("the connection test is the patient's")
     body = await read_json(request)
-    await request.app[CHECKS].close(appt.id)
+    request.app[CHECKS].close_soon(appt.id)  # closing aiortc takes a while: not on the reply
     result = await _svc(request).do_record_check(party, appt.id, body)
     await _push_lobby(request, appt.practitioner_account_id)
     return json_response(result)
@@ -593,7 +635,16 @@ def setup(app: web.Application) -> None:
     app[K.TRANSLATOR].add(FRENCH)
     app[HUB] = Hub()
     cfg = app[K.CONFIG]
-    app[CHECKS] = CheckPeers(cfg.video.max_check_peers, cfg.video.check_timeout_seconds)
+
+    async def check_expired(appointment_id: str) -> None:
+        appt = await app[SERVICE].do_check_timed_out(appointment_id)
+        if appt is not None:
+            await app[HUB].send(appointment_id, "patient", {"type": "check", "status": "timed_out"})
+            await _push_lobby_of(app, appt.practitioner_account_id)
+
+    app[CHECKS] = CheckPeers(
+        cfg.video.max_check_peers, cfg.video.check_timeout_seconds, on_expire=check_expired
+    )
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE] = VideoService(

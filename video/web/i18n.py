@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 FRENCH: dict[str, str] = {
+    "Identity and consent": "Identité et consentement",
+    "The connection test did not finish in time and was stopped. Check your internet connection and try again.": "Le test de connexion n'a pas abouti à temps et a été arrêté. Vérifiez votre connexion internet et réessayez.",
+    "connection test did not finish": "test de connexion non abouti",
+    "Your camera and microphone are prepared on this device meanwhile; nothing is sent before you continue.": "Votre caméra et votre micro sont préparés sur cet appareil en attendant ; rien n'est envoyé avant que vous continuiez.",
     "Accident": "Accident",
     "Reason for the consultation": "Motif de la consultation",
     "History of the present illness (optional)": "Histoire de la maladie (facultatif)",

@@ -6,13 +6,13 @@
   if (!app) return;
   const $ = (id) => document.getElementById(id);
   const role = app.dataset.role;
-  const appt = app.dataset.appointment;
+  let appt = app.dataset.appointment;
   const csrf = app.dataset.csrf;
   const T = $("i18n") ? $("i18n").dataset : {};
   const C = $("check-i18n") ? $("check-i18n").dataset : {};
   let ws = null, pc = null, localStream = null, iceConfig = null, screenTrack = null;
   let inbox = Promise.resolve();
-  let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0, generation = 0;
+  let ended = false, inCall = false, pendingCandidates = [], wsRetry = 0, generation = 0, hellos = 0;
   const events = [];
   const note = (e) => { events.push(e); if (events.length > 50) events.shift(); };
 
@@ -72,8 +72,11 @@
     }
     return out;
   }
-  const kv = { framesDecoded: 0, last: null, stats: () => statsOf(pc),
-    state: () => ({ inCall, ended, role, generation, events }),
+  // Wall-clock times (Date.now()) of the first time each step happened: the bench's breakdown.
+  const marks = {};
+  const mark = (name) => { if (!(name in marks)) marks[name] = Date.now(); };
+  const kv = { framesDecoded: 0, last: null, marks, stats: () => statsOf(pc),
+    state: () => ({ inCall, ended, role, generation, events, hellos }),
     sending: () => {
       const snd = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
       return snd ? snd.track.label : null;
@@ -82,7 +85,7 @@
   const remoteVideo = $("remote");
   if (remoteVideo) {
     // When the first picture of the other person is ready (for the page, tests and the bench).
-    remoteVideo.addEventListener("loadeddata", () => { if (!kv.firstFrameAt) kv.firstFrameAt = Date.now(); });
+    remoteVideo.addEventListener("loadeddata", () => { if (!kv.firstFrameAt) { kv.firstFrameAt = Date.now(); mark("first-frame"); } });
   }
   // While in a call, keep the latest numbers where tests and the page can read them at once.
   setInterval(async () => {
@@ -102,31 +105,74 @@
   }
 
   const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+  const FPS_WINDOW_MS = 300;
 
-  async function runCheck() {
+  // The camera and the check's peer connection (offer, ICE gathering) are prepared at once,
+  // while the patient reads the entry page; nothing reaches the server before entry.
+  let checkPrep = null;
+  function prepareCheck() {
+    if (!checkPrep) {
+      checkPrep = (async () => {
+        const stream = await media();
+        mark("media");
+        const cv = $("check-video"); if (cv && !cv.srcObject) cv.srcObject = stream;
+        const cpc = new RTCPeerConnection({ iceServers: [] });
+        // The echo decodes and re-encodes on the server: a small picture is enough to see
+        // that the camera works and to measure the frame rate (the call sends the full one).
+        const small = new MediaStream(stream.getAudioTracks());
+        for (const t of stream.getVideoTracks()) {
+          const c = t.clone();
+          try { await c.applyConstraints({ width: 320, height: 240 }); } catch (e) { /* as it is */ }
+          small.addTrack(c);
+        }
+        small.getTracks().forEach((t) => cpc.addTrack(t, small));
+        cpc.ontrack = (e) => { $("check-video").srcObject = e.streams[0]; };
+        await cpc.setLocalDescription(await cpc.createOffer());
+        await gathered(cpc);
+        mark("check-offer");
+        return cpc;
+      })();
+      checkPrep.catch(() => { checkPrep = null; });
+    }
+    return checkPrep;
+  }
+
+  // given/answer: the connection prepared before entry and the echo peer's answer, when the
+  // entry form carried the offer (one request for both).
+  async function runCheck(given, answer) {
     $("check-error").hidden = true; $("check-retry").hidden = true;
-    let stream;
-    try { stream = await media(); } catch (e) { $("check-retry").hidden = false; return; }
-    const cpc = new RTCPeerConnection({ iceServers: [] });
+    let cpc = given;
+    if (!cpc) try { cpc = await prepareCheck(); } catch (e) {
+      if (!app.dataset.mediaError) { $("check-error").textContent = `${C.failed} ${e.message || e}`; $("check-error").hidden = false; }
+      $("check-retry").hidden = false; return;
+    }
+    checkPrep = null;  // one connection per check
     try {
-      stream.getTracks().forEach((t) => cpc.addTrack(t, stream));
-      cpc.ontrack = (e) => { $("check-video").srcObject = e.streams[0]; };
-      await cpc.setLocalDescription(await cpc.createOffer());
-      await gathered(cpc);
-      const r = await fetch(`/video/api/${appt}/check`, { method: "POST", headers: jsonHeaders,
-        credentials: "same-origin", body: JSON.stringify({ sdp: cpc.localDescription.sdp, type: cpc.localDescription.type }) });
-      if (!r.ok) throw new Error(await r.text().then((t) => t.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").slice(0, 200)));
-      await cpc.setRemoteDescription(await r.json());
-      // Watch for up to 10 s; stop as soon as a few seconds of video and sound came back.
+      let desc = answer;
+      if (!desc) {
+        const r = await fetch(`/video/api/${appt}/check`, { method: "POST", headers: jsonHeaders,
+          credentials: "same-origin", body: JSON.stringify({ sdp: cpc.localDescription.sdp, type: cpc.localDescription.type }) });
+        if (!r.ok) throw new Error(await r.text().then((t) => t.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").slice(0, 200)));
+        desc = await r.json();
+      }
+      mark("check-answer");
+      // Into the waiting room (the doctor sees the patient, then the result) while the echo runs.
+      if (!ws) connect();
+      await cpc.setRemoteDescription(desc);
+      // Watch for up to 10 s; stop once the picture, the sound and a round-trip time came back
+      // and the frame rate was measured over a short window.
       let first = null, last = null;
-      for (let i = 0; i < 40; i++) {
-        await wait(250);
+      for (let i = 0; i < 100; i++) {
+        await wait(100);
         const s = await statsOf(cpc);
         const now = performance.now();
-        if (s.framesDecoded > 0 && !first) first = { t: now, frames: s.framesDecoded };
+        if (s.framesDecoded > 0 && !first) { first = { t: now, frames: s.framesDecoded }; mark("check-frame"); }
+        if (s.audioPackets > 0) mark("check-audio");
+        if (s.rttMs !== null) mark("check-rtt");
         last = { t: now, s };
-        if (first && now - first.t > 1000 && s.audioPackets > 0) break;
+        if (first && now - first.t >= FPS_WINDOW_MS && s.audioPackets > 0 && s.rttMs !== null) break;
       }
+      mark("check-measured");
       const s = last.s;
       const fps = first && last.t > first.t ? (s.framesDecoded - first.frames) * 1000 / (last.t - first.t) : 0;
       const result = { camera: s.framesDecoded > 0, microphone: s.audioPackets > 0,
@@ -141,15 +187,59 @@
         $(id).className = ok ? "ok" : "bad";
       }
       app.dataset.check = JSON.stringify(clean);
+      mark("check-done");
     } catch (e) {
       $("check-error").textContent = `${C.failed} ${e.message || e}`;
       $("check-error").hidden = false; $("check-retry").hidden = false;
       return;
     } finally {
+      cpc.getSenders().forEach((x) => { if (x.track && x.track.kind === "video") x.track.stop(); });
       cpc.close();
     }
     $("waiting").hidden = false;
-    connect();
+    if (!ws) connect();
+  }
+
+  // Identity + consent submitted by the page itself: the check and the waiting room continue
+  // here, without loading another page. Without script, the form posts as usual.
+  function wireEntry() {
+    const form = $("entry-form");
+    prepareCheck().catch(() => { /* shown by media(); tried again after entry */ });
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const btn = $("entry-submit"); btn.disabled = true;
+      // The check's offer goes with the form when ready (not waiting on a permission prompt).
+      const cpc = await Promise.race([prepareCheck().catch(() => null), wait(1000).then(() => null)]);
+      const body = new URLSearchParams(new FormData(form));
+      if (cpc) body.set("check_sdp", cpc.localDescription.sdp);
+      let r;
+      try {
+        r = await fetch(form.action, { method: "POST", body,
+          headers: { Accept: "application/json" }, credentials: "same-origin" });
+      } catch (err) { btn.disabled = false; form.submit(); return; }
+      btn.disabled = false;
+      const json = (r.headers.get("Content-Type") || "").startsWith("application/json");
+      if (r.status === 400 && json) {
+        const body = await r.json();
+        const box = $("entry-error"); box.replaceChildren();
+        const p = document.createElement("p"); p.textContent = body.error; box.append(p);
+        const ul = document.createElement("ul");
+        for (const [name, why] of Object.entries(body.fields || {})) {
+          const li = document.createElement("li"); li.textContent = why; ul.append(li);
+          const input = $("f-" + name); if (input) input.setAttribute("aria-invalid", "true");
+        }
+        box.append(ul); box.hidden = false;
+        return;
+      }
+      if (!r.ok || !json) { form.submit(); return; }  // the server's own page says why
+      const entered = await r.json();
+      mark("entered");
+      history.replaceState(null, "", entered.room);
+      $("entry").hidden = true;
+      app.dataset.status = "waiting";
+      if (cpc && entered.check) runCheck(cpc, entered.check); else runCheck();
+      ice().catch(() => { /* fetched again for the call */ });
+    });
   }
 
   // ------------------------------------------------------------- the call
@@ -178,7 +268,7 @@
     conn.onconnectionstatechange = () => {
       if (pc !== conn) return;
       note("pc-" + conn.connectionState);
-      if (conn.connectionState === "connected") say(T.connected);
+      if (conn.connectionState === "connected") { say(T.connected); mark("connected"); }
       if (conn.connectionState === "failed" || conn.connectionState === "disconnected") {
         say(T.reconnecting);
         // aiortc-style: no ICE restart; a new connection is negotiated from scratch.
@@ -195,6 +285,7 @@
     await media(); await ice();
     const conn = newPeer();
     say(T.connecting);
+    mark("offer");
     await conn.setLocalDescription(await conn.createOffer());
     send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
   }
@@ -205,6 +296,7 @@
       if (data.description.type === "offer") {
         await media(); await ice();
         const conn = newPeer();
+        mark("offer");
         await conn.setRemoteDescription(data.description);
         await conn.setLocalDescription(await conn.createAnswer());
         send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
@@ -223,18 +315,54 @@
 
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    ws = new WebSocket(`${proto}://${location.host}/video/ws/${appt}`);
-    ws.onopen = () => { wsRetry = 0; };
+    const sock = new WebSocket(`${proto}://${location.host}/video/ws/${appt}`);
+    ws = sock;
+    sock.onopen = () => { wsRetry = 0; mark("ws-open"); };
     // Messages are handled one after the other: an offer never overtakes the greeting.
-    ws.onmessage = (ev) => {
+    sock.onmessage = (ev) => {
+      if (ws !== sock) return;
       const m = JSON.parse(ev.data);
       inbox = inbox.then(() => onMessage(m)).catch((e) => say(String(e)));
     };
-    ws.onclose = (ev) => {
-      if (ended || ev.code === 4000) return;
+    sock.onclose = (ev) => {
+      if (ws !== sock || ended || ev.code === 4000) return;
       say(T.reconnecting);
       wsRetry = Math.min(wsRetry + 1, 5);
       setTimeout(connect, 500 * wsRetry);
+    };
+  }
+
+  // The doctor's dashboard (lobby mode): hold the socket of the patient who waits first, with
+  // camera and ICE servers ready, so that admitting only starts the offer/answer; the call then
+  // opens in the page itself.
+  const lobbyMode = app.dataset.lobby === "1";
+  let admittedHere = !lobbyMode;
+  function watch(id) {
+    if (appt === id && ws) return;
+    const old = ws; ws = null;
+    if (old) old.close();
+    appt = id; app.dataset.appointment = id || "";
+    if (id) connect();
+  }
+  if (lobbyMode) {
+    kv.prewarm = (id) => {
+      if (admittedHere) return;
+      watch(id);
+      if (id) { media().catch(() => { /* said when the call starts */ }); ice().catch(() => { /* idem */ }); }
+    };
+    kv.admit = async (id, name) => {
+      admittedHere = true;
+      watch(id);
+      app.dataset.after = `/video/appointments/${id}/after`;
+      $("after-link").href = app.dataset.after;
+      $("call-name").textContent = name;
+      history.pushState(null, "", `/video/call/${id}`);
+      window.addEventListener("popstate", () => location.reload());
+      $("home").hidden = true; app.hidden = false;
+      showCall(); say(T.connecting);
+      const r = await fetch(`/video/appointments/${id}/admit`, { method: "POST",
+        headers: { "X-CSRF-Token": csrf, Accept: "application/json" }, credentials: "same-origin" });
+      if (!r.ok) throw new Error("admit " + r.status);
     };
   }
 
@@ -251,27 +379,36 @@
 
   async function onMessage(m) {
     note("ws-" + m.type + (m.status ? ":" + m.status : "") + (m.present !== undefined ? ":" + m.present : ""));
+    // Pre-warmed on the dashboard, not admitted yet: only the greeting matters.
+    if (!admittedHere && m.type !== "hello") return;
     switch (m.type) {
       case "hello":
+        mark("hello"); hellos += 1;
         (m.messages || []).forEach(addChat);
         $("file-list").replaceChildren(); (m.files || []).forEach(addFile);
-        if (role === "doctor" || m.status === "admitted") {
+        if ((role === "doctor" && admittedHere) || m.status === "admitted") {
           await media(); await ice(); showCall();
           if (role === "patient") say(T.connecting);
-        }
+        } else if (role === "doctor") { await media(); await ice(); }
         break;
       case "peer":
         if (m.present) { showCall(); if (role === "doctor") await offer(); }
         else { say(T.peerLeft); }
         break;
       case "status":
-        if (m.status === "admitted") { say(T.admitted); await media(); await ice(); showCall(); }
+        if (m.status === "admitted") { mark("admitted"); say(T.admitted); await media(); await ice(); showCall(); }
         else if (m.status === "postponed") { const w = $("waiting-text"); if (w) w.textContent = T.postponed; }
         else if (m.status === "ended") finish(T.ended);
         else if (m.status === "cancelled") finish(T.cancelled);
         break;
       case "signal": await onSignal(m.data); break;
       case "restart": if (role === "doctor") await offer(); break;
+      case "check":  // the server stopped a check that did not finish
+        if (m.status === "timed_out" && $("check-error") && !inCall) {
+          $("check-error").textContent = C.timedOut; $("check-error").hidden = false;
+          $("check-retry").hidden = false;
+        }
+        break;
       case "chat": addChat(m.message); break;
       case "file": addFile(m.file); break;
       default: break;
@@ -360,13 +497,17 @@
     $("btn-hangup").addEventListener("click", () => { send({ type: "hangup" }); });
   }
 
+  mark("page");
   wireControls();
-  if (role === "doctor") {
+  if (lobbyMode) {
+    // the waiting room (lobby.js) says whom to pre-warm
+  } else if (role === "doctor") {
     connect();
   } else if (app.dataset.status === "admitted") {
     connect();
   } else {
     $("check-retry").addEventListener("click", () => { runCheck(); });
-    runCheck();
+    if (app.dataset.status === "entry") wireEntry();
+    else runCheck();
   }
 })();

@@ -17,7 +17,7 @@
       li.querySelector(".name").textContent = it.name;
       li.querySelector(".state").textContent = `(${text(it.status === "admitted" ? "t-admitted" : "t-waiting")})`;
       const c = it.check;
-      li.querySelector(".check").textContent = c
+      li.querySelector(".check").textContent = c && c.timed_out ? text("t-timedout") : c
         ? [c.camera ? text("t-camera-ok") : text("t-camera-bad"), c.microphone ? text("t-mic-ok") : text("t-mic-bad"),
            c.connection === "good" ? text("t-good") : text("t-weak")].join(", ")
         : text("t-nocheck");
@@ -32,7 +32,21 @@
       }
       list.append(li);
     }
+    // Pre-warm the call with the patient who waits first (camera, ICE servers, their socket).
+    const kv = window.konsilVideo;
+    const first = items.find((it) => it.status === "waiting");
+    if (kv && kv.prewarm) kv.prewarm(first ? first.id : null);
   }
+
+  // Admitting opens the call in this page (call.js); without it, the form posts as usual.
+  $("lobby-list").addEventListener("submit", (e) => {
+    const form = e.target;
+    const kv = window.konsilVideo;
+    if (!form.classList.contains("admit") || !kv || !kv.admit) return;
+    e.preventDefault();
+    const li = form.closest("li");
+    kv.admit(li.dataset.appointment, li.querySelector(".name").textContent).catch(() => form.submit());
+  });
 
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
