@@ -4,6 +4,7 @@ profiles, account data and filters."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import and_, delete, func, literal, select, union_all
@@ -322,7 +323,11 @@ class DeviceService:
         self._otk_cache.pop(key, None)
 
     async def cached_key_counts(
-        self, s: AsyncSession, user_id: str, device_id: str, gen: int
+        self,
+        session: Callable[[], Awaitable[AsyncSession]],
+        user_id: str,
+        device_id: str,
+        gen: int,
     ) -> tuple[dict[str, int], list[str]]:
         """``key_counts``, cached per device. ``gen`` is ``otk_generation`` read before ``s``
         began: a count read in a snapshot older than a change is never kept."""
@@ -330,7 +335,7 @@ class DeviceService:
         hit = self._otk_cache.get(key)
         if hit is not None and hit[0] == self._otk_gen.get(key, 0):
             return dict(hit[1]), list(hit[2])
-        counts, fallback = await self.key_counts(s, user_id, device_id)
+        counts, fallback = await self.key_counts(await session(), user_id, device_id)
         if gen == self._otk_gen.get(key, 0):
             if len(self._otk_cache) > 100_000:
                 self._otk_cache.clear()

@@ -31,6 +31,7 @@ from messaging.media import MediaService
 from messaging.models import CurrentState, Event, MediaRoom, Membership, Profile, Room
 from messaging.notifier import Notifier
 from messaging.policy import InvitePolicy
+from messaging.timeline import RecentEvents
 
 AUTH_TYPES = (
     "m.room.create",
@@ -190,9 +191,16 @@ class SendBatcher:
             del self._queue[: self.MAX_BATCH]
             events: list[Event] = []
             users: set[str] = set()
+            room_ids = {it.room_id for it in batch}
+            begun = False
+            last = 0
             try:
                 async with rooms.db.transaction() as s:
                     first = await allocate(s, len(batch))
+                    last = first + len(batch) - 1
+                    # from here until published, syncs read these rooms from the database
+                    rooms.recent.begin(room_ids)
+                    begun = True
                     links: set[tuple[str, str]] = set()
                     for i, it in enumerate(batch):
                         events.append(
@@ -204,19 +212,22 @@ class SendBatcher:
                                 it.event_type,
                                 it.content,
                                 txn=it.txn,
+                                batched=True,
                             )
                         )
                         links.update((m, it.room_id) for m in it.links)
                         users.update(it.notify)
                     for media_id, room_id in links:
                         s.add(MediaRoom(media_id=media_id, room_id=room_id))
-                    last = first + len(batch) - 1
                     rooms.notifier.mark(users, last, "room")
             except Exception as exc:
+                if begun:
+                    rooms.recent.abort(room_ids, last)
                 for it in batch:
                     if not it.fut.done():
                         it.fut.set_exception(exc)
                 continue
+            rooms.recent.publish(room_ids, events)
             rooms.notifier.notify(users, last)
             for it, ev in zip(batch, events, strict=True):
                 if not it.fut.done():
@@ -232,8 +243,10 @@ class RoomService:
         server_name: str,
         invite_policy: InvitePolicy,
         media: MediaService | None = None,
+        recent: RecentEvents | None = None,
     ) -> None:
         self.media = media
+        self.recent = recent or RecentEvents()
         self._batcher = SendBatcher(self)
         self.db = db
         self.clock = clock
@@ -328,6 +341,7 @@ class RoomService:
         *,
         history_visibility: str = "shared",
         txn: tuple[str, str] | None = None,
+        batched: bool = False,
     ) -> Event:
         ev = Event(
             stream=pos,
@@ -342,6 +356,9 @@ class RoomService:
             txn_id=txn[1] if txn else None,
         )
         s.add(ev)
+        if not batched:
+            # only the send batcher publishes to the recent-events cache
+            self.recent.invalidate(room_id, pos)
         if state_key is not None:
             self.state_changed(room_id, pos)
             cs = await s.get(CurrentState, (room_id, event_type, state_key))

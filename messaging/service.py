@@ -25,6 +25,7 @@ from messaging.policy import InvitePolicy
 from messaging.retention import purge_expired
 from messaging.rooms import RoomService
 from messaging.sync import SyncService
+from messaging.timeline import RecentEvents
 
 
 @dataclass
@@ -53,9 +54,11 @@ class Homeserver:
         name = config.server_name
         devices = DeviceService(db, clock, auth, audit, notifier, name)
         media = MediaService(db, clock, Path(config.data_dir), name, config.matrix.max_upload_bytes)
-        rooms = RoomService(db, clock, notifier, name, InvitePolicy(), media)
+        # the recent-events cache is complete above the position the notifier starts from
+        recent = RecentEvents(start=notifier.head())
+        rooms = RoomService(db, clock, notifier, name, InvitePolicy(), media, recent)
         ephemeral = Ephemeral(clock)
-        sync = SyncService(db, clock, notifier, rooms, devices, ephemeral)
+        sync = SyncService(db, clock, notifier, rooms, devices, ephemeral, recent)
         return cls(db, clock, name, notifier, devices, rooms, sync, ephemeral, media)
 
     # ------------------------------------------------------------------ ephemeral
@@ -140,4 +143,4 @@ class Homeserver:
     # ------------------------------------------------------------------ retention
 
     async def do_purge_expired(self) -> tuple[int, int]:
-        return await purge_expired(self.db, self.clock, self.media)
+        return await purge_expired(self.db, self.clock, self.media, self.rooms.recent)
