@@ -162,6 +162,7 @@ class _Pending:
     txn: tuple[str, str]
     links: list[str]
     notify: list[str]
+    checked_at: int  # the sender was a member as of this position
     fut: asyncio.Future[Event] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -198,6 +199,25 @@ class SendBatcher:
                 async with rooms.db.transaction() as s:
                     first = await allocate(s, len(batch))
                     last = first + len(batch) - 1
+                    # Holding the position, every earlier write has committed: a sender whose
+                    # room changed state since their check (a kick, a ban) is checked again.
+                    # Their position stays unused (stream positions may have gaps).
+                    keep: list[_Pending] = []
+                    for it in batch:
+                        if rooms._state_pos.get(it.room_id, 0) > it.checked_at:
+                            m = (
+                                await s.execute(
+                                    select(Membership.membership).where(
+                                        Membership.room_id == it.room_id,
+                                        Membership.user_id == it.sender,
+                                    )
+                                )
+                            ).scalar_one_or_none()
+                            if m != "join":
+                                it.fut.set_exception(Forbidden("you are not a member of this room"))
+                                continue
+                        keep.append(it)
+                    batch = keep
                     # from here until published, syncs read these rooms from the database
                     rooms.recent.begin(room_ids)
                     begun = True
@@ -258,6 +278,8 @@ class RoomService:
         # position: valid while no state change is marked after that position.
         self._state_pos: dict[str, int] = {}
         self._send_cache: dict[str, tuple[int, AuthState, frozenset[str], list[str]]] = {}
+        # sends in progress, per (sender, device, txnId, room): a retry waits for the first
+        self._sending: dict[tuple[str, str, str, str], asyncio.Future[str]] = {}
         # Per user, bumped after a forget commits (forgetting changes no stream position).
         self.forget_gen: dict[str, int] = {}
 
@@ -649,6 +671,30 @@ class RoomService:
     async def do_send(
         self, req: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
     ) -> str:
+        """Idempotent per device and txnId, also while the first request is still running."""
+        key = (req.user_id, req.device_id, txn_id, room_id)
+        running = self._sending.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._sending[key] = fut
+        try:
+            event_id = await self._send(req, room_id, event_type, txn_id, content)
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        else:
+            fut.set_result(event_id)
+            return event_id
+        finally:
+            del self._sending[key]
+            if not fut.done():
+                fut.cancel()
+
+    async def _send(
+        self, req: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
+    ) -> str:
         self._check_content(content)
         if event_type in ("m.room.redaction", "m.room.member", "m.room.create"):
             raise Forbidden("use the dedicated endpoint for this event type")
@@ -661,7 +707,7 @@ class RoomService:
                 and self._state_pos.get(room_id, 0) <= cached[0]
                 and req.user_id in cached[2]
             ):
-                _, auth, _, notify = cached
+                as_of, auth, _, notify = cached
             else:
                 # the position first: in the snapshot (SQLite) or before the reads (PostgreSQL)
                 as_of = await current_position(s)
@@ -693,7 +739,14 @@ class RoomService:
             )
         ev = await self._batcher.submit(
             _Pending(
-                room_id, req.user_id, event_type, content, (req.device_id, txn_id), links, notify
+                room_id,
+                req.user_id,
+                event_type,
+                content,
+                (req.device_id, txn_id),
+                links,
+                notify,
+                as_of,
             )
         )
         return ev.event_id
