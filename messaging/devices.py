@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, select, union_all
+from sqlalchemy import and_, bindparam, delete, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor, AuditLog
@@ -56,6 +56,12 @@ async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
 
 
 TOKEN_CACHE_S = 10.0
+# built once (building a statement costs more than running it from the compiled cache)
+_TOKEN = (
+    select(AccessToken, Account.is_guest, Account.is_active)
+    .join(Account, Account.id == AccessToken.account_id)
+    .where(AccessToken.token_hash == bindparam("key"))
+)
 
 
 class DeviceService:
@@ -172,13 +178,7 @@ class DeviceService:
         if hit is not None and now - hit[1] < TOKEN_CACHE_S:
             return hit[0]
         async with self.db.session() as s:
-            row = (
-                await s.execute(
-                    select(AccessToken, Account.is_guest, Account.is_active)
-                    .join(Account, Account.id == AccessToken.account_id)
-                    .where(AccessToken.token_hash == key)
-                )
-            ).one_or_none()
+            row = (await s.execute(_TOKEN, {"key": key})).one_or_none()
         if row is None or not row[2]:
             self._tokens.pop(key, None)
             raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock, ms
@@ -17,6 +17,7 @@ from konsil.errors import BadRequest, Forbidden, NotFound, ValidationError
 from konsil.identity.models import Account
 from messaging.common import (
     JsonDict,
+    LazySession,
     Requester,
     allocate,
     current_position,
@@ -66,6 +67,9 @@ KEEP_ON_REDACT = {
 }
 MAX_CONTENT_BYTES = 65_536
 # built once: building a statement costs more than running it from the compiled cache
+_SEEN_TXNS = select(
+    Event.sender, Event.txn_device, Event.txn_id, Event.room_id, Event.event_id
+).where(tuple_(Event.sender, Event.txn_device, Event.txn_id).in_(bindparam("keys", expanding=True)))
 _SEEN_TXN = select(Event.event_id).where(
     Event.sender == bindparam("sender"),
     Event.txn_device == bindparam("device"),
@@ -158,12 +162,12 @@ class _Pending:
     room_id: str
     sender: str
     event_type: str
-    content: JsonDict
+    raw: str  # the content's JSON
     txn: tuple[str, str]
     links: list[str]
     notify: list[str]
     checked_at: int  # the sender was a member as of this position
-    fut: asyncio.Future[Event] = field(
+    fut: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -179,7 +183,7 @@ class SendBatcher:
         self._queue: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, item: _Pending) -> Event:
+    async def submit(self, item: _Pending) -> str:
         self._queue.append(item)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
@@ -202,8 +206,20 @@ class SendBatcher:
                     # Holding the position, every earlier write has committed: a sender whose
                     # room changed state since their check (a kick, a ban) is checked again.
                     # Their position stays unused (stream positions may have gaps).
+                    # retries of transactions already stored get the stored event
+                    stored = {
+                        (sender, device, txn, room): event_id
+                        for sender, device, txn, room, event_id in await s.execute(
+                            _SEEN_TXNS,
+                            {"keys": [(it.sender, it.txn[0], it.txn[1]) for it in batch]},
+                        )
+                    }
                     keep: list[_Pending] = []
                     for it in batch:
+                        key = (it.sender, it.txn[0], it.txn[1], it.room_id)
+                        if key in stored:
+                            it.fut.set_result(stored[key])
+                            continue
                         if rooms._state_pos.get(it.room_id, 0) > it.checked_at:
                             m = (
                                 await s.execute(
@@ -230,9 +246,10 @@ class SendBatcher:
                                 it.room_id,
                                 it.sender,
                                 it.event_type,
-                                it.content,
+                                None,
                                 txn=it.txn,
                                 batched=True,
+                                raw=it.raw,
                             )
                         )
                         links.update((m, it.room_id) for m in it.links)
@@ -251,7 +268,7 @@ class SendBatcher:
             rooms.notifier.notify(users, last)
             for it, ev in zip(batch, events, strict=True):
                 if not it.fut.done():
-                    it.fut.set_result(ev)
+                    it.fut.set_result(ev.event_id)
 
 
 class RoomService:
@@ -358,13 +375,15 @@ class RoomService:
         room_id: str,
         sender: str,
         event_type: str,
-        content: JsonDict,
+        content: JsonDict | None,
         state_key: str | None = None,
         *,
         history_visibility: str = "shared",
         txn: tuple[str, str] | None = None,
         batched: bool = False,
+        raw: str | None = None,
     ) -> Event:
+        """``content`` or, already serialised, ``raw`` (for non-state events)."""
         ev = Event(
             stream=pos,
             event_id=new_event_id(),
@@ -372,7 +391,7 @@ class RoomService:
             sender=sender,
             type=event_type,
             state_key=state_key,
-            content=dumps(content),
+            content=raw if raw is not None else dumps(content),
             origin_server_ts=ms(self.clock.now()),
             txn_device=txn[0] if txn else None,
             txn_id=txn[1] if txn else None,
@@ -391,8 +410,9 @@ class RoomService:
             else:
                 cs.stream = pos
             if event_type == "m.room.member":
+                membership = (content or {}).get("membership")
                 await self._update_membership(
-                    s, room_id, state_key, str(content.get("membership")), pos, history_visibility
+                    s, room_id, state_key, str(membership), pos, history_visibility
                 )
         return ev
 
@@ -695,61 +715,66 @@ class RoomService:
     async def _send(
         self, req: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
     ) -> str:
-        self._check_content(content)
+        raw = dumps(content)
+        if len(raw) > MAX_CONTENT_BYTES or len(raw.encode()) > MAX_CONTENT_BYTES:
+            raise BadRequest("event content is too large", errcode="M_TOO_LARGE")
         if event_type in ("m.room.redaction", "m.room.member", "m.room.create"):
             raise Forbidden("use the dedicated endpoint for this event type")
-        # Checks first, in a read session; the write transaction then only takes a stream
-        # position and inserts, so the position lock (and SQLite's writer lock) is held briefly.
-        async with self.db.session() as s:
-            cached = self._send_cache.get(room_id)
-            if (
-                cached is not None
-                and self._state_pos.get(room_id, 0) <= cached[0]
-                and req.user_id in cached[2]
-            ):
-                as_of, auth, _, notify = cached
-            else:
-                # the position first: in the snapshot (SQLite) or before the reads (PostgreSQL)
-                as_of = await current_position(s)
-                await self._require_joined(s, room_id, req.user_id)
-                auth = await self.auth_state(s, room_id)
-                joined, notify = await self._members(s, room_id)
-                self._send_cache[room_id] = (as_of, auth, joined, notify)
-            seen = (
-                await s.execute(
-                    _SEEN_TXN,
-                    {
-                        "sender": req.user_id,
-                        "device": req.device_id,
-                        "txn": txn_id,
-                        "room": room_id,
-                    },
-                )
-            ).scalar_one_or_none()
-            if seen is not None:
+        # Checks first, from memory when the room's state has not changed since they were last
+        # read; the batch's write transaction then checks the transaction id (a retry gets the
+        # first event back) and inserts, so the position lock is held briefly.
+        async with LazySession(self.db) as ls:
+            try:
+                cached = self._send_cache.get(room_id)
+                if (
+                    cached is not None
+                    and self._state_pos.get(room_id, 0) <= cached[0]
+                    and req.user_id in cached[2]
+                ):
+                    as_of, auth, _, notify = cached
+                else:
+                    s = await ls.get()
+                    # the position first: in the snapshot (SQLite) or before the reads (PG)
+                    as_of = await current_position(s)
+                    await self._require_joined(s, room_id, req.user_id)
+                    auth = await self.auth_state(s, room_id)
+                    joined, notify = await self._members(s, room_id)
+                    self._send_cache[room_id] = (as_of, auth, joined, notify)
+                if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
+                    raise Forbidden("your power level does not allow sending this event")
+            except Forbidden:
+                # a retry of what was sent before the sender lost the right still succeeds
+                seen = await self._seen(await ls.get(), req, room_id, txn_id)
+                if seen is None:
+                    raise
                 return seen
-            if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
-                raise Forbidden("your power level does not allow sending this event")
             links = (
                 await self.media.media_to_link(
-                    s, req, room_id, dumps(content), event_type == "m.room.encrypted"
+                    await ls.get(), req, room_id, raw, event_type == "m.room.encrypted"
                 )
-                if self.media is not None
+                if self.media is not None and ("mxc://" in raw or event_type == "m.room.encrypted")
                 else []
             )
-        ev = await self._batcher.submit(
+        return await self._batcher.submit(
             _Pending(
                 room_id,
                 req.user_id,
                 event_type,
-                content,
+                raw,
                 (req.device_id, txn_id),
                 links,
                 notify,
                 as_of,
             )
         )
-        return ev.event_id
+
+    @staticmethod
+    async def _seen(s: AsyncSession, req: Requester, room_id: str, txn_id: str) -> str | None:
+        row = await s.execute(
+            _SEEN_TXN,
+            {"sender": req.user_id, "device": req.device_id, "txn": txn_id, "room": room_id},
+        )
+        return row.scalar_one_or_none()
 
     async def do_set_state(
         self, req: Requester, room_id: str, event_type: str, state_key: str, content: JsonDict

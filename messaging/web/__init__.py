@@ -499,22 +499,34 @@ async def room_keys_version(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- sync
 
 
-async def _timeline_limit(request: web.Request, req: Requester) -> int:
-    raw = request.query.get("filter")
-    if not raw:
-        return 20
-    if raw.lstrip().startswith("{"):
-        try:
-            f: Any = json.loads(raw)
-        except ValueError:
-            raise BadRequest("filter is not valid JSON", errcode="M_NOT_JSON") from None
-    else:
-        f = await hs(request).devices.filter(req.user_id, raw)
+_INLINE_LIMITS: dict[str, int] = {}  # inline filter -> its timeline limit (clients repeat it)
+
+
+def _limit_of(f: Any) -> int:
     try:
         value = f["room"]["timeline"]["limit"]
     except (KeyError, TypeError):
         return 20
     return value if isinstance(value, int) and value > 0 else 20
+
+
+async def _timeline_limit(request: web.Request, req: Requester) -> int:
+    raw = request.query.get("filter")
+    if not raw:
+        return 20
+    if raw.lstrip().startswith("{"):
+        hit = _INLINE_LIMITS.get(raw)
+        if hit is not None:
+            return hit
+        try:
+            f: Any = json.loads(raw)
+        except ValueError:
+            raise BadRequest("filter is not valid JSON", errcode="M_NOT_JSON") from None
+        if len(_INLINE_LIMITS) > 1000:
+            _INLINE_LIMITS.clear()
+        _INLINE_LIMITS[raw] = value = _limit_of(f)
+        return value
+    return _limit_of(await hs(request).devices.filter(req.user_id, raw))
 
 
 @routes.get(V3 + "/sync")
