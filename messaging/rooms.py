@@ -4,7 +4,7 @@ enforces (membership, join rules, power levels, history visibility)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from messaging.media import MediaService
 from messaging.models import CurrentState, Event, MediaRoom, Membership, Profile, Room
 from messaging.notifier import Notifier
 from messaging.policy import InvitePolicy
-from messaging.timeline import RecentEvents
+from messaging.timeline import RecentEvents, base_json
 
 AUTH_TYPES = (
     "m.room.create",
@@ -79,19 +79,8 @@ _SEEN_TXN = select(Event.event_id).where(
 
 
 def event_json(ev: Event, req: Requester | None = None) -> JsonDict:
-    d: JsonDict = {
-        "event_id": ev.event_id,
-        "room_id": ev.room_id,
-        "sender": ev.sender,
-        "type": ev.type,
-        "content": loads(ev.content),
-        "origin_server_ts": ev.origin_server_ts,
-    }
+    d = base_json(ev)
     unsigned: JsonDict = {}
-    if ev.state_key is not None:
-        d["state_key"] = ev.state_key
-    if ev.type == "m.room.redaction":
-        d["redacts"] = d["content"].get("redacts")
     if (
         req is not None
         and ev.txn_id
@@ -167,14 +156,18 @@ class _Pending:
     links: list[str]
     notify: list[str]
     checked_at: int  # the sender was a member as of this position
+    # a stamp only (typing, receipt): a stream position, no event; called with it after the
+    # commit, before anybody is notified
+    on_commit: Callable[[int], None] | None = None
     fut: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
 class SendBatcher:
-    """Group commit for messages: whatever was submitted while a transaction ran goes into the
-    next one. One stream allocation and one commit per batch, instead of per message."""
+    """Group commit for messages (and the stream positions of typing and receipts): whatever was
+    submitted while a transaction ran goes into the next one. One stream allocation and one
+    commit per batch, instead of per message."""
 
     MAX_BATCH = 500
 
@@ -194,30 +187,34 @@ class SendBatcher:
         while self._queue:
             batch = self._queue[: self.MAX_BATCH]
             del self._queue[: self.MAX_BATCH]
-            events: list[Event] = []
+            done: list[tuple[_Pending, int, Event | None]] = []
             users: set[str] = set()
-            room_ids = {it.room_id for it in batch}
+            room_ids = {it.room_id for it in batch if it.on_commit is None}
             begun = False
             last = 0
             try:
                 async with rooms.db.transaction() as s:
                     first = await allocate(s, len(batch))
                     last = first + len(batch) - 1
+                    # retries of transactions already stored get the stored event
+                    keys = [(it.sender, it.txn[0], it.txn[1]) for it in batch if not it.on_commit]
+                    stored = (
+                        {
+                            (sender, device, txn, room): event_id
+                            for sender, device, txn, room, event_id in await s.execute(
+                                _SEEN_TXNS, {"keys": keys}
+                            )
+                        }
+                        if keys
+                        else {}
+                    )
                     # Holding the position, every earlier write has committed: a sender whose
                     # room changed state since their check (a kick, a ban) is checked again.
                     # Their position stays unused (stream positions may have gaps).
-                    # retries of transactions already stored get the stored event
-                    stored = {
-                        (sender, device, txn, room): event_id
-                        for sender, device, txn, room, event_id in await s.execute(
-                            _SEEN_TXNS,
-                            {"keys": [(it.sender, it.txn[0], it.txn[1]) for it in batch]},
-                        )
-                    }
                     keep: list[_Pending] = []
                     for it in batch:
                         key = (it.sender, it.txn[0], it.txn[1], it.room_id)
-                        if key in stored:
+                        if it.on_commit is None and key in stored:
                             it.fut.set_result(stored[key])
                             continue
                         if rooms._state_pos.get(it.room_id, 0) > it.checked_at:
@@ -239,21 +236,23 @@ class SendBatcher:
                     begun = True
                     links: set[tuple[str, str]] = set()
                     for i, it in enumerate(batch):
-                        events.append(
-                            await rooms._append(
-                                s,
-                                first + i,
-                                it.room_id,
-                                it.sender,
-                                it.event_type,
-                                None,
-                                txn=it.txn,
-                                batched=True,
-                                raw=it.raw,
-                            )
-                        )
-                        links.update((m, it.room_id) for m in it.links)
                         users.update(it.notify)
+                        if it.on_commit is not None:
+                            done.append((it, first + i, None))
+                            continue
+                        ev = await rooms._append(
+                            s,
+                            first + i,
+                            it.room_id,
+                            it.sender,
+                            it.event_type,
+                            None,
+                            txn=it.txn,
+                            batched=True,
+                            raw=it.raw,
+                        )
+                        done.append((it, first + i, ev))
+                        links.update((m, it.room_id) for m in it.links)
                     for media_id, room_id in links:
                         s.add(MediaRoom(media_id=media_id, room_id=room_id))
                     rooms.notifier.mark(users, last, "room")
@@ -264,11 +263,28 @@ class SendBatcher:
                     if not it.fut.done():
                         it.fut.set_exception(exc)
                 continue
-            rooms.recent.publish(room_ids, events)
+            rooms.recent.publish(room_ids, [e for _, _, e in done if e is not None])
+            for it, pos, _ in done:
+                if it.on_commit is not None:
+                    it.on_commit(pos)
             rooms.notifier.notify(users, last)
-            for it, ev in zip(batch, events, strict=True):
+            for it, _, stored_ev in done:
                 if not it.fut.done():
-                    it.fut.set_result(ev.event_id)
+                    it.fut.set_result(stored_ev.event_id if stored_ev is not None else "")
+
+    async def stamp(
+        self,
+        room_id: str,
+        user_id: str,
+        checked_at: int,
+        notify: list[str],
+        on_commit: Callable[[int], None],
+    ) -> None:
+        """A stream position for something kept in memory (typing, a receipt), taken with the
+        next batch; ``on_commit`` records it before ``notify`` is woken."""
+        await self.submit(
+            _Pending(room_id, user_id, "", "", ("", ""), [], notify, checked_at, on_commit)
+        )
 
 
 class RoomService:
@@ -725,21 +741,7 @@ class RoomService:
         # first event back) and inserts, so the position lock is held briefly.
         async with LazySession(self.db) as ls:
             try:
-                cached = self._send_cache.get(room_id)
-                if (
-                    cached is not None
-                    and self._state_pos.get(room_id, 0) <= cached[0]
-                    and req.user_id in cached[2]
-                ):
-                    as_of, auth, _, notify = cached
-                else:
-                    s = await ls.get()
-                    # the position first: in the snapshot (SQLite) or before the reads (PG)
-                    as_of = await current_position(s)
-                    await self._require_joined(s, room_id, req.user_id)
-                    auth = await self.auth_state(s, room_id)
-                    joined, notify = await self._members(s, room_id)
-                    self._send_cache[room_id] = (as_of, auth, joined, notify)
+                as_of, auth, notify = await self.as_member(ls, req, room_id)
                 if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
                     raise Forbidden("your power level does not allow sending this event")
             except Forbidden:
@@ -766,6 +768,40 @@ class RoomService:
                 notify,
                 as_of,
             )
+        )
+
+    async def as_member(
+        self, ls: LazySession, req: Requester, room_id: str
+    ) -> tuple[int, AuthState, list[str]]:
+        """For a joined caller: the position as of which this was read, the room's auth state,
+        and who to notify of something new in it. From memory while the room's state has not
+        changed since it was last read; Forbidden (NotFound) for non-members."""
+        cached = self._send_cache.get(room_id)
+        if (
+            cached is not None
+            and self._state_pos.get(room_id, 0) <= cached[0]
+            and req.user_id in cached[2]
+        ):
+            return cached[0], cached[1], cached[3]
+        s = await ls.get()
+        # the position first: in the snapshot (SQLite) or before the reads (PostgreSQL)
+        as_of = await current_position(s)
+        await self._require_joined(s, room_id, req.user_id)
+        auth = await self.auth_state(s, room_id)
+        joined, notify = await self._members(s, room_id)
+        self._send_cache[room_id] = (as_of, auth, joined, notify)
+        return as_of, auth, notify
+
+    async def stamp(
+        self, req: Requester, room_id: str, notify_all: bool, on_commit: Callable[[int], None]
+    ) -> None:
+        """A stream position for something of the caller's kept in memory (typing, receipts),
+        taken with the next send batch; members (or only the caller) are notified after
+        ``on_commit`` recorded it."""
+        async with LazySession(self.db) as ls:
+            as_of, _, notify = await self.as_member(ls, req, room_id)
+        await self._batcher.stamp(
+            room_id, req.user_id, as_of, notify if notify_all else [req.user_id], on_commit
         )
 
     @staticmethod

@@ -41,7 +41,7 @@ class Cached:
 
 
 def base_json(ev: Event) -> JsonDict:
-    """An event as clients see it, without ``unsigned`` (see ``rooms.event_json``)."""
+    """An event as clients see it, without ``unsigned`` (``rooms.event_json`` adds it)."""
     d: JsonDict = {
         "event_id": ev.event_id,
         "room_id": ev.room_id,

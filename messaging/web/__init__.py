@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from konsil.errors import BadRequest, TooLarge, Unauthorized, ValidationError
 from konsil.ratelimit import RateLimiter
 from konsil.web.request import client_ip, json_response, read_json
 from messaging.common import JsonDict, Requester, parse_token
+from messaging.devices import DeviceService
 from messaging.notifier import InProcessNotifier
 from messaging.service import Homeserver
 from messaging.sync import SyncParams, current_stream
@@ -546,25 +547,22 @@ async def sync(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- keys and to-device
 
 
-@routes.post(V3 + "/keys/upload")
-async def keys_upload(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).devices.do_upload_keys(req, body))
+def _keys_endpoint(
+    path: str, call: Callable[[DeviceService, Requester, JsonDict], Awaitable[JsonDict]]
+) -> None:
+    """POST a JSON body to the key service as the caller, answer its JSON."""
+
+    async def handler(request: web.Request) -> web.Response:
+        req = await requester(request)
+        body = await read_json(request)
+        return json_response(await call(hs(request).devices, req, body))
+
+    routes.post(V3 + path)(handler)
 
 
-@routes.post(V3 + "/keys/query")
-async def keys_query(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).devices.query_keys(req, body))
-
-
-@routes.post(V3 + "/keys/claim")
-async def keys_claim(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).devices.do_claim_keys(req, body))
+_keys_endpoint("/keys/upload", DeviceService.do_upload_keys)
+_keys_endpoint("/keys/query", DeviceService.query_keys)
+_keys_endpoint("/keys/claim", DeviceService.do_claim_keys)
 
 
 @routes.get(V3 + "/keys/changes")
