@@ -191,7 +191,7 @@ class SendBatcher:
             users: set[str] = set()
             room_ids = {it.room_id for it in batch if it.on_commit is None}
             begun = False
-            last = 0
+            first = last = 0
             try:
                 async with rooms.db.transaction() as s:
                     first = await allocate(s, len(batch))
@@ -232,7 +232,7 @@ class SendBatcher:
                         keep.append(it)
                     batch = keep
                     # from here until published, syncs read these rooms from the database
-                    rooms.recent.begin(room_ids)
+                    rooms.recent.begin(room_ids, first)
                     begun = True
                     links: set[tuple[str, str]] = set()
                     for i, it in enumerate(batch):
@@ -258,12 +258,12 @@ class SendBatcher:
                     rooms.notifier.mark(users, last, "room")
             except Exception as exc:
                 if begun:
-                    rooms.recent.abort(room_ids, last)
+                    rooms.recent.abort(room_ids, first, last)
                 for it in batch:
                     if not it.fut.done():
                         it.fut.set_exception(exc)
                 continue
-            rooms.recent.publish(room_ids, [e for _, _, e in done if e is not None])
+            rooms.recent.publish(room_ids, first, [e for _, _, e in done if e is not None])
             for it, pos, _ in done:
                 if it.on_commit is not None:
                     it.on_commit(pos)

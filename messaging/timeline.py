@@ -5,8 +5,9 @@ commits (and before anybody is notified). Every other write to a room's timeline
 membership, redaction, retention purge) *invalidates* the room instead, inside its transaction,
 before it commits: the room's ``floor`` rises to that position and its list empties. So, for a
 room with no batch in flight, the list holds every event with ``floor < stream`` that has
-committed; a sync whose ``since`` is below the floor (or whose room has a batch in flight) reads
-the database as before. Only valid while this process is the only writer (in-process notifier).
+committed; a sync whose ``since`` is below the floor (or whose ``upto`` reaches the first position
+of a batch in flight in the room: committed, perhaps, but not published yet) reads the database
+as before. Only valid while this process is the only writer (in-process notifier).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class RecentEvents:
         # process start position)
         self._floor = start
         self._rooms: dict[str, _Tail] = {}
-        self._pending: dict[str, int] = {}
+        # room -> first positions of its batches in flight (allocated, not published yet)
+        self._pending: dict[str, list[int]] = {}
         self._high = start  # the newest position seen, for the floor after an eviction
 
     # ------------------------------------------------------------------ writers
@@ -89,12 +91,13 @@ class RecentEvents:
             tail.floor = pos
             tail.events.clear()
 
-    def begin(self, room_ids: Iterable[str]) -> None:
-        """Inside a batch's transaction: its events will be published (or the batch aborted)."""
+    def begin(self, room_ids: Iterable[str], first: int) -> None:
+        """Inside a batch's transaction, which holds positions from ``first`` on: its events
+        will be published (or the batch aborted)."""
         for r in room_ids:
-            self._pending[r] = self._pending.get(r, 0) + 1
+            self._pending.setdefault(r, []).append(first)
 
-    def publish(self, room_ids: Iterable[str], events: list[Event]) -> None:
+    def publish(self, room_ids: Iterable[str], first: int, events: list[Event]) -> None:
         """After the batch committed: its events, in stream order."""
         for ev in events:
             self._high = max(self._high, ev.stream)
@@ -104,22 +107,22 @@ class RecentEvents:
             tail.events.append(Cached.of(ev))
             if len(tail.events) > self.PER_ROOM:
                 tail.floor = tail.events.popleft().ev.stream
-        self._done(room_ids)
+        self._done(room_ids, first)
 
-    def abort(self, room_ids: Iterable[str], pos: int) -> None:
+    def abort(self, room_ids: Iterable[str], first: int, last: int) -> None:
         """The batch failed: forget what it might have written."""
         rooms = list(room_ids)
         for r in rooms:
-            self.invalidate(r, pos)
-        self._done(rooms)
+            self.invalidate(r, last)
+        self._done(rooms, first)
 
-    def _done(self, room_ids: Iterable[str]) -> None:
+    def _done(self, room_ids: Iterable[str], first: int) -> None:
         for r in room_ids:
-            n = self._pending.get(r, 0) - 1
-            if n > 0:
-                self._pending[r] = n
-            else:
-                self._pending.pop(r, None)
+            firsts = self._pending.get(r)
+            if firsts is not None:
+                firsts.remove(first)
+                if not firsts:
+                    del self._pending[r]
 
     def _room(self, room_id: str, floor: int) -> _Tail:
         if len(self._rooms) >= self.MAX_ROOMS:
@@ -134,7 +137,8 @@ class RecentEvents:
     def since(self, room_id: str, since: int, upto: int, now_ms: int) -> list[Cached] | None:
         """The room's events with ``since < stream <= upto``, oldest first; None when this cache
         cannot tell (the database must be asked)."""
-        if room_id in self._pending:
+        firsts = self._pending.get(room_id)
+        if firsts is not None and upto >= min(firsts):
             return None
         tail = self._rooms.get(room_id)
         if tail is not None:
