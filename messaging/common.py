@@ -99,8 +99,9 @@ class LazySession:
 
     async def get(self) -> AsyncSession:
         if self._s is None:
-            self._cm = self._db.session()
-            self._s = await self._cm.__aenter__()
+            cm = self._db.session()
+            self._s = await cm.__aenter__()
+            self._cm = cm  # only once entered: a failed start leaves nothing to exit
         return self._s
 
     async def __aenter__(self) -> LazySession:
