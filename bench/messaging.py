@@ -160,6 +160,7 @@ class Bench:
         await self.setup()
         syncs = [asyncio.create_task(self.sync_loop(c)) for c in self.clients]
         cpu0 = proc_cpu_s(pid) if pid else 0.0
+        me0 = time.process_time()
         t0 = time.perf_counter()
         sent = sum(await asyncio.gather(*(self.send_loop(i) for i in range(self.n))))
         t_sent = time.perf_counter() - t0
@@ -169,6 +170,7 @@ class Bench:
             print(f"warning: only {self.delivered}/{self.expected} deliveries arrived")
         t_all = time.perf_counter() - t0
         cpu1 = proc_cpu_s(pid) if pid else 0.0
+        me1 = time.process_time()
         self.stop = True
         for t in syncs:
             t.cancel()
@@ -188,9 +190,14 @@ class Bench:
             f"send->delivery latency ms: p50 {pct(ms, 50):.1f}  p95 {pct(ms, 95):.1f}  "
             f"p99 {pct(ms, 99):.1f}  mean {statistics.fmean(ms) if ms else float('nan'):.1f}"
         )
+        print(
+            f"bench client CPU {me1 - me0:.2f} s during the run "
+            f"({(me1 - me0) / t_all * 100:.0f}% of one core)"
+        )
         if pid:
+            cpu = cpu1 - cpu0
             print(
-                f"server CPU {cpu1 - cpu0:.2f} s during the run; "
+                f"server CPU {cpu:.2f} s during the run ({cpu / max(sent, 1) * 1000:.1f} ms/message); "
                 f"peak RSS {proc_peak_rss_mb(pid):.0f} MB"
             )
 

@@ -15,6 +15,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from konsil.cli import _config
     from messaging.media import MediaService
     from messaging.retention import purge_expired
+    from messaging.timeline import RecentEvents
 
     config = _config(args)
 
@@ -28,7 +29,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
                 config.server_name,
                 config.matrix.max_upload_bytes,
             )
-            return await purge_expired(db, SystemClock(), media)
+            # a running server learns nothing from here: its recent-events cache only holds
+            # events younger than any retention period (see messaging.timeline)
+            return await purge_expired(db, SystemClock(), media, RecentEvents())
         finally:
             await db.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from konsil.db import Database
 from konsil.errors import BadRequest, ValidationError
 from messaging.models import StreamCounter
 
@@ -85,6 +87,30 @@ def require_obj(body: JsonDict, key: str, *, optional: bool = True) -> JsonDict:
     if not isinstance(v, dict):
         raise BadRequest(f"'{key}' must be a JSON object", errcode="M_BAD_JSON")
     return v
+
+
+class LazySession:
+    """A read session opened at its first use (``await ls.get()``), closed with the block."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cm: contextlib.AbstractAsyncContextManager[AsyncSession] | None = None
+        self._s: AsyncSession | None = None
+
+    async def get(self) -> AsyncSession:
+        if self._s is None:
+            cm = self._db.session()
+            self._s = await cm.__aenter__()
+            self._cm = cm  # only once entered: a failed start leaves nothing to exit
+        return self._s
+
+    async def __aenter__(self) -> LazySession:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            cm, self._cm, self._s = self._cm, None, None
+            await cm.__aexit__(*exc)
 
 
 async def current_position(s: AsyncSession) -> int:

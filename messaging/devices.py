@@ -4,9 +4,10 @@ profiles, account data and filters."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, select, union_all
+from sqlalchemy import and_, bindparam, delete, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor, AuditLog
@@ -55,6 +56,12 @@ async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
 
 
 TOKEN_CACHE_S = 10.0
+# built once (building a statement costs more than running it from the compiled cache)
+_TOKEN = (
+    select(AccessToken, Account.is_guest, Account.is_active)
+    .join(Account, Account.id == AccessToken.account_id)
+    .where(AccessToken.token_hash == bindparam("key"))
+)
 
 
 class DeviceService:
@@ -171,13 +178,7 @@ class DeviceService:
         if hit is not None and now - hit[1] < TOKEN_CACHE_S:
             return hit[0]
         async with self.db.session() as s:
-            row = (
-                await s.execute(
-                    select(AccessToken, Account.is_guest, Account.is_active)
-                    .join(Account, Account.id == AccessToken.account_id)
-                    .where(AccessToken.token_hash == key)
-                )
-            ).one_or_none()
+            row = (await s.execute(_TOKEN, {"key": key})).one_or_none()
         if row is None or not row[2]:
             self._tokens.pop(key, None)
             raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")
@@ -322,7 +323,11 @@ class DeviceService:
         self._otk_cache.pop(key, None)
 
     async def cached_key_counts(
-        self, s: AsyncSession, user_id: str, device_id: str, gen: int
+        self,
+        session: Callable[[], Awaitable[AsyncSession]],
+        user_id: str,
+        device_id: str,
+        gen: int,
     ) -> tuple[dict[str, int], list[str]]:
         """``key_counts``, cached per device. ``gen`` is ``otk_generation`` read before ``s``
         began: a count read in a snapshot older than a change is never kept."""
@@ -330,7 +335,7 @@ class DeviceService:
         hit = self._otk_cache.get(key)
         if hit is not None and hit[0] == self._otk_gen.get(key, 0):
             return dict(hit[1]), list(hit[2])
-        counts, fallback = await self.key_counts(s, user_id, device_id)
+        counts, fallback = await self.key_counts(await session(), user_id, device_id)
         if gen == self._otk_gen.get(key, 0):
             if len(self._otk_cache) > 100_000:
                 self._otk_cache.clear()

@@ -12,14 +12,17 @@ from sqlalchemy import delete, select
 
 from konsil.clock import Clock, ms
 from konsil.db import Database
-from messaging.common import loads
+from messaging.common import current_position, loads
 from messaging.media import MXC_RE, MediaService
 from messaging.models import CurrentState, Event, Media, MediaRoom
+from messaging.timeline import RecentEvents
 
 RETENTION_EVENT = "lu.konsil.retention"
 
 
-async def purge_expired(db: Database, clock: Clock, media: MediaService) -> tuple[int, int]:
+async def purge_expired(
+    db: Database, clock: Clock, media: MediaService, recent: RecentEvents
+) -> tuple[int, int]:
     """Returns (events purged, media purged)."""
     now = clock.now()
     events_purged = media_purged = 0
@@ -58,6 +61,8 @@ async def purge_expired(db: Database, clock: Clock, media: MediaService) -> tupl
             )
             media_ids.update(shared.scalars())
             if old:
+                # before the commit: syncs from memory stop serving this room's older events
+                recent.invalidate(room_id, await current_position(s))
                 await s.execute(delete(Event).where(Event.stream.in_([e.stream for e in old])))
             events_purged += len(old)
             media_purged += await media.purge(s, sorted(media_ids))

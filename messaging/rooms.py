@@ -4,11 +4,11 @@ enforces (membership, join rules, power levels, history visibility)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock, ms
@@ -17,6 +17,7 @@ from konsil.errors import BadRequest, Forbidden, NotFound, ValidationError
 from konsil.identity.models import Account
 from messaging.common import (
     JsonDict,
+    LazySession,
     Requester,
     allocate,
     current_position,
@@ -31,6 +32,7 @@ from messaging.media import MediaService
 from messaging.models import CurrentState, Event, MediaRoom, Membership, Profile, Room
 from messaging.notifier import Notifier
 from messaging.policy import InvitePolicy
+from messaging.timeline import RecentEvents, base_json
 
 AUTH_TYPES = (
     "m.room.create",
@@ -65,6 +67,9 @@ KEEP_ON_REDACT = {
 }
 MAX_CONTENT_BYTES = 65_536
 # built once: building a statement costs more than running it from the compiled cache
+_SEEN_TXNS = select(
+    Event.sender, Event.txn_device, Event.txn_id, Event.room_id, Event.event_id
+).where(tuple_(Event.sender, Event.txn_device, Event.txn_id).in_(bindparam("keys", expanding=True)))
 _SEEN_TXN = select(Event.event_id).where(
     Event.sender == bindparam("sender"),
     Event.txn_device == bindparam("device"),
@@ -74,19 +79,8 @@ _SEEN_TXN = select(Event.event_id).where(
 
 
 def event_json(ev: Event, req: Requester | None = None) -> JsonDict:
-    d: JsonDict = {
-        "event_id": ev.event_id,
-        "room_id": ev.room_id,
-        "sender": ev.sender,
-        "type": ev.type,
-        "content": loads(ev.content),
-        "origin_server_ts": ev.origin_server_ts,
-    }
+    d = base_json(ev)
     unsigned: JsonDict = {}
-    if ev.state_key is not None:
-        d["state_key"] = ev.state_key
-    if ev.type == "m.room.redaction":
-        d["redacts"] = d["content"].get("redacts")
     if (
         req is not None
         and ev.txn_id
@@ -157,18 +151,23 @@ class _Pending:
     room_id: str
     sender: str
     event_type: str
-    content: JsonDict
+    raw: str  # the content's JSON
     txn: tuple[str, str]
     links: list[str]
     notify: list[str]
-    fut: asyncio.Future[Event] = field(
+    checked_at: int  # the sender was a member as of this position
+    # a stamp only (typing, receipt): a stream position, no event; called with it after the
+    # commit, before anybody is notified
+    on_commit: Callable[[int], None] | None = None
+    fut: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
 class SendBatcher:
-    """Group commit for messages: whatever was submitted while a transaction ran goes into the
-    next one. One stream allocation and one commit per batch, instead of per message."""
+    """Group commit for messages (and the stream positions of typing and receipts): whatever was
+    submitted while a transaction ran goes into the next one. One stream allocation and one
+    commit per batch, instead of per message."""
 
     MAX_BATCH = 500
 
@@ -177,7 +176,7 @@ class SendBatcher:
         self._queue: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, item: _Pending) -> Event:
+    async def submit(self, item: _Pending) -> str:
         self._queue.append(item)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
@@ -188,39 +187,104 @@ class SendBatcher:
         while self._queue:
             batch = self._queue[: self.MAX_BATCH]
             del self._queue[: self.MAX_BATCH]
-            events: list[Event] = []
+            done: list[tuple[_Pending, int, Event | None]] = []
             users: set[str] = set()
+            room_ids = {it.room_id for it in batch if it.on_commit is None}
+            begun = False
+            first = last = 0
             try:
                 async with rooms.db.transaction() as s:
                     first = await allocate(s, len(batch))
+                    last = first + len(batch) - 1
+                    # retries of transactions already stored get the stored event
+                    keys = [(it.sender, it.txn[0], it.txn[1]) for it in batch if not it.on_commit]
+                    stored = (
+                        {
+                            (sender, device, txn, room): event_id
+                            for sender, device, txn, room, event_id in await s.execute(
+                                _SEEN_TXNS, {"keys": keys}
+                            )
+                        }
+                        if keys
+                        else {}
+                    )
+                    # Holding the position, every earlier write has committed: a sender whose
+                    # room changed state since their check (a kick, a ban) is checked again.
+                    # Their position stays unused (stream positions may have gaps).
+                    keep: list[_Pending] = []
+                    for it in batch:
+                        key = (it.sender, it.txn[0], it.txn[1], it.room_id)
+                        if it.on_commit is None and key in stored:
+                            it.fut.set_result(stored[key])
+                            continue
+                        if rooms._state_pos.get(it.room_id, 0) > it.checked_at:
+                            m = (
+                                await s.execute(
+                                    select(Membership.membership).where(
+                                        Membership.room_id == it.room_id,
+                                        Membership.user_id == it.sender,
+                                    )
+                                )
+                            ).scalar_one_or_none()
+                            if m != "join":
+                                it.fut.set_exception(Forbidden("you are not a member of this room"))
+                                continue
+                        keep.append(it)
+                    batch = keep
+                    # from here until published, syncs read these rooms from the database
+                    rooms.recent.begin(room_ids, first)
+                    begun = True
                     links: set[tuple[str, str]] = set()
                     for i, it in enumerate(batch):
-                        events.append(
-                            await rooms._append(
-                                s,
-                                first + i,
-                                it.room_id,
-                                it.sender,
-                                it.event_type,
-                                it.content,
-                                txn=it.txn,
-                            )
-                        )
-                        links.update((m, it.room_id) for m in it.links)
                         users.update(it.notify)
+                        if it.on_commit is not None:
+                            done.append((it, first + i, None))
+                            continue
+                        ev = await rooms._append(
+                            s,
+                            first + i,
+                            it.room_id,
+                            it.sender,
+                            it.event_type,
+                            None,
+                            txn=it.txn,
+                            batched=True,
+                            raw=it.raw,
+                        )
+                        done.append((it, first + i, ev))
+                        links.update((m, it.room_id) for m in it.links)
                     for media_id, room_id in links:
                         s.add(MediaRoom(media_id=media_id, room_id=room_id))
-                    last = first + len(batch) - 1
                     rooms.notifier.mark(users, last, "room")
             except Exception as exc:
+                if begun:
+                    rooms.recent.abort(room_ids, first, last)
                 for it in batch:
                     if not it.fut.done():
                         it.fut.set_exception(exc)
                 continue
+            rooms.recent.publish(room_ids, first, [e for _, _, e in done if e is not None])
+            for it, pos, _ in done:
+                if it.on_commit is not None:
+                    it.on_commit(pos)
             rooms.notifier.notify(users, last)
-            for it, ev in zip(batch, events, strict=True):
+            for it, _, stored_ev in done:
                 if not it.fut.done():
-                    it.fut.set_result(ev)
+                    it.fut.set_result(stored_ev.event_id if stored_ev is not None else "")
+
+    async def stamp(
+        self,
+        room_id: str,
+        user_id: str,
+        checked_at: int,
+        notify: list[str],
+        on_commit: Callable[[int], None],
+    ) -> None:
+        """A stream position for something kept in memory (typing, a receipt), taken with the
+        next batch; ``on_commit`` records it before ``notify`` is woken."""
+        await self.submit(
+            _Pending(room_id, user_id, "", "", ("", ""), [], notify, checked_at, on_commit)
+        )
 
 
 class RoomService:
@@ -232,8 +296,10 @@ class RoomService:
         server_name: str,
         invite_policy: InvitePolicy,
         media: MediaService | None = None,
+        recent: RecentEvents | None = None,
     ) -> None:
         self.media = media
+        self.recent = recent or RecentEvents()
         self._batcher = SendBatcher(self)
         self.db = db
         self.clock = clock
@@ -245,6 +311,8 @@ class RoomService:
         # position: valid while no state change is marked after that position.
         self._state_pos: dict[str, int] = {}
         self._send_cache: dict[str, tuple[int, AuthState, frozenset[str], list[str]]] = {}
+        # sends in progress, per (sender, device, txnId, room): a retry waits for the first
+        self._sending: dict[tuple[str, str, str, str], asyncio.Future[str]] = {}
         # Per user, bumped after a forget commits (forgetting changes no stream position).
         self.forget_gen: dict[str, int] = {}
 
@@ -323,12 +391,15 @@ class RoomService:
         room_id: str,
         sender: str,
         event_type: str,
-        content: JsonDict,
+        content: JsonDict | None,
         state_key: str | None = None,
         *,
         history_visibility: str = "shared",
         txn: tuple[str, str] | None = None,
+        batched: bool = False,
+        raw: str | None = None,
     ) -> Event:
+        """``content`` or, already serialised, ``raw`` (for non-state events)."""
         ev = Event(
             stream=pos,
             event_id=new_event_id(),
@@ -336,12 +407,15 @@ class RoomService:
             sender=sender,
             type=event_type,
             state_key=state_key,
-            content=dumps(content),
+            content=raw if raw is not None else dumps(content),
             origin_server_ts=ms(self.clock.now()),
             txn_device=txn[0] if txn else None,
             txn_id=txn[1] if txn else None,
         )
         s.add(ev)
+        if not batched:
+            # only the send batcher publishes to the recent-events cache
+            self.recent.invalidate(room_id, pos)
         if state_key is not None:
             self.state_changed(room_id, pos)
             cs = await s.get(CurrentState, (room_id, event_type, state_key))
@@ -352,8 +426,9 @@ class RoomService:
             else:
                 cs.stream = pos
             if event_type == "m.room.member":
+                membership = (content or {}).get("membership")
                 await self._update_membership(
-                    s, room_id, state_key, str(content.get("membership")), pos, history_visibility
+                    s, room_id, state_key, str(membership), pos, history_visibility
                 )
         return ev
 
@@ -632,54 +707,110 @@ class RoomService:
     async def do_send(
         self, req: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
     ) -> str:
-        self._check_content(content)
+        """Idempotent per device and txnId, also while the first request is still running."""
+        key = (req.user_id, req.device_id, txn_id, room_id)
+        running = self._sending.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._sending[key] = fut
+        try:
+            event_id = await self._send(req, room_id, event_type, txn_id, content)
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        else:
+            fut.set_result(event_id)
+            return event_id
+        finally:
+            del self._sending[key]
+            if not fut.done():
+                fut.cancel()
+
+    async def _send(
+        self, req: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
+    ) -> str:
+        raw = dumps(content)
+        if len(raw) > MAX_CONTENT_BYTES or len(raw.encode()) > MAX_CONTENT_BYTES:
+            raise BadRequest("event content is too large", errcode="M_TOO_LARGE")
         if event_type in ("m.room.redaction", "m.room.member", "m.room.create"):
             raise Forbidden("use the dedicated endpoint for this event type")
-        # Checks first, in a read session; the write transaction then only takes a stream
-        # position and inserts, so the position lock (and SQLite's writer lock) is held briefly.
-        async with self.db.session() as s:
-            cached = self._send_cache.get(room_id)
-            if (
-                cached is not None
-                and self._state_pos.get(room_id, 0) <= cached[0]
-                and req.user_id in cached[2]
-            ):
-                _, auth, _, notify = cached
-            else:
-                # the position first: in the snapshot (SQLite) or before the reads (PostgreSQL)
-                as_of = await current_position(s)
-                await self._require_joined(s, room_id, req.user_id)
-                auth = await self.auth_state(s, room_id)
-                joined, notify = await self._members(s, room_id)
-                self._send_cache[room_id] = (as_of, auth, joined, notify)
-            seen = (
-                await s.execute(
-                    _SEEN_TXN,
-                    {
-                        "sender": req.user_id,
-                        "device": req.device_id,
-                        "txn": txn_id,
-                        "room": room_id,
-                    },
-                )
-            ).scalar_one_or_none()
-            if seen is not None:
+        # Checks first, from memory when the room's state has not changed since they were last
+        # read; the batch's write transaction then checks the transaction id (a retry gets the
+        # first event back) and inserts, so the position lock is held briefly.
+        async with LazySession(self.db) as ls:
+            try:
+                as_of, auth, notify = await self.as_member(ls, req, room_id)
+                if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
+                    raise Forbidden("your power level does not allow sending this event")
+            except Forbidden:
+                # a retry of what was sent before the sender lost the right still succeeds
+                seen = await self._seen(await ls.get(), req, room_id, txn_id)
+                if seen is None:
+                    raise
                 return seen
-            if auth.power(req.user_id) < auth.needed_for_event(event_type, False):
-                raise Forbidden("your power level does not allow sending this event")
             links = (
                 await self.media.media_to_link(
-                    s, req, room_id, dumps(content), event_type == "m.room.encrypted"
+                    await ls.get(), req, room_id, raw, event_type == "m.room.encrypted"
                 )
-                if self.media is not None
+                if self.media is not None and ("mxc://" in raw or event_type == "m.room.encrypted")
                 else []
             )
-        ev = await self._batcher.submit(
+        return await self._batcher.submit(
             _Pending(
-                room_id, req.user_id, event_type, content, (req.device_id, txn_id), links, notify
+                room_id,
+                req.user_id,
+                event_type,
+                raw,
+                (req.device_id, txn_id),
+                links,
+                notify,
+                as_of,
             )
         )
-        return ev.event_id
+
+    async def as_member(
+        self, ls: LazySession, req: Requester, room_id: str
+    ) -> tuple[int, AuthState, list[str]]:
+        """For a joined caller: the position as of which this was read, the room's auth state,
+        and who to notify of something new in it. From memory while the room's state has not
+        changed since it was last read; Forbidden (NotFound) for non-members."""
+        cached = self._send_cache.get(room_id)
+        if (
+            cached is not None
+            and self._state_pos.get(room_id, 0) <= cached[0]
+            and req.user_id in cached[2]
+        ):
+            return cached[0], cached[1], cached[3]
+        s = await ls.get()
+        # the position first: in the snapshot (SQLite) or before the reads (PostgreSQL)
+        as_of = await current_position(s)
+        await self._require_joined(s, room_id, req.user_id)
+        auth = await self.auth_state(s, room_id)
+        joined, notify = await self._members(s, room_id)
+        self._send_cache[room_id] = (as_of, auth, joined, notify)
+        return as_of, auth, notify
+
+    async def stamp(
+        self, req: Requester, room_id: str, notify_all: bool, on_commit: Callable[[int], None]
+    ) -> None:
+        """A stream position for something of the caller's kept in memory (typing, receipts),
+        taken with the next send batch; members (or only the caller) are notified after
+        ``on_commit`` recorded it."""
+        async with LazySession(self.db) as ls:
+            as_of, _, notify = await self.as_member(ls, req, room_id)
+        await self._batcher.stamp(
+            room_id, req.user_id, as_of, notify if notify_all else [req.user_id], on_commit
+        )
+
+    @staticmethod
+    async def _seen(s: AsyncSession, req: Requester, room_id: str, txn_id: str) -> str | None:
+        row = await s.execute(
+            _SEEN_TXN,
+            {"sender": req.user_id, "device": req.device_id, "txn": txn_id, "room": room_id},
+        )
+        return row.scalar_one_or_none()
 
     async def do_set_state(
         self, req: Requester, room_id: str, event_type: str, state_key: str, content: JsonDict

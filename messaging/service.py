@@ -15,16 +15,17 @@ from konsil.config import Config
 from konsil.db import Database
 from konsil.errors import BadRequest, Forbidden
 from konsil.identity.models import Account
-from messaging.common import JsonDict, Requester, allocate
+from messaging.common import JsonDict, Requester
 from messaging.devices import DeviceService
 from messaging.ephemeral import Ephemeral
 from messaging.media import MediaService
-from messaging.models import Event, Membership
+from messaging.models import Event
 from messaging.notifier import InProcessNotifier, Notifier
 from messaging.policy import InvitePolicy
 from messaging.retention import purge_expired
 from messaging.rooms import RoomService
 from messaging.sync import SyncService
+from messaging.timeline import RecentEvents
 
 
 @dataclass
@@ -53,26 +54,20 @@ class Homeserver:
         name = config.server_name
         devices = DeviceService(db, clock, auth, audit, notifier, name)
         media = MediaService(db, clock, Path(config.data_dir), name, config.matrix.max_upload_bytes)
-        rooms = RoomService(db, clock, notifier, name, InvitePolicy(), media)
+        # the recent-events cache is complete above the position the notifier starts from
+        recent = RecentEvents(start=notifier.head())
+        rooms = RoomService(db, clock, notifier, name, InvitePolicy(), media, recent)
         ephemeral = Ephemeral(clock)
-        sync = SyncService(db, clock, notifier, rooms, devices, ephemeral)
+        sync = SyncService(db, clock, notifier, rooms, devices, ephemeral, recent)
         return cls(db, clock, name, notifier, devices, rooms, sync, ephemeral, media)
 
     # ------------------------------------------------------------------ ephemeral
 
-    async def _member_stamp(self, req: Requester, room_id: str) -> tuple[int, list[str]]:
-        async with self.db.transaction() as s:
-            m = await s.get(Membership, (room_id, req.user_id))
-            if m is None or m.membership != "join":
-                raise Forbidden("you are not a member of this room")
-            pos = await allocate(s)
-            notify = await self.rooms.members_to_notify(s, room_id)
-        return pos, notify
-
     async def do_typing(self, req: Requester, room_id: str, typing: bool, timeout_ms: int) -> None:
-        pos, notify = await self._member_stamp(req, room_id)
-        self.ephemeral.set_typing(room_id, req.user_id, typing, timeout_ms, pos)
-        self.notifier.notify(notify, pos)
+        def record(pos: int) -> None:
+            self.ephemeral.set_typing(room_id, req.user_id, typing, timeout_ms, pos)
+
+        await self.rooms.stamp(req, room_id, True, record)
 
     async def do_receipt(self, req: Requester, room_id: str, rtype: str, event_id: str) -> None:
         if rtype not in ("m.read", "m.read.private", "m.fully_read"):
@@ -90,10 +85,12 @@ class Homeserver:
             ).first()
         if found is None:
             raise BadRequest("no such event in this room", errcode="M_NOT_FOUND")
-        pos, notify = await self._member_stamp(req, room_id)
         ts = ms(self.clock.now())
-        self.ephemeral.set_receipt(room_id, req.user_id, event_id, rtype, ts, pos)
-        self.notifier.notify(notify if rtype == "m.read" else [req.user_id], pos)
+
+        def record(pos: int) -> None:
+            self.ephemeral.set_receipt(room_id, req.user_id, event_id, rtype, ts, pos)
+
+        await self.rooms.stamp(req, room_id, rtype == "m.read", record)
 
     async def do_read_markers(self, req: Requester, room_id: str, body: JsonDict) -> None:
         for key, rtype in (
@@ -140,4 +137,4 @@ class Homeserver:
     # ------------------------------------------------------------------ retention
 
     async def do_purge_expired(self) -> tuple[int, int]:
-        return await purge_expired(self.db, self.clock, self.media)
+        return await purge_expired(self.db, self.clock, self.media, self.rooms.recent)

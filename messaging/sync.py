@@ -7,16 +7,23 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.clock import Clock
+from konsil.clock import Clock, ms
 from konsil.db import Database
-from messaging.common import JsonDict, Requester, current_position, loads, make_token
+from messaging.common import (
+    JsonDict,
+    LazySession,
+    Requester,
+    current_position,
+    loads,
+    make_token,
+)
 from messaging.devices import DeviceService, room_peers
 from messaging.ephemeral import Ephemeral
 from messaging.models import DeviceListChange, Event, Membership
 from messaging.notifier import Notifier
 from messaging.rooms import RoomService, event_json
+from messaging.timeline import RecentEvents
 
 INCREMENTAL_CAP = 2000
 
@@ -65,7 +72,9 @@ class SyncService:
         rooms: RoomService,
         devices: DeviceService,
         ephemeral: Ephemeral,
+        recent: RecentEvents,
     ) -> None:
+        self.recent = recent
         self.db = db
         self.clock = clock
         self.notifier = notifier
@@ -96,7 +105,7 @@ class SyncService:
                 return resp
 
     async def _memberships(
-        self, s: AsyncSession, me: str, upto: int, forget_gen: int
+        self, ls: LazySession, me: str, upto: int, forget_gen: int
     ) -> list[Mship]:
         """The user's (unforgotten) memberships as of ``upto``. Cached per user: valid while no
         membership change of theirs is marked after the position it was read at (marks are set
@@ -109,7 +118,7 @@ class SyncService:
             and self.notifier.changed(me, "membership") <= hit[0]
         ):
             return hit[2]
-        rows = await s.execute(_MEMBERSHIPS, {"me": me})
+        rows = await (await ls.get()).execute(_MEMBERSHIPS, {"me": me})
         mships = [Mship(*r) for r in rows.all()]
         if len(self._mships) > 100_000:
             self._mships.clear()
@@ -123,16 +132,17 @@ class SyncService:
         # generations read before the snapshot: a change committed after this is not cached
         forget_gen = self.rooms.forget_gen.get(me, 0)
         otk_gen = self.devices.otk_generation(me, req.device_id)
-        async with self.db.session() as s:
+        # the session opens at its first query: a woken sync answered from memory opens none
+        async with LazySession(self.db) as ls:
             if since is not None and not p.full_state and self._base is not None:
                 # Everything up to the notifier's head has committed; so has everything up to
                 # the position this process read from the database once (before it notified).
                 upto = max(self._base, self.notifier.head())
             else:
-                upto = await current_position(s)
+                upto = await current_position(await ls.get())
                 if self._base is None:
                     self._base = upto
-            mships = await self._memberships(s, me, upto, forget_gen)
+            mships = await self._memberships(ls, me, upto, forget_gen)
             joined = {m.room_id: m for m in mships if m.membership == "join"}
             fresh = {
                 r for r, m in joined.items() if since is None or p.full_state or m.stream > since
@@ -143,12 +153,35 @@ class SyncService:
             def marked(kind: str) -> bool:
                 return since is None or p.full_state or self.notifier.changed(me, kind) > since
 
-            # rooms the client knew already: what happened since, in one query
+            # rooms the client knew already: what happened since, from memory when the room's
+            # recent events are there, else in one query
             if old and since is not None and marked("room"):
-                rows = list(
-                    (
-                        await s.execute(_INCREMENTAL, {"rooms": old, "since": since, "upto": upto})
-                    ).scalars()
+                ask_db: list[str] = []
+                now_ms = ms(self.clock.now())
+                for room_id in old:
+                    recent = self.recent.since(room_id, since, upto, now_ms)
+                    if recent is None:
+                        ask_db.append(room_id)
+                    elif recent:
+                        timeline_c = recent[-limit:]
+                        join[room_id] = {
+                            "timeline": {
+                                "events": [c.json(req) for c in timeline_c],
+                                "limited": len(recent) > limit,
+                                "prev_batch": make_token(timeline_c[0].ev.stream - 1),
+                            },
+                            "state": {"events": []},  # the cache holds no state events
+                        }
+                rows = (
+                    list(
+                        (
+                            await (await ls.get()).execute(
+                                _INCREMENTAL, {"rooms": ask_db, "since": since, "upto": upto}
+                            )
+                        ).scalars()
+                    )
+                    if ask_db
+                    else []
                 )
                 per_room: dict[str, list[Event]] = defaultdict(list)
                 for e in reversed(rows):
@@ -171,6 +204,7 @@ class SyncService:
 
             # rooms new to the client: full state and the latest events it may see
             for room_id in fresh:
+                s = await ls.get()
                 m = joined[room_id]
                 evs = list(
                     (
@@ -210,13 +244,16 @@ class SyncService:
             for m in mships:
                 if m.membership == "invite" and (since is None or m.stream > since):
                     invite[m.room_id] = {
-                        "invite_state": {"events": await self.rooms.invite_state(s, m.room_id, me)}
+                        "invite_state": {
+                            "events": await self.rooms.invite_state(await ls.get(), m.room_id, me)
+                        }
                     }
                 elif (
                     m.membership in ("leave", "ban")
                     and since is not None
                     and since < m.stream <= upto
                 ):
+                    s = await ls.get()
                     evs = list(
                         (
                             await s.execute(
@@ -247,7 +284,7 @@ class SyncService:
             # account data
             global_data: list[JsonDict] = []
             new_data = (
-                await self.devices.account_data_since(s, me, since or 0, upto)
+                await self.devices.account_data_since(await ls.get(), me, since or 0, upto)
                 if marked("account_data")
                 else []
             )
@@ -274,9 +311,9 @@ class SyncService:
             left: set[str] = set()
             if since is not None:
                 changed, left = await self._device_lists(
-                    s, me, since, upto, join, fresh, leave, marked("device_list")
+                    ls, me, since, upto, join, fresh, leave, marked("device_list")
                 )
-            otk, fallback = await self.devices.cached_key_counts(s, me, req.device_id, otk_gen)
+            otk, fallback = await self.devices.cached_key_counts(ls.get, me, req.device_id, otk_gen)
 
         to_device = await self.devices.to_device_for_sync(
             req, since, upto, check=since is None or self.notifier.changed(me, "to_device") > since
@@ -300,7 +337,7 @@ class SyncService:
 
     async def _device_lists(
         self,
-        s: AsyncSession,
+        ls: LazySession,
         me: str,
         since: int,
         upto: int,
@@ -314,7 +351,7 @@ class SyncService:
         changed_devices = (
             set(
                 (
-                    await s.execute(
+                    await (await ls.get()).execute(
                         select(DeviceListChange.user_id)
                         .where(DeviceListChange.stream > since, DeviceListChange.stream <= upto)
                         .distinct()
@@ -337,14 +374,14 @@ class SyncService:
                 elif ev["content"].get("membership") in ("leave", "ban"):
                     departed.add(ev["state_key"])
         if fresh:
-            rows = await s.execute(
+            rows = await (await ls.get()).execute(
                 select(Membership.user_id).where(
                     Membership.room_id.in_(fresh), Membership.membership == "join"
                 )
             )
             joined_now.update(rows.scalars())
         if leave:
-            rows = await s.execute(
+            rows = await (await ls.get()).execute(
                 select(Membership.user_id).where(Membership.room_id.in_(list(leave)))
             )
             departed.update(rows.scalars())
@@ -352,7 +389,7 @@ class SyncService:
         departed.discard(me)
         if not changed_devices and not departed:
             return joined_now, set()
-        peers = await room_peers(s, me)
+        peers = await room_peers(await ls.get(), me)
         changed = (changed_devices & peers) | joined_now
         left = {u for u in departed if u not in peers}
         return changed, left

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from konsil.errors import BadRequest, TooLarge, Unauthorized, ValidationError
 from konsil.ratelimit import RateLimiter
 from konsil.web.request import client_ip, json_response, read_json
 from messaging.common import JsonDict, Requester, parse_token
+from messaging.devices import DeviceService
 from messaging.notifier import InProcessNotifier
 from messaging.service import Homeserver
 from messaging.sync import SyncParams, current_stream
@@ -499,22 +500,34 @@ async def room_keys_version(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- sync
 
 
-async def _timeline_limit(request: web.Request, req: Requester) -> int:
-    raw = request.query.get("filter")
-    if not raw:
-        return 20
-    if raw.lstrip().startswith("{"):
-        try:
-            f: Any = json.loads(raw)
-        except ValueError:
-            raise BadRequest("filter is not valid JSON", errcode="M_NOT_JSON") from None
-    else:
-        f = await hs(request).devices.filter(req.user_id, raw)
+_INLINE_LIMITS: dict[str, int] = {}  # inline filter -> its timeline limit (clients repeat it)
+
+
+def _limit_of(f: Any) -> int:
     try:
         value = f["room"]["timeline"]["limit"]
     except (KeyError, TypeError):
         return 20
     return value if isinstance(value, int) and value > 0 else 20
+
+
+async def _timeline_limit(request: web.Request, req: Requester) -> int:
+    raw = request.query.get("filter")
+    if not raw:
+        return 20
+    if raw.lstrip().startswith("{"):
+        hit = _INLINE_LIMITS.get(raw)
+        if hit is not None:
+            return hit
+        try:
+            f: Any = json.loads(raw)
+        except ValueError:
+            raise BadRequest("filter is not valid JSON", errcode="M_NOT_JSON") from None
+        if len(_INLINE_LIMITS) > 1000:
+            _INLINE_LIMITS.clear()
+        _INLINE_LIMITS[raw] = value = _limit_of(f)
+        return value
+    return _limit_of(await hs(request).devices.filter(req.user_id, raw))
 
 
 @routes.get(V3 + "/sync")
@@ -534,25 +547,22 @@ async def sync(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- keys and to-device
 
 
-@routes.post(V3 + "/keys/upload")
-async def keys_upload(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).devices.do_upload_keys(req, body))
+def _keys_endpoint(
+    path: str, call: Callable[[DeviceService, Requester, JsonDict], Awaitable[JsonDict]]
+) -> None:
+    """POST a JSON body to the key service as the caller, answer its JSON."""
+
+    async def handler(request: web.Request) -> web.Response:
+        req = await requester(request)
+        body = await read_json(request)
+        return json_response(await call(hs(request).devices, req, body))
+
+    routes.post(V3 + path)(handler)
 
 
-@routes.post(V3 + "/keys/query")
-async def keys_query(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).devices.query_keys(req, body))
-
-
-@routes.post(V3 + "/keys/claim")
-async def keys_claim(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).devices.do_claim_keys(req, body))
+_keys_endpoint("/keys/upload", DeviceService.do_upload_keys)
+_keys_endpoint("/keys/query", DeviceService.query_keys)
+_keys_endpoint("/keys/claim", DeviceService.do_claim_keys)
 
 
 @routes.get(V3 + "/keys/changes")
