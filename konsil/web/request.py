@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -106,3 +107,26 @@ def render(
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+def file_response(
+    body: bytes,
+    content_type: str,
+    filename: str,
+    *,
+    inline: bool = False,
+    charset: str | None = None,
+) -> web.Response:
+    """A file for the browser to save (or show, ``inline``): the name RFC 6266/5987-encoded, so
+    any user-supplied name (quotes, non-ASCII) is safe; never cached; sandboxed if rendered."""
+    disposition = "inline" if inline else "attachment"
+    return web.Response(
+        body=body,
+        content_type=content_type,
+        charset=charset,
+        headers={
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(filename, safe='')}",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+            "Cache-Control": "no-store",
+        },
+    )

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from konsil.errors import ValidationError
-from konsil.web.request import json_response, read_json
+from konsil.web.request import file_response, json_response, read_json
 from rcp.domain.lifecycle import CaseState
 from rcp.service import MAX_ATTACHMENT_BYTES
 from rcp.web.common import (
@@ -32,12 +32,7 @@ def _version(body: dict[str, Any]) -> int | None:
 
 
 def ics(data: bytes, filename: str) -> web.Response:
-    return web.Response(
-        body=data,
-        content_type="text/calendar",
-        charset="utf-8",
-        headers={"Content-Disposition": f'inline; filename="{filename}"'},
-    )
+    return file_response(data, "text/calendar", filename, inline=True, charset="utf-8")
 
 
 # ---------------------------------------------------------------- boards

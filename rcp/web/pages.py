@@ -3,6 +3,7 @@ decision form, report preview and signature, PPS, "my cases"."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -11,7 +12,7 @@ from aiohttp import web
 from konsil import appkeys as K
 from konsil.errors import KonsilError, ValidationError
 from konsil.identity.specialties import SPECIALTIES
-from konsil.web.request import read_form, render
+from konsil.web.request import file_response, read_form, render
 from rcp.domain.fiche import LATERALITIES, ORIGINS, TNM_KINDS
 from rcp.domain.lifecycle import XDW_TASK, CaseState, actions_from
 from rcp.domain.quorum import ANY_SURGERY
@@ -391,11 +392,7 @@ async def case_attachment(request: web.Request) -> web.StreamResponse:
     att, path = await svc(request).attachment(
         p, request.match_info["id"], request.match_info["att"], ip=ip
     )
-    return web.Response(
-        body=path.read_bytes(),
-        content_type=att.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{att.filename}"'},
-    )
+    return file_response(await asyncio.to_thread(path.read_bytes), att.content_type, att.filename)
 
 
 # ---------------------------------------------------------------- decision and report

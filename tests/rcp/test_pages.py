@@ -4,6 +4,7 @@ pages, agenda ordering, submission deadline, attachments through the form."""
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from konsil import appkeys as K
 from konsil.clock import FakeClock
@@ -152,14 +153,19 @@ async def test_attachment_through_the_form_and_download(world: World) -> None:
 
     form = FormData()
     form.add_field("csrf_token", csrf)
-    form.add_field("file", b"\x89PNG\r\n\x1a\nimage", filename="scan.png", content_type="image/png")
+    name = "scan-thorax.png"
+    form.add_field("file", b"\x89PNG\r\n\x1a\nimage", filename=name, content_type="image/png")
     r = await w.client.post(f"/rcp/cases/{case['id']}/attachments", data=form)
     assert r.status == 200
     got = await w.call(w.medonc, "GET", f"/cases/{case['id']}")
     att = got["attachments"][0]
-    assert att["filename"] == "scan.png" and att["content_type"] == "image/png"
+    assert att["filename"] == name and att["content_type"] == "image/png"
     r = await w.client.get(f"/rcp/cases/{case['id']}/attachments/{att['id']}")
     assert r.status == 200 and (await r.read()).startswith(b"\x89PNG")
+    disposition = r.headers["Content-Disposition"]
+    assert disposition.startswith("attachment; filename*=UTF-8''")
+    assert unquote(disposition.split("''", 1)[1]) == name  # RFC 5987: any stored name is safe
+    assert r.headers["Cache-Control"] == "no-store"
 
 
 async def test_pages_render_for_the_board(world: World) -> None:

@@ -22,6 +22,7 @@ from konsil.errors import BadRequest, Forbidden, KonsilError, ValidationError
 from konsil.web.request import (
     actor_of,
     client_ip,
+    file_response,
     gettext,
     json_response,
     principal_of,
@@ -492,28 +493,14 @@ async def upload(request: web.Request) -> web.Response:
 async def document_pdf(request: web.Request) -> web.Response:
     party, appt = await _party(request, "video.document.open")
     name, data = await _svc(request).do_document_pdf(party, appt.id, request.match_info["document"])
-    return web.Response(
-        body=data,
-        content_type="application/pdf",
-        headers={
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
-            "Content-Security-Policy": "sandbox; default-src 'none'",
-        },
-    )
+    return file_response(data, "application/pdf", name)
 
 
 @routes.get("/video/files/{appointment}/{file}")
 async def download(request: web.Request) -> web.Response:
     party, appt = await _party(request, "video.file.open")
     name, ctype, data = await _svc(request).do_download(party, appt.id, request.match_info["file"])
-    return web.Response(
-        body=data,
-        content_type=ctype,
-        headers={
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
-            "Content-Security-Policy": "sandbox; default-src 'none'",
-        },
-    )
+    return file_response(data, ctype, name)
 
 
 # ---------------------------------------------------------------- WebSockets

@@ -17,6 +17,7 @@ from konsil.errors import Conflict, KonsilError, ValidationError
 from konsil.web.api import PROBLEM
 from konsil.web.request import (
     actor_of,
+    file_response,
     json_response,
     read_form,
     read_json,
@@ -231,22 +232,11 @@ async def _open_for(request: web.Request, file: str) -> Opened:
     )
 
 
-def _attachment(body: bytes, content_type: str, filename: str) -> web.Response:
-    return web.Response(
-        body=body,
-        content_type=content_type,
-        headers={
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "Cache-Control": "no-store",
-        },
-    )
-
-
 @routes.get("/documents/{document_id}/cda")
 @routes.get(API + "/documents/{document_id}/cda")
 async def download_cda(request: web.Request) -> web.Response:
     doc = (await _open_for(request, "cda")).document
-    return _attachment(doc.content, doc.mime_type, f"{doc.type_code}-{doc.id}.xml")
+    return file_response(doc.content, doc.mime_type, f"{doc.type_code}-{doc.id}.xml")
 
 
 @routes.get("/documents/{document_id}/signature")
@@ -256,7 +246,7 @@ async def download_signature(request: web.Request) -> web.Response:
     if doc.signature is None:
         raise Conflict("the document is not signed", fields={"status": doc.status})
     # The raw 64-byte Ed25519 signature over the CDA's exact bytes (detached).
-    return _attachment(doc.signature, "application/octet-stream", f"{doc.type_code}-{doc.id}.sig")
+    return file_response(doc.signature, "application/octet-stream", f"{doc.type_code}-{doc.id}.sig")
 
 
 @routes.get("/documents/{document_id}/pdf")
@@ -272,7 +262,7 @@ async def download_pdf(request: web.Request) -> web.Response:
         )
     pdf = await asyncio.to_thread(_pdf, doc.kind, doc.content, copy)
     name = f"{doc.type_code}-{doc.id}{'-' + copy if doc.kind == 'sick-leave' else ''}.pdf"
-    return _attachment(pdf, "application/pdf", name)
+    return file_response(pdf, "application/pdf", name)
 
 
 def _pdf(kind: str, xml: bytes, copy: str) -> bytes:
