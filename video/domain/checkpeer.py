@@ -11,17 +11,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.contrib.media import MediaRelay
+from typing import TYPE_CHECKING
 
 from konsil.errors import BadRequest, RateLimited
+
+if TYPE_CHECKING:
+    from aiortc import MediaStreamTrack, RTCIceServer, RTCPeerConnection
+    from aiortc.contrib.media import MediaRelay
 
 log = logging.getLogger("konsil.video.check")
 
@@ -45,9 +41,18 @@ class CheckPeers:
         self.max_peers = max_peers
         self.timeout_seconds = timeout_seconds
         self.on_expire = on_expire
-        self.relay = MediaRelay()
+        # aiortc (~50 MB) is imported by the first check, not by every process that serves pages
+        self._relay: MediaRelay | None = None
         self._peers: dict[str, _Peer] = {}
         self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def relay(self) -> MediaRelay:
+        if self._relay is None:
+            from aiortc.contrib.media import MediaRelay
+
+            self._relay = MediaRelay()
+        return self._relay
 
     @property
     def count(self) -> int:
@@ -63,6 +68,8 @@ class CheckPeers:
         await self.close(key)
         if len(self._peers) >= self.max_peers:
             raise RateLimited("the connection test is busy: try again shortly", retry_after_ms=5000)
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
         peer = _Peer(pc)
         self._peers[key] = peer

@@ -14,8 +14,6 @@ from datetime import datetime
 from typing import Literal
 
 from lxml import etree
-from weasyprint import HTML
-from weasyprint.urls import URLFetcher
 
 from . import codes
 from .builder import narrative_env
@@ -138,6 +136,10 @@ def narrative_html(xml: bytes) -> str:
 
 def html_pdf(html: str) -> bytes:
     """Render HTML to PDF with every external fetch refused."""
+    # WeasyPrint (~45 MB with Pango) is imported by the first PDF, not by every process
+    from weasyprint import HTML
+    from weasyprint.urls import URLFetcher
+
     pdf = HTML(string=html, base_url=None, url_fetcher=URLFetcher(allowed_protocols=())).write_pdf()
     assert isinstance(pdf, bytes)
     return pdf
