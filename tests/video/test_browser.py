@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,39 @@ async def admit_and_connect(doctor: Any, patient: Any, base: str, appointment: s
     await doctor.wait_for_url(f"{base}/video/call/{appointment}")
     await doctor.wait_for_function(FRAMES, polling=250, timeout=30_000)
     await patient.wait_for_function(FRAMES, polling=250, timeout=30_000)
+
+
+@dataclass
+class Call:
+    """A doctor and a patient in a call, each in their own browser context."""
+
+    ctx_doc: Any
+    ctx_pat: Any
+    doc: Any
+    pat: Any
+    appointment: str
+
+
+@asynccontextmanager
+async def connected_call(
+    browser: Any, base: str, doctor: Person, serial: int
+) -> AsyncIterator[Call]:
+    """Schedule, invite, enter and admit: both pages decode frames; contexts closed after."""
+    ctx_doc = await browser.new_context(locale="en-GB")
+    ctx_pat = await browser.new_context(locale="en-GB")
+    try:
+        for ctx in (ctx_doc, ctx_pat):
+            await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
+        doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
+        await login(doc, base, doctor)
+        appointment = await schedule(doc, base, make_matricule("19800402", serial))
+        await doc.click("#invite")
+        await enter(pat, await doc.input_value("#invite-link"))
+        await admit_and_connect(doc, pat, base, appointment)
+        yield Call(ctx_doc, ctx_pat, doc, pat, appointment)
+    finally:
+        for ctx in (ctx_doc, ctx_pat):
+            await ctx.close()
 
 
 async def test_teleconsultation_from_invitation_to_documents(
@@ -319,28 +354,17 @@ async def test_relay_only_call_through_coturn(
 ) -> None:
     server = await video_server(turn=turn, force_relay=True)
     base = f"http://127.0.0.1:{server.port}"
-    ctx_doc = await browser.new_context(locale="en-GB")
-    ctx_pat = await browser.new_context(locale="en-GB")
-    for ctx in (ctx_doc, ctx_pat):
-        await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
-    doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
-    await login(doc, base, doctor)
-    appointment = await schedule(doc, base, make_matricule("19800402", 124))
-    await doc.click("#invite")
-    link = await doc.input_value("#invite-link")
-    await enter(pat, link)
-    await admit_and_connect(doc, pat, base, appointment)
-    for page in (doc, pat):
-        stats = await page.evaluate("window.konsilVideo.stats()")
-        stats["state"] = await page.evaluate("window.konsilVideo.state()")
-        assert stats["localCandidateType"] == "relay", json.dumps(stats)
-        assert stats["remoteCandidateType"] == "relay", stats
-    ice = await ctx_pat.request.get(f"{base}/video/api/ice")
-    body = await ice.json()
-    assert body["iceTransportPolicy"] == "relay"
-    assert body["iceServers"][0]["username"].endswith(f":guest-{appointment}")
-    for ctx in (ctx_doc, ctx_pat):
-        await ctx.close()
+    async with connected_call(browser, base, doctor, 124) as call:
+        doc, pat, appointment = call.doc, call.pat, call.appointment
+        for page in (doc, pat):
+            stats = await page.evaluate("window.konsilVideo.stats()")
+            stats["state"] = await page.evaluate("window.konsilVideo.state()")
+            assert stats["localCandidateType"] == "relay", json.dumps(stats)
+            assert stats["remoteCandidateType"] == "relay", stats
+        ice = await call.ctx_pat.request.get(f"{base}/video/api/ice")
+        body = await ice.json()
+        assert body["iceTransportPolicy"] == "relay"
+        assert body["iceServers"][0]["username"].endswith(f":guest-{appointment}")
 
 
 NEW_PEER_FLOWING = """async (gen) => {
@@ -358,33 +382,23 @@ async def test_call_recovers_when_the_signalling_sockets_drop(
     base = f"http://127.0.0.1:{server.port}"
     app = server.app
     assert app is not None
-    ctx_doc = await browser.new_context(locale="en-GB")
-    ctx_pat = await browser.new_context(locale="en-GB")
-    for ctx in (ctx_doc, ctx_pat):
-        await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
-    doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
-    await login(doc, base, doctor)
-    appointment = await schedule(doc, base, make_matricule("19800402", 126))
-    await doc.click("#invite")
-    await enter(pat, await doc.input_value("#invite-link"))
-    await admit_and_connect(doc, pat, base, appointment)
-    before = {p: await p.evaluate("window.konsilVideo.state().generation") for p in (doc, pat)}
-    hellos = {p: await p.evaluate("window.konsilVideo.state().hellos") for p in (doc, pat)}
-    for ws in list(app[HUB].rooms[appointment].values()):
-        await ws.close(code=1012, message=b"restart")
-    for page in (doc, pat):  # each page greeted again on a new socket
-        await page.wait_for_function(
-            "(n) => window.konsilVideo.state().hellos > n",
-            arg=hellos[page],
-            polling=250,
-            timeout=30_000,
-        )
-    for page in (doc, pat):
-        await page.wait_for_function(
-            NEW_PEER_FLOWING, arg=before[page], polling=250, timeout=30_000
-        )
-    for ctx in (ctx_doc, ctx_pat):
-        await ctx.close()
+    async with connected_call(browser, base, doctor, 126) as call:
+        doc, pat, appointment = call.doc, call.pat, call.appointment
+        before = {p: await p.evaluate("window.konsilVideo.state().generation") for p in (doc, pat)}
+        hellos = {p: await p.evaluate("window.konsilVideo.state().hellos") for p in (doc, pat)}
+        for ws in list(app[HUB].rooms[appointment].values()):
+            await ws.close(code=1012, message=b"restart")
+        for page in (doc, pat):  # each page greeted again on a new socket
+            await page.wait_for_function(
+                "(n) => window.konsilVideo.state().hellos > n",
+                arg=hellos[page],
+                polling=250,
+                timeout=30_000,
+            )
+        for page in (doc, pat):
+            await page.wait_for_function(
+                NEW_PEER_FLOWING, arg=before[page], polling=250, timeout=30_000
+            )
 
 
 async def test_relay_call_recovers_after_the_relay_drops(
@@ -395,29 +409,17 @@ async def test_relay_call_recovers_after_the_relay_drops(
     is back, and pictures flow again on both sides."""
     server = await video_server(turn=turn, force_relay=True)
     base = f"http://127.0.0.1:{server.port}"
-    ctx_doc = await browser.new_context(locale="en-GB")
-    ctx_pat = await browser.new_context(locale="en-GB")
-    for ctx in (ctx_doc, ctx_pat):
-        await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
-    doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
-    await login(doc, base, doctor)
-    appointment = await schedule(doc, base, make_matricule("19800402", 127))
-    await doc.click("#invite")
-    await enter(pat, await doc.input_value("#invite-link"))
-    await admit_and_connect(doc, pat, base, appointment)
-    before = {p: await p.evaluate("window.konsilVideo.state().generation") for p in (doc, pat)}
-    turn.stop()
-    lost = (
-        "() => window.konsilVideo.state().events.some((e) => /^pc-(disconnected|failed)$/.test(e))"
-    )
-    for page in (doc, pat):
-        await page.wait_for_function(lost, polling=250, timeout=60_000)
-    turn.start()
-    for page in (doc, pat):
-        await page.wait_for_function(
-            NEW_PEER_FLOWING, arg=before[page], polling=250, timeout=60_000
-        )
-        stats = await page.evaluate("window.konsilVideo.stats()")
-        assert stats["localCandidateType"] == "relay", stats
-    for ctx in (ctx_doc, ctx_pat):
-        await ctx.close()
+    async with connected_call(browser, base, doctor, 127) as call:
+        doc, pat = call.doc, call.pat
+        before = {p: await p.evaluate("window.konsilVideo.state().generation") for p in (doc, pat)}
+        turn.stop()
+        lost = "() => window.konsilVideo.state().events.some((e) => /^pc-(disconnected|failed)$/.test(e))"
+        for page in (doc, pat):
+            await page.wait_for_function(lost, polling=250, timeout=60_000)
+        turn.start()
+        for page in (doc, pat):
+            await page.wait_for_function(
+                NEW_PEER_FLOWING, arg=before[page], polling=250, timeout=60_000
+            )
+            stats = await page.evaluate("window.konsilVideo.stats()")
+            assert stats["localCandidateType"] == "relay", stats

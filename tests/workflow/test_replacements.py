@@ -8,9 +8,24 @@ import pytest
 from sqlalchemy import select
 
 from konsil.errors import Conflict
+from konsil.identity.models import Patient
 from tests.workflow.helpers import Workflow, certificate_cda
 from workflow.documents import DocumentStore, NewDocument
 from workflow.models import OutboxMessage, new_id
+
+
+def certificate(wf: Workflow, patient: Patient) -> NewDocument:
+    """A new sick-leave certificate of ``patient`` by the workflow's author, with its own id."""
+    doc_id = new_id()
+    return NewDocument(
+        "sick-leave",
+        "DT-20002",
+        patient.id,
+        wf.org.id,
+        certificate_cda(patient.matricule, doc_id),
+        author_account_id=wf.author_id,
+        document_id=doc_id,
+    )
 
 
 def store(wf: Workflow) -> DocumentStore:
@@ -21,16 +36,7 @@ async def test_replacement_waits_for_the_original_then_names_it(wf: Workflow) ->
     patient = await wf.patient(1)
     doc, msg = await wf.issue_certificate(patient, target="cns")
     docs = store(wf)
-    new_doc_id = new_id()
-    new = NewDocument(
-        "sick-leave",
-        "DT-20002",
-        patient.id,
-        wf.org.id,
-        certificate_cda(patient.matricule, new_doc_id),
-        author_account_id=wf.author_id,
-        document_id=new_doc_id,
-    )
+    new = certificate(wf, patient)
     with pytest.raises(Conflict, match="still being delivered"):
         async with wf.db.transaction() as s:
             await docs.do_replace(s, wf.author, doc.id, new)
@@ -58,37 +64,15 @@ async def test_replacement_waits_for_the_original_then_names_it(wf: Workflow) ->
 
 async def test_replacement_of_an_unsent_document_goes_to_its_kinds_targets(wf: Workflow) -> None:
     patient = await wf.patient(2)
-    doc_id = new_id()
     docs = store(wf)
     async with wf.db.transaction() as s:
-        doc = await docs.do_create(
-            s,
-            wf.author,
-            NewDocument(
-                "sick-leave",
-                "DT-20002",
-                patient.id,
-                wf.org.id,
-                certificate_cda(patient.matricule, doc_id),
-                author_account_id=wf.author_id,
-                document_id=doc_id,
-            ),
-        )
-    v2_id = new_id()
+        doc = await docs.do_create(s, wf.author, certificate(wf, patient))
     async with wf.db.transaction() as s:
         v2 = await docs.do_replace(
             s,
             wf.author,
             doc.id,
-            NewDocument(
-                "sick-leave",
-                "DT-20002",
-                patient.id,
-                wf.org.id,
-                certificate_cda(patient.matricule, v2_id),
-                author_account_id=wf.author_id,
-                document_id=v2_id,
-            ),
+            certificate(wf, patient),
         )
     async with wf.db.session() as s:
         rows = (
@@ -106,18 +90,6 @@ async def test_a_refused_version_is_skipped_the_accepted_one_is_replaced(wf: Wor
     v1, msg = await wf.issue_certificate(patient, target="cns")
     docs = store(wf)
 
-    def version() -> NewDocument:
-        doc_id = new_id()
-        return NewDocument(
-            "sick-leave",
-            "DT-20002",
-            patient.id,
-            wf.org.id,
-            certificate_cda(patient.matricule, doc_id),
-            author_account_id=wf.author_id,
-            document_id=doc_id,
-        )
-
     async def settle(message_id: str, status: str, reference: str | None = None) -> None:
         async with wf.db.transaction() as s:
             m = await s.get(OutboxMessage, message_id)
@@ -134,12 +106,12 @@ async def test_a_refused_version_is_skipped_the_accepted_one_is_replaced(wf: Wor
 
     await settle(msg.id, "delivered", "CNS-CIT-00000001")
     async with wf.db.transaction() as s:
-        v2 = await docs.do_replace(s, wf.author, v1.id, version())
+        v2 = await docs.do_replace(s, wf.author, v1.id, certificate(wf, patient))
     m2 = await sent_for(v2.id)
     assert json.loads(m2.payload)["replaces"]["document_id"] == v1.id
     await settle(m2.id, "rejected")  # the CNS refused v2: it still holds v1
     async with wf.db.transaction() as s:
-        v3 = await docs.do_replace(s, wf.author, v2.id, version())
+        v3 = await docs.do_replace(s, wf.author, v2.id, certificate(wf, patient))
     m3 = await sent_for(v3.id)
     assert json.loads(m3.payload)["replaces"] == {
         "document_id": v1.id,
