@@ -267,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--username", required=True)
     p.add_argument("--password", required=True)
-    p.add_argument("--role", required=True, choices=["admin", "practitioner", "coordinator"])
+    p.add_argument(
+        "--role", required=True, choices=["admin", "practitioner", "coordinator", "external"]
+    )
     p.add_argument("--display-name", dest="display_name")
     p.add_argument("--specialty")
     p.add_argument("--profession", default="physician")

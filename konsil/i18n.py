@@ -70,6 +70,7 @@ KERNEL_FR: dict[str, str] = {
     "admin": "administrateur",
     "practitioner": "praticien",
     "coordinator": "coordinateur",
+    "external": "externe (messagerie seule)",
     "Female": "Féminin",
     "Male": "Masculin",
     "Unknown": "Inconnu",

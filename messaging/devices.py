@@ -8,14 +8,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, literal, select, union_all
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.audit.service import Actor, AuditLog
+from konsil.audit.service import SYSTEM, Actor, AuditLog
+from konsil.auth.passwords import check_password_strength
 from konsil.auth.service import AuthService, token_hash
 from konsil.clock import Clock, ms
 from konsil.db import Database
 from konsil.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationError
-from konsil.identity.models import Account
+from konsil.identity.models import EXTERNAL, Account
+from konsil.identity.service import USERNAME_RE, NewAccount, add_account
 from messaging.common import (
     JsonDict,
     Requester,
@@ -123,53 +126,151 @@ class DeviceService:
         principal = await self.auth.check_password(username, password, ip=ip)
         return username, principal
 
-    async def do_login(self, body: JsonDict, *, ip: str | None) -> JsonDict:
-        username, principal = await self.check_password_auth(body, ip=ip)
+    @staticmethod
+    def _device_options(body: JsonDict) -> tuple[str | None, str | None]:
         device_id = body.get("device_id")
         if device_id is not None and (not isinstance(device_id, str) or not device_id):
             raise BadRequest("device_id must be a string", errcode="M_BAD_JSON")
         name = body.get("initial_device_display_name")
         if name is not None and not isinstance(name, str):
             raise BadRequest("initial_device_display_name must be a string", errcode="M_BAD_JSON")
-        user_id = self.user_id(username)
+        return device_id, name
+
+    async def _open_session(
+        self,
+        s: AsyncSession,
+        account_id: str,
+        user_id: str,
+        device_id: str | None,
+        name: str | None,
+        ip: str | None,
+    ) -> JsonDict:
+        """A device (new, or the given one refreshed) and a new access token for it, inside the
+        caller's transaction; the login answer."""
         device_id = device_id or new_device_id()
         token = "mat_" + secrets.token_urlsafe(32)
         now = self.clock.now()
-        async with self.db.transaction() as s:
-            dev = await s.get(Device, (user_id, device_id))
-            if dev is None:
-                s.add(
-                    Device(
-                        user_id=user_id,
-                        device_id=device_id,
-                        account_id=principal.account_id,
-                        display_name=name,
-                        last_seen_ip=ip,
-                        last_seen_ts=ms(now),
-                        created_at=now,
-                    )
-                )
-            else:
-                dev.last_seen_ip = ip
-                dev.last_seen_ts = ms(now)
+        dev = await s.get(Device, (user_id, device_id))
+        if dev is None:
             s.add(
-                AccessToken(
-                    token_hash=token_hash(token),
+                Device(
                     user_id=user_id,
                     device_id=device_id,
-                    account_id=principal.account_id,
+                    account_id=account_id,
+                    display_name=name,
+                    last_seen_ip=ip,
+                    last_seen_ts=ms(now),
                     created_at=now,
                 )
             )
-            await self.audit.record(
-                s, Actor(principal.account_id, ip), "matrix.login", details={"device": device_id}
+        else:
+            dev.last_seen_ip = ip
+            dev.last_seen_ts = ms(now)
+        s.add(
+            AccessToken(
+                token_hash=token_hash(token),
+                user_id=user_id,
+                device_id=device_id,
+                account_id=account_id,
+                created_at=now,
             )
+        )
         return {
             "user_id": user_id,
             "access_token": token,
             "device_id": device_id,
             "home_server": self.server_name,
         }
+
+    async def do_login(self, body: JsonDict, *, ip: str | None) -> JsonDict:
+        username, principal = await self.check_password_auth(body, ip=ip)
+        device_id, name = self._device_options(body)
+        async with self.db.transaction() as s:
+            answer = await self._open_session(
+                s, principal.account_id, self.user_id(username), device_id, name, ip
+            )
+            await self.audit.record(
+                s,
+                Actor(principal.account_id, ip),
+                "matrix.login",
+                details={"device": answer["device_id"]},
+            )
+        return answer
+
+    # ------------------------------------------------------------------ registration
+
+    def _registration_username(self, body: JsonDict) -> str:
+        username = body.get("username")
+        if username is None:
+            return "ext-" + secrets.token_hex(6)
+        if not isinstance(username, str):
+            raise BadRequest("username must be a string", errcode="M_BAD_JSON")
+        local = localpart_of(username, self.server_name) if username.startswith("@") else username
+        if local is None or not USERNAME_RE.match(local):
+            raise BadRequest(
+                "user names use lower-case letters, digits and . _ = - / only (at most 64)",
+                errcode="M_INVALID_USERNAME",
+            )
+        return local
+
+    async def _taken(self, username: str) -> bool:
+        async with self.db.session() as s:
+            found = await s.execute(select(Account.id).where(Account.username == username))
+            return found.first() is not None
+
+    async def check_available(self, username: str) -> None:
+        """``GET /register/available``: raises M_INVALID_USERNAME or M_USER_IN_USE."""
+        local = self._registration_username({"username": username})
+        if await self._taken(local):
+            raise BadRequest("this user name is taken", errcode="M_USER_IN_USE")
+
+    async def do_register(self, body: JsonDict, *, ip: str | None) -> tuple[int, JsonDict]:
+        """Self-registration (only when enabled): an **external** account, i.e. a Matrix guest
+        that cannot create rooms nor search the directory and has no clinical role. Checks come
+        first, then the one-stage user-interactive auth (``m.login.dummy``); account, device and
+        token are written in one transaction. Returns (HTTP status, body)."""
+        username = self._registration_username(body)
+        password = body.get("password")
+        if not isinstance(password, str):
+            raise BadRequest("password is required", errcode="M_BAD_JSON")
+        reason = check_password_strength(password)
+        if reason:
+            raise BadRequest(f"the password is too weak: {reason}", errcode="M_WEAK_PASSWORD")
+        device_id, name = self._device_options(body)
+        inhibit = body.get("inhibit_login", False)
+        if not isinstance(inhibit, bool):
+            raise BadRequest("inhibit_login must be a boolean", errcode="M_BAD_JSON")
+        if await self._taken(username):
+            raise BadRequest("this user name is taken", errcode="M_USER_IN_USE")
+        auth = body.get("auth")
+        flows: JsonDict = {"flows": [{"stages": ["m.login.dummy"]}], "params": {}}
+        if not isinstance(auth, dict) or auth.get("type") != "m.login.dummy":
+            session = secrets.token_urlsafe(16)
+            challenge = {**flows, "session": session}
+            if isinstance(auth, dict):
+                challenge |= {"errcode": "M_UNRECOGNIZED", "error": "unsupported auth stage"}
+            return 401, challenge
+        pw_hash = await self.auth.hasher.hash(password)
+        new = NewAccount(username=username, password=password, role=EXTERNAL)
+        try:
+            async with self.db.transaction() as s:
+                account = await add_account(
+                    s, self.audit, Actor(SYSTEM.id, ip), new, pw_hash, self.clock.now()
+                )
+                user_id = self.user_id(username)
+                answer: JsonDict = {"user_id": user_id, "home_server": self.server_name}
+                if not inhibit:
+                    answer = await self._open_session(s, account.id, user_id, device_id, name, ip)
+                await self.audit.record(
+                    s,
+                    Actor(account.id, ip),
+                    "matrix.register",
+                    resource=f"account/{account.id}",
+                    details={"device": answer.get("device_id")},
+                )
+        except IntegrityError:  # registered concurrently under the same name
+            raise BadRequest("this user name is taken", errcode="M_USER_IN_USE") from None
+        return 200, answer
 
     async def requester(self, token: str) -> Requester:
         key = token_hash(token)

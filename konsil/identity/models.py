@@ -10,7 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from konsil.db import Base, UTCDateTime
 
-ROLES = ("admin", "practitioner", "coordinator")
+EXTERNAL = "external"  # messaging only, as a Matrix guest: see docs/ARCHITECTURE.md
+ROLES = ("admin", "practitioner", "coordinator", EXTERNAL)
 
 
 def new_id() -> str:

@@ -17,7 +17,7 @@ from konsil.clock import Clock
 from konsil.db import Database
 from konsil.errors import Conflict, Forbidden, NotFound, ValidationError
 from konsil.identity.matricule import check_matricule
-from konsil.identity.models import ROLES, Account, Organisation, Patient, Practitioner
+from konsil.identity.models import EXTERNAL, ROLES, Account, Organisation, Patient, Practitioner
 from konsil.identity.specialties import PROFESSIONS, is_specialty
 
 USERNAME_RE = re.compile(r"^[a-z0-9._=\-/]{1,64}$")  # Matrix user id localpart grammar
@@ -118,6 +118,58 @@ def check_new_account(a: NewAccount) -> None:
         raise ValidationError("the account is not valid", fields=errors)
 
 
+async def add_account(
+    session: AsyncSession,
+    audit: AuditLog,
+    actor: Actor,
+    new: NewAccount,
+    password_hash: str,
+    now: datetime,
+) -> Account:
+    """Insert an already checked account (and its practitioner record) and audit it, inside the
+    caller's transaction. A taken username raises IntegrityError at the flush. Accounts of role
+    ``external`` are guests: no practitioner record, no directory entry, no room creation."""
+    display = (new.display_name or new.username).strip()
+    practitioner_id = None
+    if new.role in ("practitioner", "coordinator"):
+        given, _, family = display.partition(" ")
+        pr = Practitioner(
+            given_name=given or display,
+            family_name=family or display,
+            profession=new.profession if new.role == "practitioner" else "coordinator",
+            specialty=new.specialty,
+            cns_provider_code=new.cns_provider_code,
+            organisation_id=new.organisation_id,
+            email=new.email,
+            created_at=now,
+        )
+        session.add(pr)
+        await session.flush()
+        practitioner_id = pr.id
+    account = Account(
+        username=new.username,
+        password_hash=password_hash,
+        role=new.role,
+        display_name=display,
+        practitioner_id=practitioner_id,
+        organisation_id=new.organisation_id,
+        is_active=True,
+        is_guest=new.role == EXTERNAL,
+        failed_logins=0,
+        created_at=now,
+    )
+    session.add(account)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        "account.create",
+        resource=f"account/{account.id}",
+        details={"role": new.role},
+    )
+    return account
+
+
 async def add_patient(
     session: AsyncSession, audit: AuditLog, actor: Actor, clean: NewPatient, now: datetime
 ) -> Patient:
@@ -189,51 +241,13 @@ class IdentityService:
     async def do_create_account(self, actor: Actor, new: NewAccount) -> Account:
         check_new_account(new)
         pw_hash = await self.hasher.hash(new.password)
-        now = self.clock.now()
-        display = (new.display_name or new.username).strip()
         try:
             async with self.db.transaction() as s:
                 if new.organisation_id and await s.get(Organisation, new.organisation_id) is None:
                     raise ValidationError(
                         "unknown organisation", fields={"organisation_id": "unknown organisation"}
                     )
-                practitioner_id = None
-                if new.role in ("practitioner", "coordinator"):
-                    given, _, family = display.partition(" ")
-                    pr = Practitioner(
-                        given_name=given or display,
-                        family_name=family or display,
-                        profession=new.profession if new.role == "practitioner" else "coordinator",
-                        specialty=new.specialty,
-                        cns_provider_code=new.cns_provider_code,
-                        organisation_id=new.organisation_id,
-                        email=new.email,
-                        created_at=now,
-                    )
-                    s.add(pr)
-                    await s.flush()
-                    practitioner_id = pr.id
-                account = Account(
-                    username=new.username,
-                    password_hash=pw_hash,
-                    role=new.role,
-                    display_name=display,
-                    practitioner_id=practitioner_id,
-                    organisation_id=new.organisation_id,
-                    is_active=True,
-                    is_guest=False,
-                    failed_logins=0,
-                    created_at=now,
-                )
-                s.add(account)
-                await s.flush()
-                await self.audit.record(
-                    s,
-                    actor,
-                    "account.create",
-                    resource=f"account/{account.id}",
-                    details={"role": new.role},
-                )
+                account = await add_account(s, self.audit, actor, new, pw_hash, self.clock.now())
         except IntegrityError:
             raise Conflict(
                 f"the username {new.username!r} is taken", fields={"username": "already taken"}
@@ -294,6 +308,7 @@ class IdentityService:
                 raise ValidationError("the account is not valid", fields=errors)
             account.display_name = display
             account.role = upd.role
+            account.is_guest = upd.role == EXTERNAL
             account.organisation_id = upd.organisation_id
             pr = (
                 await s.get(Practitioner, account.practitioner_id)

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from konsil import appkeys as K
-from konsil.errors import BadRequest, TooLarge, Unauthorized, ValidationError
+from konsil.errors import BadRequest, Forbidden, TooLarge, Unauthorized, ValidationError
 from konsil.ratelimit import RateLimiter
 from konsil.web.request import client_ip, json_response, read_json
 from messaging.common import JsonDict, Requester, parse_token
@@ -64,8 +64,6 @@ def limit(request: web.Request, which: str, key: str) -> None:
 
 def own_user(req: Requester, user_id: str) -> None:
     if user_id != req.user_id:
-        from konsil.errors import Forbidden
-
         raise Forbidden("you can only access your own data")
 
 
@@ -126,14 +124,31 @@ async def login(request: web.Request) -> web.Response:
     return json_response(await hs(request).devices.do_login(body, ip=client_ip(request)))
 
 
+def _registration_open(request: web.Request) -> None:
+    if not request.app[K.CONFIG].matrix.registration_enabled:
+        raise Forbidden(
+            "registration is disabled: accounts are provisioned by administrators",
+            errcode="M_FORBIDDEN",
+        )
+
+
 @routes.post(V3 + "/register")
 async def register(request: web.Request) -> web.Response:
-    from konsil.errors import Forbidden
+    _registration_open(request)
+    if request.query.get("kind", "user") != "user":
+        raise Forbidden("guest access is not available", errcode="M_GUEST_ACCESS_FORBIDDEN")
+    limit(request, "login", client_ip(request) or "unknown")
+    body = await read_json(request)
+    status, answer = await hs(request).devices.do_register(body, ip=client_ip(request))
+    return json_response(answer, status=status)
 
-    raise Forbidden(
-        "registration is disabled: accounts are provisioned by administrators",
-        errcode="M_FORBIDDEN",
-    )
+
+@routes.get(V3 + "/register/available")
+async def register_available(request: web.Request) -> web.Response:
+    _registration_open(request)  # closed: don't answer which names exist
+    limit(request, "login", client_ip(request) or "unknown")
+    await hs(request).devices.check_available(request.query.get("username", ""))
+    return json_response({"available": True})
 
 
 @routes.post(V3 + "/logout")
