@@ -81,9 +81,9 @@ async def test_trace_page_lists_attempts_and_retries_dead_messages(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
 )
 async def test_server_delivers_with_its_own_worker(
+    make_app: Callable[..., web.Application],  # first: its database outlives the app's worker
     aiohttp_client: AiohttpClient,
     aiohttp_server: ServerFactory,
-    make_app: Callable[..., web.Application],
     config: Config,
     tmp_path: Path,
 ) -> None:
