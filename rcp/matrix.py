@@ -24,7 +24,7 @@ from konsil.db import Database
 from konsil.errors import Conflict, Forbidden
 from konsil.identity.models import Account
 from messaging.common import JsonDict, Requester
-from messaging.models import Membership
+from messaging.models import Event, Membership
 from messaging.rooms import RoomService
 from rcp.domain.lifecycle import CaseState
 from rcp.models import Board, BoardMember, BoardRoom, Case
@@ -158,14 +158,15 @@ class MatrixBoardRooms:
             )
             return set(members.scalars()) | set(referrers.scalars())
 
-    async def _memberships(self, room_id: str) -> dict[str, str]:
+    async def _memberships(self, room_id: str) -> dict[str, tuple[str, str]]:
+        """User id -> (membership, sender of the membership event)."""
         async with self.db.session() as s:
             rows = await s.execute(
-                select(Membership.user_id, Membership.membership).where(
-                    Membership.room_id == room_id
-                )
+                select(Membership.user_id, Membership.membership, Event.sender)
+                .join(Event, Event.stream == Membership.stream)
+                .where(Membership.room_id == room_id)
             )
-            return {str(u): str(m) for u, m in rows.all()}
+            return {str(u): (str(m), str(by)) for u, m, by in rows.all()}
 
     async def _invite(self, room_id: str, user_id: str) -> None:
         try:
@@ -179,10 +180,29 @@ class MatrixBoardRooms:
     async def sync(self, board_id: str) -> None:
         room_id = await self.room_of(board_id)
         current = await self._memberships(room_id)
+        me = (await self.service_account()).user_id
         for username in sorted(await self._wanted(board_id)):
             uid = self.user_id(username)
-            if uid not in current:  # who left or was removed is not invited again here
+            ms, by = current.get(uid, ("", ""))
+            # who left is not invited again; who the service account took out (removed from
+            # the board) and is wanted again (added back, or now a referrer) is
+            if not ms or (ms == "leave" and by == me and uid != me):
                 await self._invite(room_id, uid)
+
+    async def remove(self, board_id: str, username: str) -> None:
+        """After a member left the board: out of the room, unless still wanted (a referrer)."""
+        if username in await self._wanted(board_id):
+            return
+        room_id = await self.room_of(board_id)
+        uid = self.user_id(username)
+        if (await self._memberships(room_id)).get(uid, ("", ""))[0] in ("join", "invite"):
+            await self.rooms().do_membership(
+                await self.service_account(),
+                room_id,
+                uid,
+                "leave",
+                reason="removed from the board / retiré de la RCP",
+            )
 
     async def post_notice(
         self, board_id: str, recipient_account_id: str, link: str, txn_id: str
@@ -194,9 +214,9 @@ class MatrixBoardRooms:
         await self.sync(board_id)
         room_id = await self.room_of(board_id)
         uid = self.user_id(recipient.username)
-        if (await self._memberships(room_id)).get(uid) not in ("join", "invite"):
+        if (await self._memberships(room_id)).get(uid, ("", ""))[0] not in ("join", "invite"):
             await self._invite(room_id, uid)
-            if (await self._memberships(room_id)).get(uid) not in ("join", "invite"):
+            if (await self._memberships(room_id)).get(uid, ("", ""))[0] not in ("join", "invite"):
                 raise Conflict("the recipient does not accept invitations to the board's room")
         name = recipient.display_name
         content: JsonDict = {

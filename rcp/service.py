@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -254,6 +254,9 @@ class RcpService:
         # Called with the board id after its members or its submitted cases changed (e.g. invite
         # people to the board's room). Best effort: a failing hook is logged.
         self.after_board_change: list[Callable[[str], Awaitable[None]]] = []
+        # Called with (board id, username) after a member was removed (takes them out of the
+        # board's Matrix room). Best effort: a failing hook is logged.
+        self.after_member_removed: list[Callable[[str, str], Awaitable[None]]] = []
         # Called with a session id after its agenda or attendance changed (best effort).
         self.after_session_change: list[Callable[[str], Awaitable[None]]] = []
 
@@ -458,6 +461,53 @@ class RcpService:
                 chair,
                 coordinator,
             )
+
+    async def do_remove_member(
+        self, p: Principal, board_id: str, account_id: str, *, ip: str | None = None
+    ) -> None:
+        """Take someone off the board (coordinators, admins). The board keeps at least one
+        coordinator. A removed member no longer counts towards any session's quorum, no longer
+        sees the board's cases and is taken out of the board's Matrix room (unless they are
+        still the referrer of one of its cases). Decisions and reports already made keep naming
+        them."""
+        async with self.db.transaction() as s:
+            bv = await self._board_view(s, board_id)
+            self._require_manager(p, bv)
+            m = bv.member(account_id)
+            if m is None:
+                raise NotFound("this account is not a member of the board")
+            if m.is_coordinator and sum(1 for x in bv.members if x.is_coordinator) == 1:
+                raise Conflict(
+                    "the board's last coordinator cannot be removed: name another coordinator first"
+                )
+            await s.execute(
+                delete(BoardMember).where(
+                    BoardMember.board_id == board_id, BoardMember.account_id == account_id
+                )
+            )
+            touched = set(
+                (
+                    await s.execute(
+                        select(Attendance.session_id)
+                        .join(Session, Session.id == Attendance.session_id)
+                        .where(Session.board_id == board_id, Attendance.account_id == account_id)
+                    )
+                ).scalars()
+            )
+            await self.audit.record(
+                s,
+                actor_of(p, ip),
+                "rcp.board.member.remove",
+                resource=f"rcp/board/{board_id}",
+                details={"account": account_id},
+            )
+        await self._board_changed(board_id)
+        await self._sessions_changed(touched)  # live quorum pages recount
+        for hook in self.after_member_removed:
+            try:
+                await hook(board_id, m.username)
+            except Exception:
+                log.exception("member-removed hook failed for an RCP board")
 
     async def do_set_quorum(
         self,

@@ -93,6 +93,7 @@ def setup(app: web.Application) -> None:
 
         app[RCP].after_publish.append(notify)
         app[RCP].after_board_change.append(rooms.sync)
+        app[RCP].after_member_removed.append(rooms.remove)
         app[RCP].after_session_change.append(app[LIVE].changed)
 
         stop = app[NOTICE_LOOP_STOP] = asyncio.Event()

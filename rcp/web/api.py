@@ -80,6 +80,15 @@ async def board_member(request: web.Request) -> web.Response:
     return json_response(board_view_json(await svc(request).board(request.match_info["id"])))
 
 
+@routes.delete(P + "/boards/{id}/members/{account}")
+async def board_member_remove(request: web.Request) -> web.Response:
+    p, ip = caller(request)
+    await svc(request).do_remove_member(
+        p, request.match_info["id"], request.match_info["account"], ip=ip
+    )
+    return json_response(board_view_json(await svc(request).board(request.match_info["id"])))
+
+
 @routes.put(P + "/boards/{id}/quorum")
 async def board_quorum(request: web.Request) -> web.Response:
     p, ip = caller(request)
@@ -408,6 +417,12 @@ _PATHS: list[tuple[str, str, str, str | None]] = [
         "/boards/{id}/members",
         "post",
         "Add or update a member (specialty, chair, coordinator)",
+        None,
+    ),
+    (
+        "/boards/{id}/members/{account}",
+        "delete",
+        "Remove a member (not the last coordinator); they leave the board's Matrix room",
         None,
     ),
     ("/boards/{id}/quorum", "put", "Set the board's quorum rule", "RcpQuorumRule"),

@@ -6,6 +6,7 @@ FR: dict[str, str] = {
     "(from the account)": "(celle du compte)",
     "Actions": "Actions",
     "Add member": "Ajouter un membre",
+    "Remove": "Retirer",
     "Agenda": "Ordre du jour",
     "At least": "Au moins",
     "Attach": "Joindre",

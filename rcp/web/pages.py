@@ -108,6 +108,16 @@ async def board_member(request: web.Request) -> web.StreamResponse:
     raise see_other(f"/rcp/boards/{request.match_info['id']}#members")
 
 
+@routes.post("/rcp/boards/{id}/members/{account}/remove")
+async def board_member_remove(request: web.Request) -> web.StreamResponse:
+    p, ip = caller(request)
+    await read_form(request)  # CSRF
+    await svc(request).do_remove_member(
+        p, request.match_info["id"], request.match_info["account"], ip=ip
+    )
+    raise see_other(f"/rcp/boards/{request.match_info['id']}#members")
+
+
 @routes.post("/rcp/boards/{id}/quorum")
 async def board_quorum(request: web.Request) -> web.StreamResponse:
     p, ip = caller(request)
