@@ -88,15 +88,41 @@ async def seed(config: Config) -> dict[str, str]:
     return logins
 
 
-def demo_sidecars(config: Config) -> list[tuple[str, web.Application, int]]:
-    """Other services the demo runs beside Konsil: the DSP and CNS simulators."""
+async def demo_trust(config: Config) -> dict[str, bytes]:
+    """The demo CNS's trust list: every organisation's public signing key (the key is created
+    now if the organisation has none yet). What an operator does by hand with ``konsil documents
+    export-keys`` and ``konsil simulate cns --trust DIR``; an organisation added while the demo
+    runs is trusted from the next start."""
+    from sqlalchemy import select
+
+    from konsil.identity.models import Organisation
+    from workflow.signing import KeyRing, public_keys
+
+    db = Database(config.effective_database_url)
+    try:
+        ring = KeyRing(config.workflow.signing_key_secret or config.secret_key, SystemClock())
+        async with db.transaction() as s:
+            for org_id in list((await s.execute(select(Organisation.id))).scalars()):
+                await ring.signer_for(s, org_id)
+        async with db.session() as s:
+            return {key_id: public for key_id, _, public in await public_keys(s)}
+    finally:
+        await db.dispose()
+
+
+def demo_sidecars(
+    config: Config, trusted: dict[str, bytes] | None = None
+) -> list[tuple[str, web.Application, int]]:
+    """Other services the demo runs beside Konsil: the DSP and CNS simulators (the CNS checks
+    every signature against ``trusted`` when given)."""
     from workflow.simulators import cns, dsp
     from workflow.simulators.common import SimulatorSettings
 
     store = config.data_path / "simulators"
+    cns_settings = SimulatorSettings(store / "cns", trusted_keys=trusted)
     return [
         ("DSP simulator", dsp.create_app(SimulatorSettings(store / "dsp")), config.port + 1),
-        ("CNS simulator", cns.create_app(SimulatorSettings(store / "cns")), config.port + 2),
+        ("CNS simulator", cns.create_app(cns_settings), config.port + 2),
     ]
 
 
@@ -123,7 +149,7 @@ async def _main(config: Config) -> None:
     logins = await seed(config)
     runners: list[web.AppRunner] = []
     ports: list[int] = []
-    for title, side_app, port in demo_sidecars(config):
+    for title, side_app, port in demo_sidecars(config, await demo_trust(config)):
         runner = web.AppRunner(side_app, access_log=None)
         await runner.setup()
         try:
