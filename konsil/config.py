@@ -70,6 +70,7 @@ class VideoConfig:
 class WorkflowConfig:
     dsp_url: str = ""
     dsp_transport: str = "xds"
+    dsp_update_url: str = ""  # XDS ITI-57 endpoint; default: dsp_url's …/iti41 as …/iti57
     cns_url: str = ""
     signing_key_secret: str = ""
     worker_enabled: bool = True

@@ -149,7 +149,7 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
             for v in await outbox.messages(status=args.status, limit=args.limit):
                 m = v.message
                 print(
-                    f"{m.id} {m.target} {m.status} attempts={m.attempts}/{m.max_attempts} "
+                    f"{m.id} {m.target} {m.kind} {m.status} attempts={m.attempts}/{m.max_attempts} "
                     f"ref={m.remote_reference or '-'} error={m.last_error or '-'}"
                 )
         finally:
@@ -214,7 +214,9 @@ def register(sub: Any) -> None:
     )
     p = outbox.add_parser("list", help="list outgoing messages")
     _common(p)
-    p.add_argument("--status", choices=["pending", "in_flight", "delivered", "rejected", "dead"])
+    p.add_argument(
+        "--status", choices=["pending", "in_flight", "delivered", "rejected", "dead", "cancelled"]
+    )
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_outbox_list)
     p = outbox.add_parser("retry", help="send a dead or rejected message again")

@@ -30,6 +30,7 @@ from konsil.errors import Conflict, NotFound, ValidationError
 from konsil.identity.models import Patient
 from workflow.models import ClinicalDocument, OutboxMessage, new_id
 from workflow.signing import KeyRing, verifier_for
+from workflow.withdrawal import do_withdraw
 
 if TYPE_CHECKING:
     from workflow.outbox import Outbox
@@ -210,7 +211,7 @@ class DocumentStore:
             (
                 await s.execute(
                     select(OutboxMessage)
-                    .where(OutboxMessage.document_id == old.id)
+                    .where(OutboxMessage.document_id == old.id, OutboxMessage.kind == "document")
                     .order_by(OutboxMessage.created_at)
                 )
             ).scalars()
@@ -248,6 +249,7 @@ class DocumentStore:
                 ClinicalDocument.set_id == old.set_id,
                 ClinicalDocument.version < doc.version,
                 OutboxMessage.status == "delivered",
+                OutboxMessage.kind == "document",
             )
             .order_by(ClinicalDocument.version)
         )
@@ -278,6 +280,10 @@ class DocumentStore:
         doc = await self._get_for_update(s, document_id)
         if doc.status not in ("final", "draft"):
             raise Conflict("the document is not current", fields={"status": doc.status})
+        details: dict[str, str] | None = None
+        if self.outbox is not None and doc.status == "final":
+            # receivers that hold it are told in this transaction (workflow.withdrawal)
+            details = (await do_withdraw(s, self.outbox, self.clock, doc)).details()
         doc.status = "entered-in-error"
         await self.audit.record(
             s,
@@ -285,6 +291,7 @@ class DocumentStore:
             "document.entered-in-error",
             patient_id=doc.patient_id,
             resource=f"document/{doc.id}",
+            details=details,
         )
         return doc
 

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from konsil.db import Base, UTCDateTime
 
 DOC_STATUSES = ("draft", "final", "amended", "entered-in-error")
-OUTBOX_STATUSES = ("pending", "in_flight", "delivered", "rejected", "dead")
+OUTBOX_STATUSES = ("pending", "in_flight", "delivered", "rejected", "dead", "cancelled")
+OUTBOX_KINDS = ("document", "withdrawal")  # withdrawal: workflow.withdrawal
 
 
 def new_id() -> str:
@@ -76,7 +77,7 @@ class OutboxMessage(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     target: Mapped[str] = mapped_column(String(16))  # cns | dsp
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))  # OUTBOX_KINDS
     idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
     payload: Mapped[str] = mapped_column(Text())  # JSON
     document_id: Mapped[str | None] = mapped_column(ForeignKey("clinical_documents.id"), index=True)

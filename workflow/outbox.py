@@ -201,6 +201,13 @@ class Outbox:
                 raise Conflict(
                     "only dead or rejected messages can be retried", fields={"status": msg.status}
                 )
+            if msg.kind == "document" and msg.document_id is not None:
+                doc = await s.get(ClinicalDocument, msg.document_id)
+                if doc is not None and doc.status == "entered-in-error":
+                    raise Conflict(
+                        "the document was marked entered in error: it is withdrawn, not sent",
+                        fields={"document": doc.status},
+                    )
             msg.status = "pending"
             msg.max_attempts = msg.attempts + self.max_attempts
             msg.next_attempt_at = self.clock.now()
@@ -419,7 +426,7 @@ class DeliveryWorker:
                     Actor(f"worker:{self.worker_id}"),
                     [
                         AuditEntry(
-                            "document.deliver",
+                            _DELIVERED.get(d.kind, "document.deliver"),
                             patient_id=d.document.patient_id,
                             resource=f"document/{d.document.id}",
                             details={"target": d.target, "reference": r.reference},
@@ -449,6 +456,9 @@ class DeliveryWorker:
             for t in pending:
                 t.cancel()
 
+
+# The audit action for a delivered message of each kind (a withdrawal: workflow.withdrawal).
+_DELIVERED = {"document": "document.deliver", "withdrawal": "document.withdraw"}
 
 _DOC_COLUMNS = (
     ClinicalDocument.id.label("doc_id"),

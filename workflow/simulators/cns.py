@@ -5,6 +5,8 @@
 public keys (``--trust DIR``, written by ``konsil documents export-keys``), it verifies each
 detached signature over the CDA's exact bytes: an unknown key is ``SIGNATURE_KEY_UNKNOWN``, a
 signature that does not match is ``SIGNATURE_INVALID``.
+
+``POST /ecit/v1/certificates/{document_id}/cancellation`` cancels an accepted certificate (below).
 """
 
 from __future__ import annotations
@@ -167,9 +169,103 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = SubmissionStore(settings.store)
     app.router.add_post(PATH, submit)
+    app.router.add_post(CANCEL_PATH, cancel)
     app.router.add_get("/healthz", healthz)
     return app
 
 
 async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+# ---------------------------------------------------------------- cancellations
+# ``POST /ecit/v1/certificates/{document_id}/cancellation``: a certificate issued by mistake stops
+# counting. The cancellation is stored as its own folder (``cancellation.json`` as received +
+# metadata.json, deduplicated on its idempotency key); the certificate's metadata becomes
+# ``status: cancelled`` with ``cancelled_by`` (the cancellation reference).
+
+CANCEL_PATH = PATH + "/{document_id}/cancellation"
+CANCEL_REQUIRED = ("idempotency_key", "document_id", "patient_matricule", "reason")
+
+
+def check_cancellation(
+    store: SubmissionStore, body: dict[str, Any], document_id: str
+) -> tuple[int, tuple[str, str]] | tuple[None, dict[str, Any]]:
+    """(status, reason) of a refusal, or (None, the certificate to cancel)."""
+    missing = [k for k in CANCEL_REQUIRED if not body.get(k)]
+    if missing:
+        return 422, ("MISSING_FIELD", f"missing: {', '.join(missing)}")
+    if body["document_id"] != document_id:
+        return 400, ("MALFORMED", "the envelope names another certificate than the URL")
+    cert = store.find("document_id", document_id)
+    if cert is None:
+        return 404, ("UNKNOWN_CERTIFICATE", "no certificate with this document id was accepted")
+    ref = body.get("cns_reference")
+    if ref is not None and ref != cert["acknowledgement"]["cns_reference"]:
+        return 422, ("REFERENCE_MISMATCH", "cns_reference is not this certificate's")
+    if cert.get("patient_matricule") != body["patient_matricule"]:
+        return 422, ("PATIENT_MISMATCH", "the certificate is another patient's")
+    if cert.get("replaced_by"):
+        return 409, ("ALREADY_REPLACED", "the certificate was replaced: cancel its replacement")
+    if cert.get("status") == "cancelled":
+        return 409, ("ALREADY_CANCELLED", "the certificate was already cancelled")
+    return None, cert
+
+
+async def cancel(request: web.Request) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    fault = await apply_faults(settings)
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return rejection(400, ("MALFORMED", "the body is not JSON"))
+    if not isinstance(body, dict):
+        return rejection(400, ("MALFORMED", "the body must be a JSON object"))
+    key, header = body.get("idempotency_key"), request.headers.get("Idempotency-Key")
+    if header and key and header != key:
+        return rejection(400, ("IDEMPOTENCY_KEY_MISMATCH", "header and body keys differ"))
+    document_id = request.match_info["document_id"]
+    async with store.lock(f"cancel:{document_id}"):
+        previous = store.get(key) if isinstance(key, str) and key else None
+        if previous is not None:
+            if previous.get("cancels_document_id") != document_id:
+                return rejection(
+                    409, ("IDEMPOTENCY_KEY_REUSED", "this key was used for another message")
+                )
+            return web.json_response(previous["acknowledgement"], status=200)
+        status, found = check_cancellation(store, body, document_id)
+        if status is not None:
+            assert isinstance(found, tuple)
+            return rejection(status, found)
+        assert isinstance(found, dict) and isinstance(key, str)
+        ack = {
+            "status": "accepted",
+            "cancellation_reference": f"CNS-ANN-{store.count + 1:08d}",
+            "cns_reference": found["acknowledgement"]["cns_reference"],
+            "idempotency_key": key,
+            "received_at": datetime.now(UTC).isoformat(),
+        }
+        store.put(
+            key,
+            raw,
+            "cancellation.json",
+            {
+                "kind": "cancellation",
+                "cancels_document_id": document_id,
+                "patient_matricule": body["patient_matricule"],
+                "reason": body["reason"],
+                "acknowledgement": ack,
+            },
+        )
+        store.annotate(
+            found["dedupe_key"],
+            {
+                "status": "cancelled",
+                "cancelled_by": ack["cancellation_reference"],
+                "cancelled_at": ack["received_at"],
+            },
+        )
+    if fault == "lost":
+        raise web.HTTPServiceUnavailable(text="simulated lost answer")
+    return web.json_response(ack, status=201)

@@ -6,6 +6,9 @@ metadata (required classifications, external identifiers and slots), that the su
 the document entry name the same patient and that it is the CDA's patient, the document's hash and
 size, and the CDA itself through the injected validator. A repeated document uniqueId with the same
 hash gets the original answer; with another hash, XDSNonIdenticalHash.
+
+Withdrawals: ITI-57 Update Document Set at ``/xds/iti57`` (Approved → Deprecated of one entry)
+and an ITI-65 Bundle updating a DocumentReference to ``entered-in-error`` (``PUT``) at ``/fhir``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from lxml import etree
 
 from workflow.cda.xsd import parse
 from workflow.connectors import xds
+from workflow.connectors.withdrawal import (
+    UPDATE_ACTION,
+    UPDATE_AVAILABILITY_STATUS,
+    UPDATE_RESPONSE_ACTION,
+)
 from workflow.connectors.xds import NS, RegistryError
 from workflow.simulators.common import (
     SimulatorSettings,
@@ -240,9 +248,11 @@ def check_submission(
     return errors, entries
 
 
-def response_envelope(errors: list[RegistryError], relates_to: str) -> bytes:
+def response_envelope(
+    errors: list[RegistryError], relates_to: str, action: str = xds.RESPONSE_ACTION
+) -> bytes:
     body = xds.registry_response(errors)
-    env = xds.soap_envelope(body, "", f"urn:uuid:{uuid.uuid4()}", action=xds.RESPONSE_ACTION)
+    env = xds.soap_envelope(body, "", f"urn:uuid:{uuid.uuid4()}", action=action)
     if relates_to:
         root = parse(env)
         header = root.find("soap:Header", NS)
@@ -470,6 +480,9 @@ async def iti65(request: web.Request) -> web.Response:
         bundle = json.loads(await request.read())
     except ValueError:
         return operation_outcome(400, ("structure", "the body is not JSON"))
+    update = _update_entry(bundle) if isinstance(bundle, dict) else None
+    if update is not None:  # DocumentReference entered-in-error (a withdrawal)
+        return await mhd_update(request, bundle, update, fault)
     issues, entry = check_bundle(bundle, settings)
     if issues:
         return operation_outcome(422, *issues)
@@ -536,4 +549,316 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app[STORE] = SubmissionStore(settings.store)
     app.router.add_post(ITI41_PATH, iti41)
     app.router.add_post(MHD_PATH, iti65)
+    app.router.add_post(ITI57_PATH, iti57)
     return app
+
+
+# ---------------------------------------------------------------- withdrawals (entered in error)
+# XDS ITI-57 Update Document Set (availability status only) and the MHD entered-in-error update.
+# Each accepted update is stored as its own folder (the request as received + metadata.json) and
+# the withdrawn entry's metadata becomes ``availability: Deprecated`` with ``withdrawn_by``.
+
+ITI57_PATH = "/xds/iti57"
+
+
+def _status_name(urn: str | None) -> str:
+    return (urn or "").rpartition(":")[2]
+
+
+def check_update(sor: etree._Element) -> tuple[list[RegistryError], dict[str, Any]]:
+    """An ITI-57 SubmitObjectsRequest that changes one DocumentEntry's availability status."""
+    rol = sor.find("rim:RegistryObjectList", NS)
+    package = None if rol is None else rol.find("rim:RegistryPackage", NS)
+    if rol is None or package is None:
+        return [RegistryError("XDSRegistryMetadataError", "no SubmissionSet RegistryPackage")], {}
+    ss = package.get("id", "")
+    errors: list[RegistryError] = []
+    values: dict[str, str] = {}
+    for name, scheme in (
+        ("uniqueId", xds.SS_UNIQUE_ID),
+        ("sourceId", xds.SS_SOURCE_ID),
+        ("patientId", xds.SS_PATIENT_ID),
+    ):
+        v = _ext(package, scheme)
+        if not v:
+            errors.append(
+                RegistryError("XDSRegistryMetadataError", f"XDSSubmissionSet.{name} missing", ss)
+            )
+        values[name] = v or ""
+    if _slot(package, "submissionTime") is None:
+        errors.append(RegistryError("XDSRegistryMetadataError", "submissionTime missing", ss))
+    marked = any(
+        c.get("classifiedObject") == ss and c.get("classificationNode") == xds.SUBMISSION_SET_NODE
+        for c in rol.iterfind("rim:Classification", NS)
+    )
+    if not marked:
+        errors.append(
+            RegistryError("XDSRegistryMetadataError", "the RegistryPackage is no SubmissionSet", ss)
+        )
+    if rol.find("rim:ExtrinsicObject", NS) is not None:
+        errors.append(
+            RegistryError(
+                "XDSMetadataUpdateOperationError",
+                "this registry accepts availability status updates only",
+                ss,
+            )
+        )
+    updates = [
+        a
+        for a in rol.iterfind("rim:Association", NS)
+        if a.get("associationType") == UPDATE_AVAILABILITY_STATUS
+    ]
+    if len(updates) != 1:
+        errors.append(
+            RegistryError(
+                "XDSMetadataUpdateOperationError",
+                "expected one UpdateAvailabilityStatus association",
+                ss,
+            )
+        )
+        return errors, {}
+    [assoc] = updates
+    original, new = _slot(assoc, "OriginalStatus"), _slot(assoc, "NewStatus")
+    if assoc.get("sourceObject") != ss:
+        errors.append(
+            RegistryError(
+                "XDSRegistryMetadataError", "the association must come from the SubmissionSet", ss
+            )
+        )
+    if not original or not new:
+        errors.append(
+            RegistryError("XDSRegistryMetadataError", "OriginalStatus and NewStatus required", ss)
+        )
+    elif (_status_name(original), _status_name(new)) != ("Approved", "Deprecated"):
+        errors.append(
+            RegistryError(
+                "XDSMetadataUpdateOperationError",
+                f"unsupported status change {_status_name(original)} -> {_status_name(new)}",
+                ss,
+            )
+        )
+    matricule = _matricule_of_cx(values["patientId"]) if values["patientId"] else None
+    if values["patientId"] and (matricule is None or matricule_problem(matricule)):
+        errors.append(RegistryError("XDSUnknownPatientId", "not a Luxembourg matricule CX", ss))
+    return errors, {
+        "ss_unique_id": values["uniqueId"],
+        "patient_id": values["patientId"],
+        "target_entry_uuid": assoc.get("targetObject", ""),
+        "original_status": _status_name(original),
+        "new_status": _status_name(new),
+    }
+
+
+def status_update_error(
+    target: dict[str, Any] | None, patient_id: str, original: str, reference: str
+) -> tuple[str, str] | None:
+    """Why a registry refuses to change an entry's availability status, or None."""
+    if target is None:
+        return ("UnresolvedReferenceException", f"the entry {reference} is not registered")
+    if _patient_key(str(target.get("patient_id"))) != _patient_key(patient_id):
+        return ("XDSPatientIdDoesNotMatch", "the entry is another patient's")
+    current = str(target.get("availability") or "Approved")
+    if current != original:
+        return (
+            "XDSMetadataUpdateError",
+            f"OriginalStatus {original} does not match the entry's status {current}",
+        )
+    return None
+
+
+def _withdraw(store: SubmissionStore, target: dict[str, Any], by: str, **extra: str) -> None:
+    store.annotate(
+        target["dedupe_key"],
+        {
+            "availability": "Deprecated",
+            "withdrawn_by": by,
+            "withdrawn_at": datetime.now(UTC).isoformat(),
+            **extra,
+        },
+    )
+
+
+async def iti57(request: web.Request) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    fault = await apply_faults(settings)
+    raw = await request.read()
+    try:
+        try:
+            envelope = parse(xds.soap_part(raw, request.headers.get("Content-Type", "")))
+        except (etree.XMLSyntaxError, IndexError):
+            raise SoapFault("Sender", "InvalidMessage", "the body is not a SOAP envelope") from None
+        action = (envelope.findtext("soap:Header/wsa:Action", namespaces=NS) or "").strip()
+        if action != UPDATE_ACTION:
+            raise SoapFault("Sender", "wsa:ActionNotSupported", f"unsupported action {action!r}")
+        message_id = envelope.findtext("soap:Header/wsa:MessageID", default="", namespaces=NS)
+        sor = envelope.find("soap:Body/lcm:SubmitObjectsRequest", NS)
+        if sor is None:
+            raise SoapFault("Sender", "InvalidMessage", "no SubmitObjectsRequest")
+    except SoapFault as f:
+        return fault_response(f)
+
+    def answer(errors: list[RegistryError]) -> web.Response:
+        return soap_response(response_envelope(errors, message_id, UPDATE_RESPONSE_ACTION))
+
+    errors, update = check_update(sor)
+    if errors:
+        return answer(errors)
+    entry = update["target_entry_uuid"]
+    async with store.lock(f"entry:{entry}"):
+        previous = store.get(update["ss_unique_id"])
+        if previous is not None:  # a retry of the same submission: the first answer
+            if previous.get("target_entry_uuid") != entry:
+                return answer(
+                    [
+                        RegistryError(
+                            "XDSDuplicateUniqueIdInRegistry",
+                            "SubmissionSet uniqueId already used",
+                            entry,
+                        )
+                    ]
+                )
+        else:
+            target = store.find("entry_uuid", entry)
+            error = status_update_error(
+                target, update["patient_id"], update["original_status"], entry
+            )
+            if error is not None:
+                return answer([RegistryError(error[0], error[1], entry)])
+            assert target is not None
+            store.put(
+                update["ss_unique_id"],
+                raw,
+                "update.xml",
+                {
+                    **update,
+                    "transport": "ITI-57",
+                    "received_at": datetime.now(UTC).isoformat(),
+                    "idempotency_key": request.headers.get("Idempotency-Key"),
+                },
+            )
+            _withdraw(store, target, update["ss_unique_id"])
+    if fault == "lost":
+        raise web.HTTPServiceUnavailable(text="simulated lost answer")
+    return answer([])
+
+
+def _update_entry(bundle: dict[str, Any]) -> dict[str, Any] | None:
+    """The DocumentReference entry of an update Bundle (``PUT``), or None for a publication."""
+    for e in bundle.get("entry") or []:
+        if not isinstance(e, dict):
+            continue
+        req, res = e.get("request") or {}, e.get("resource") or {}
+        if req.get("method") == "PUT" and res.get("resourceType") == "DocumentReference":
+            return e
+    return None
+
+
+def check_update_bundle(
+    bundle: dict[str, Any], entry: dict[str, Any]
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    if bundle.get("type") != "transaction":
+        return [("structure", "the Bundle must be a transaction")], {}
+    docref = entry["resource"]
+    lists = [
+        e["resource"]
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict) and (e.get("resource") or {}).get("resourceType") == "List"
+    ]
+    if not lists:
+        return [("required", "missing List (SubmissionSet)")], {}
+    issues: list[tuple[str, str]] = []
+    code = ((lists[0].get("code") or {}).get("coding") or [{}])[0]
+    if code.get("code") != "submissionset":
+        issues.append(("invariant", "List.code must be submissionset"))
+    if docref.get("status") != "entered-in-error":
+        issues.append(
+            ("not-supported", "only DocumentReference.status entered-in-error can be updated")
+        )
+    master = str((docref.get("masterIdentifier") or {}).get("value") or "")
+    url = str(entry["request"].get("url") or "")
+    if (
+        not url.startswith("DocumentReference?identifier=")
+        or not url.endswith(master)
+        or not master
+    ):
+        issues.append(("value", "request.url must select the masterIdentifier"))
+    subject = (docref.get("subject") or {}).get("identifier") or {}
+    if subject.get("system") != f"urn:oid:{xds.MATRICULE_OID}" or matricule_problem(
+        str(subject.get("value", ""))
+    ):
+        issues.append(("value", "DocumentReference.subject must be a Luxembourg matricule"))
+    if ((lists[0].get("subject") or {}).get("identifier") or {}) != subject:
+        issues.append(
+            ("invariant", "XDSPatientIdDoesNotMatch: List and DocumentReference subjects differ")
+        )
+    return issues, {
+        "unique_id": master.removeprefix("urn:oid:"),
+        "patient_id": str(subject.get("value", "")),
+    }
+
+
+async def mhd_update(
+    request: web.Request, bundle: dict[str, Any], entry: dict[str, Any], fault: str | None
+) -> web.Response:
+    store = request.app[STORE]
+    issues, update = check_update_bundle(bundle, entry)
+    if issues:
+        return operation_outcome(422, *issues)
+    unique = update["unique_id"]
+    key = request.headers.get("Idempotency-Key") or f"update-{uuid.uuid4()}"
+    async with store.lock(unique):
+        target = store.get(unique)
+        if target is None:
+            return operation_outcome(
+                404, ("not-found", f"UnresolvedReferenceException: no DocumentReference {unique}")
+            )
+        if _patient_key(str(target.get("patient_id"))) != update["patient_id"]:
+            return operation_outcome(
+                422, ("business-rule", "XDSPatientIdDoesNotMatch: another patient's document")
+            )
+        if target.get("replaced_by"):
+            return operation_outcome(
+                422,
+                (
+                    "business-rule",
+                    "XDSRegistryDeprecatedDocumentError: the document was replaced",
+                ),
+            )
+        if store.get(key) is None and target.get("status") != "entered-in-error":
+            store.put(
+                key,
+                json.dumps(bundle, indent=1).encode(),
+                "update.json",
+                {
+                    **update,
+                    "transport": "ITI-65 update",
+                    "new_status": "entered-in-error",
+                    "received_at": datetime.now(UTC).isoformat(),
+                    "idempotency_key": request.headers.get("Idempotency-Key"),
+                },
+            )
+            _withdraw(store, target, key, status="entered-in-error")
+    if fault == "lost":
+        raise web.HTTPServiceUnavailable(text="simulated lost answer")
+    return web.json_response(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [
+                {
+                    "response": {
+                        "status": "201 Created",
+                        "location": f"List/{uuid.uuid5(uuid.NAMESPACE_OID, key)}",
+                    }
+                },
+                {
+                    "response": {
+                        "status": "200 OK",
+                        "location": f"DocumentReference/{uuid.uuid5(uuid.NAMESPACE_URL, unique)}",
+                    }
+                },
+            ],
+        },
+        status=200,
+        content_type="application/fhir+json",
+    )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from konsil.web.request import actor_of, read_form, render, require_login, require_role
+from workflow.models import OUTBOX_STATUSES
 from workflow.web.keys import OUTBOX, WORKER
 
 routes = web.RouteTableDef()
-STATUSES = ("pending", "in_flight", "delivered", "rejected", "dead")
+STATUSES = OUTBOX_STATUSES
 
 
 @routes.get("/admin/outbox", name="admin_outbox")
