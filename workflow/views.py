@@ -51,6 +51,11 @@ class TargetDelivery:
     error: str | None
     delivered_at: datetime | None
     replaces: bool  # sent with the replacement relation
+    kind: str = "document"  # or "withdrawal" (entered in error: workflow.withdrawal)
+
+    @property
+    def label(self) -> str:
+        return self.target.upper() + (" withdrawal" if self.kind == "withdrawal" else "")
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,7 @@ class DocumentSummary:
     def rejection(self) -> str | None:
         """The receivers' reasons for refusing this version, if any refused it."""
         reasons = [
-            f"{d.target.upper()}: {d.error}"
-            for d in self.deliveries
-            if d.status == "rejected" and d.error
+            f"{d.label}: {d.error}" for d in self.deliveries if d.status == "rejected" and d.error
         ]
         return "; ".join(reasons) or None
 
@@ -308,6 +311,7 @@ class DocumentViews:
                     m.last_error,
                     m.delivered_at,
                     '"replaces":{' in m.payload,
+                    m.kind,
                 )
             )
         out = []

@@ -22,6 +22,7 @@ Idempotency key: ``<target>-withdraw-<document id>`` (one per target and withdra
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock
 from konsil.errors import Conflict
-from konsil.identity.models import Patient
 from workflow.models import ClinicalDocument, OutboxMessage
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class Planned:
     target: str
     document_id: str  # the version withdrawn at the receiver
     reference: str | None
+    matricule: str  # as the receiver got it (it identifies the patient there)
     if_held: bool = False
     not_before: datetime | None = None
 
@@ -65,6 +66,10 @@ class WithdrawalPlan:
             "withdrawn_at": ",".join(sorted(p.target for p in self.withdrawals)),
             "cancelled_for": ",".join(sorted(t for _, t, _ in self.cancel)),
         }
+
+
+def _matricule(m: OutboxMessage) -> str:
+    return str(json.loads(m.payload).get("patient_matricule") or "")
 
 
 def idempotency_key(target: str, document_id: str) -> str:
@@ -86,13 +91,13 @@ async def plan_withdrawal(s: AsyncSession, doc: ClinicalDocument, now: datetime)
         )
     ).all()
     mine: dict[str, OutboxMessage] = {}
-    held: dict[str, tuple[str, str | None]] = {}  # newest accepted version per target
+    held: dict[str, tuple[str, str | None, str]] = {}  # newest accepted version per target
     for row, _version in rows:
         if row.document_id == doc.id:
             mine[row.target] = row
         if row.status == "delivered":
             assert row.document_id is not None
-            held[row.target] = (row.document_id, row.remote_reference)
+            held[row.target] = (row.document_id, row.remote_reference, _matricule(row))
     plan = WithdrawalPlan()
     busy: list[str] = []
     for target in sorted(set(mine) | set(held)):
@@ -112,14 +117,14 @@ async def plan_withdrawal(s: AsyncSession, doc: ClinicalDocument, now: datetime)
                         target,
                         doc.id,
                         None,
+                        _matricule(m),
                         if_held=True,
                         not_before=start + timedelta(seconds=SETTLE_SECONDS),
                     )
                 )
                 continue
         if target in held:
-            document_id, reference = held[target]
-            plan.withdrawals.append(Planned(target, document_id, reference))
+            plan.withdrawals.append(Planned(target, *held[target]))
     if busy:
         raise Conflict(
             "the correction is still being delivered: mark it entered in error once "
@@ -150,13 +155,12 @@ async def do_withdraw(
                 "the document's delivery changed meanwhile: try again",
                 fields={"delivery": _target},
             )
-    patient = await s.get(Patient, doc.patient_id) if plan.withdrawals else None
     for p in plan.withdrawals:
         msg = await outbox.enqueue(
             s,
             p.target,
             {
-                "patient_matricule": patient.matricule if patient else "",
+                "patient_matricule": p.matricule,
                 "withdraws": {"document_id": p.document_id, "reference": p.reference},
                 "entered_in_error_id": doc.id,
                 "if_held": p.if_held,

@@ -51,6 +51,13 @@ FRENCH = {
     "Printable PDF": "PDF imprimable",
     "Correct this certificate": "Corriger ce certificat",
     "Mark as entered in error": "Marquer comme établi par erreur",
+    "withdrawal": "retrait",
+    "Withdrawn: issued by mistake": "Retiré : établi par erreur",
+    "Entered in error: this document was withdrawn. Receivers that held it are told to "
+    "withdraw it (see Delivery).": (
+        "Établi par erreur : ce document a été retiré. Les destinataires qui le détenaient "
+        "sont invités à le retirer (voir Transmission)."
+    ),
     "Versions": "Versions",
     "Replaced by": "Remplacé par",
     "Replaces": "Remplace",

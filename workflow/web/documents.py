@@ -86,6 +86,7 @@ def summary_json(d: DocumentSummary) -> dict[str, Any]:
                 "error": x.error,
                 "delivered_at": x.delivered_at.isoformat() if x.delivered_at else None,
                 "replaces": x.replaces,
+                "kind": x.kind,
             }
             for x in d.deliveries
         ],
@@ -213,6 +214,7 @@ async def entered_in_error_page(request: web.Request) -> web.Response:
     doc = await request.app[CORRECTIONS].do_enter_in_error(
         actor_of(request), principal, request.match_info["document_id"]
     )
+    _wake(request)  # withdrawals were queued with the status change
     raise web.HTTPSeeOther(f"/documents/{doc.id}")
 
 
@@ -321,6 +323,7 @@ async def api_entered_in_error(request: web.Request) -> web.Response:
     doc = await request.app[CORRECTIONS].do_enter_in_error(
         actor_of(request), principal, request.match_info["document_id"]
     )
+    _wake(request)
     opened = await request.app[VIEWS].open(actor_of(request), principal, doc.id)
     return json_response(summary_json(opened.summary))
 
@@ -412,7 +415,8 @@ def openapi_paths() -> dict[str, Any]:
         f"{API}/documents/{{id}}/entered-in-error": {
             "post": {
                 "tags": ["documents"],
-                "summary": "Author: withdraw a document issued by mistake",
+                "summary": "Author: withdraw a document issued by mistake (receivers that "
+                "accepted it are told: XDS ITI-57 / MHD entered-in-error / CNS cancellation)",
                 "parameters": [doc_id],
                 "responses": {"200": ok("Document"), **errors},
             }
@@ -458,6 +462,11 @@ def openapi_schemas() -> dict[str, Any]:
                             "reference": nullable,
                             "error": nullable,
                             "replaces": {"type": "boolean"},
+                            "kind": {
+                                "enum": ["document", "withdrawal"],
+                                "description": "withdrawal: the document was entered in error "
+                                "and the receiver is told to withdraw it",
+                            },
                         },
                     },
                 },
