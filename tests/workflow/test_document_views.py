@@ -125,9 +125,12 @@ class World:
         raise AssertionError("the outbox never drained")
 
     async def messages(self, document_id: str) -> dict[str, OutboxMessage]:
+        """The messages carrying the document (not withdrawals of it), per target."""
         async with self.app[K.DB].session() as s:
             rows = await s.execute(
-                select(OutboxMessage).where(OutboxMessage.document_id == document_id)
+                select(OutboxMessage).where(
+                    OutboxMessage.document_id == document_id, OutboxMessage.kind == "document"
+                )
             )
             return {m.target: m for m in rows.scalars()}
 

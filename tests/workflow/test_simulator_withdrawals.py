@@ -158,7 +158,8 @@ async def test_iti57_message_checks(
     errors, _ = dsp.check_update(sor)
     assert [e.code for e in errors] == ["XDSMetadataUpdateOperationError"]
     errors, update = dsp.check_update(update_request(w, now))
-    assert errors == [] and update["target_entry_uuid"] == xds.uuid_urn(w.document.id)  # type: ignore[union-attr]
+    assert w.document is not None
+    assert errors == [] and update["target_entry_uuid"] == xds.uuid_urn(w.document.id)
     assert update_url("https://dsp.example/xds/iti41") == "https://dsp.example/xds/iti57"
     assert update_url("https://dsp.example/registry") == "https://dsp.example/registry"
 

@@ -253,6 +253,7 @@ async def cancel(request: web.Request) -> web.Response:
             {
                 "kind": "cancellation",
                 "cancels_document_id": document_id,
+                "cns_reference": body.get("cns_reference"),  # as the sender named it
                 "patient_matricule": body["patient_matricule"],
                 "reason": body["reason"],
                 "acknowledgement": ack,
