@@ -302,18 +302,20 @@ class DocumentViews:
         )
         for m in msgs.scalars():
             assert m.document_id is not None
-            deliveries[m.document_id].append(
-                TargetDelivery(
-                    m.target,
-                    m.status,
-                    m.attempts,
-                    m.remote_reference,
-                    m.last_error,
-                    m.delivered_at,
-                    '"replaces":{' in m.payload,
-                    m.kind,
-                )
+            deliveries[m.document_id].append(_delivery(m))
+        # A version entered in error also shows the withdrawals of the earlier version a receiver
+        # still held (it refused the later one): that is what marking it withdrew there.
+        marked = {d.set_id: d.id for d in docs if d.status == "entered-in-error"}
+        if marked:
+            earlier = await s.execute(
+                select(OutboxMessage, ClinicalDocument.set_id)
+                .join(ClinicalDocument, ClinicalDocument.id == OutboxMessage.document_id)
+                .where(OutboxMessage.kind == "withdrawal", ClinicalDocument.set_id.in_(marked))
+                .order_by(OutboxMessage.target, OutboxMessage.created_at)
             )
+            for m, set_id in earlier:
+                if m.document_id != marked[set_id]:
+                    deliveries[marked[set_id]].append(_delivery(m))
         out = []
         for d in docs:
             p = patients.get(d.patient_id)
@@ -354,3 +356,16 @@ class DocumentViews:
                 ],
             )
         return out
+
+
+def _delivery(m: OutboxMessage) -> TargetDelivery:
+    return TargetDelivery(
+        m.target,
+        m.status,
+        m.attempts,
+        m.remote_reference,
+        m.last_error,
+        m.delivered_at,
+        '"replaces":{' in m.payload,
+        m.kind,
+    )

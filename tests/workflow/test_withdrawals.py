@@ -12,12 +12,14 @@ from sqlalchemy import select
 
 from konsil.audit.models import AuditEvent
 from konsil.audit.service import SYSTEM
+from konsil.auth.service import Principal
 from konsil.errors import Conflict
-from konsil.identity.models import Patient
+from konsil.identity.models import Account, Patient
 from tests.workflow.helpers import Workflow
 from tests.workflow.test_replacements import certificate
 from workflow.documents import DocumentStore
 from workflow.models import ClinicalDocument, OutboxMessage
+from workflow.views import DocumentViews, Filters
 from workflow.withdrawal import SETTLE_SECONDS
 
 
@@ -175,6 +177,18 @@ async def test_receiver_holding_an_earlier_version_gets_that_one_withdrawn(
         "document_id": v1.id,
         "reference": "CNS-CIT-00000001",
     }
+    # the author sees it on the version they marked (and on the one withdrawn)
+    views = DocumentViews(wf.db, wf.audit)
+    async with wf.db.session() as s:
+        account = await s.get(Account, wf.author_id)
+        assert account is not None
+        principal = Principal.of(account)
+    rows = {d.id: d for d in await views.authored(wf.author, principal, Filters())}
+    assert [(x.label, x.status) for x in rows[v2.id].deliveries] == [
+        ("CNS", "rejected"),
+        ("CNS withdrawal", "pending"),
+    ]
+    assert ("CNS withdrawal", "pending") in [(x.label, x.status) for x in rows[v1.id].deliveries]
 
 
 async def test_uncertain_replacement_over_a_held_version_waits(wf: Workflow) -> None:
