@@ -40,6 +40,11 @@ from workflow.models import DOC_STATUSES, ClinicalDocument, OutboxMessage
 KINDS = tuple(codes.BY_KIND)
 
 
+def delivery_label(target: str, kind: str) -> str:
+    """Which receiver, and what it was sent: ``CNS``, ``DSP withdrawal``."""
+    return target.upper() + (" withdrawal" if kind == "withdrawal" else "")
+
+
 @dataclass(frozen=True)
 class TargetDelivery:
     """Where one version went and what the receiver answered."""
@@ -55,7 +60,7 @@ class TargetDelivery:
 
     @property
     def label(self) -> str:
-        return self.target.upper() + (" withdrawal" if self.kind == "withdrawal" else "")
+        return delivery_label(self.target, self.kind)
 
 
 @dataclass(frozen=True)

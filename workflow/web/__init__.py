@@ -16,7 +16,7 @@ from workflow.corrections import Corrections
 from workflow.documents import DocumentStore
 from workflow.outbox import DeliveryWorker, Outbox
 from workflow.signing import KeyRing
-from workflow.views import DocumentViews, Filters
+from workflow.views import DocumentViews, Filters, delivery_label
 from workflow.web import documents, pages
 from workflow.web.keys import CORRECTIONS, DOCUMENTS, KEYS, OUTBOX, VIEWS, WORKER
 
@@ -125,7 +125,11 @@ def setup(app: web.Application) -> None:
     async def rejected(principal: Principal) -> list[tuple[str, str]]:
         rows = await app[OUTBOX].rejections_for_author(principal.account_id)
         return [
-            (f"{m.target.upper()}: {m.last_error or ''}"[:200], "/documents/rejected") for m in rows
+            (
+                f"{delivery_label(m.target, m.kind)}: {m.last_error or ''}"[:200],
+                "/documents/rejected",
+            )
+            for m in rows
         ]
 
     app[K.PANELS].append(
