@@ -792,7 +792,7 @@ def check_update_bundle(
             ("invariant", "XDSPatientIdDoesNotMatch: List and DocumentReference subjects differ")
         )
     return issues, {
-        "unique_id": master.removeprefix("urn:oid:"),
+        "target_unique_id": master.removeprefix("urn:oid:"),
         "patient_id": str(subject.get("value", "")),
     }
 
@@ -804,7 +804,7 @@ async def mhd_update(
     issues, update = check_update_bundle(bundle, entry)
     if issues:
         return operation_outcome(422, *issues)
-    unique = update["unique_id"]
+    unique = update["target_unique_id"]
     key = request.headers.get("Idempotency-Key") or f"update-{uuid.uuid4()}"
     async with store.lock(unique):
         target = store.get(unique)
