@@ -5,22 +5,33 @@ test_withdrawal_delivery.py."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from konsil.audit.models import AuditEvent
 from konsil.audit.service import SYSTEM
 from konsil.auth.service import Principal
+from konsil.config import WorkflowConfig
 from konsil.errors import Conflict
 from konsil.identity.models import Account, Patient
-from tests.workflow.helpers import Workflow
+from tests.workflow.helpers import Workflow, stored_documents
 from tests.workflow.test_replacements import certificate
+from workflow.connectors import build_transports
 from workflow.documents import DocumentStore
 from workflow.models import ClinicalDocument, OutboxMessage
+from workflow.outbox import DeliveryWorker
+from workflow.simulators import cns, dsp
+from workflow.simulators.common import SimulatorSettings
 from workflow.views import DocumentViews, Filters
 from workflow.withdrawal import SETTLE_SECONDS
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
 def store(wf: Workflow) -> DocumentStore:
@@ -117,7 +128,9 @@ async def test_delivered_document_gets_one_withdrawal_per_receiver(wf: Workflow)
         await mark(wf, doc_id)
 
 
-async def test_never_sent_document_is_cancelled_and_nothing_goes_out(wf: Workflow) -> None:
+async def test_never_sent_document_is_cancelled_and_nothing_goes_out(
+    wf: Workflow, aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
     patient = await wf.patient(12)
     doc_id, _sent = await issue_both(wf, patient)
     await mark(wf, doc_id)
@@ -127,12 +140,16 @@ async def test_never_sent_document_is_cancelled_and_nothing_goes_out(wf: Workflo
         ("dsp", "document", "cancelled"),
     ]
     assert "entered in error" in (msgs[0].last_error or "")
-    # the worker's claim takes pending rows only: a cancelled one is never sent
-    async with wf.db.session() as s:
-        due = (
-            await s.execute(select(OutboxMessage.id).where(OutboxMessage.status == "pending"))
-        ).first()
-    assert due is None
+    # a worker with both receivers configured finds nothing to send; they receive nothing
+    cns_sim = await aiohttp_server(cns.create_app(SimulatorSettings(tmp_path / "cns")))
+    dsp_sim = await aiohttp_server(dsp.create_app(SimulatorSettings(tmp_path / "dsp")))
+    config = WorkflowConfig(
+        cns_url=str(cns_sim.make_url(cns.PATH)), dsp_url=str(dsp_sim.make_url(dsp.ITI41_PATH))
+    )
+    async with aiohttp.ClientSession() as http:
+        worker = DeliveryWorker(wf.db, wf.clock, build_transports(config, http), worker_id="w-test")
+        assert await worker.run_once() == 0
+    assert stored_documents(tmp_path / "cns") == stored_documents(tmp_path / "dsp") == []
 
 
 async def test_unknown_outcome_is_cancelled_and_followed_by_a_tolerant_withdrawal(
