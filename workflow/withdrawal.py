@@ -55,16 +55,26 @@ class Planned:
     not_before: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A document message to cancel, as it was read (the cancellation requires it unchanged)."""
+
+    message_id: str
+    target: str
+    status: str
+    attempts: int
+
+
 @dataclass
 class WithdrawalPlan:
     withdrawals: list[Planned] = field(default_factory=list)
-    cancel: list[tuple[str, str, str]] = field(default_factory=list)  # (message id, target, seen)
+    cancel: list[Seen] = field(default_factory=list)
 
     def details(self) -> dict[str, str]:
         """For the audit row: targets only, never content."""
         return {
             "withdrawn_at": ",".join(sorted(p.target for p in self.withdrawals)),
-            "cancelled_for": ",".join(sorted(t for _, t, _ in self.cancel)),
+            "cancelled_for": ",".join(sorted(c.target for c in self.cancel)),
         }
 
 
@@ -104,13 +114,13 @@ async def plan_withdrawal(s: AsyncSession, doc: ClinicalDocument, now: datetime)
         m = mine.get(target)
         if m is not None and m.status in ("pending", "in_flight", "dead"):
             if m.status == "pending" and m.attempts == 0:
-                plan.cancel.append((m.id, target, "pending"))  # never left: nothing to undo
+                plan.cancel.append(Seen(m.id, target, m.status, 0))  # never left: nothing to undo
             else:
                 earlier = held.get(target)
                 if earlier is not None and earlier[0] != doc.id:
                     busy.append(target.upper())
                     continue
-                plan.cancel.append((m.id, target, m.status))
+                plan.cancel.append(Seen(m.id, target, m.status, m.attempts))
                 start = max(now, m.lease_until or now) if m.status == "in_flight" else now
                 plan.withdrawals.append(
                     Planned(
@@ -139,10 +149,14 @@ async def do_withdraw(
 ) -> WithdrawalPlan:
     """Cancel what never left, queue a withdrawal wherever the document (may have) arrived."""
     plan = await plan_withdrawal(s, doc, clock.now())
-    for message_id, _target, seen in plan.cancel:
+    for seen in plan.cancel:
         result: CursorResult[Any] = await s.execute(  # type: ignore[assignment]
             update(OutboxMessage)
-            .where(OutboxMessage.id == message_id, OutboxMessage.status == seen)
+            .where(
+                OutboxMessage.id == seen.message_id,
+                OutboxMessage.status == seen.status,
+                OutboxMessage.attempts == seen.attempts,
+            )
             .values(
                 status="cancelled",
                 lease_until=None,
@@ -153,7 +167,7 @@ async def do_withdraw(
         if result.rowcount != 1:  # a worker took it meanwhile: decide again on fresh facts
             raise Conflict(
                 "the document's delivery changed meanwhile: try again",
-                fields={"delivery": _target},
+                fields={"delivery": seen.target.upper()},
             )
     for p in plan.withdrawals:
         msg = await outbox.enqueue(
