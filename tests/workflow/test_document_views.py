@@ -150,10 +150,9 @@ class World:
             return list(rows.scalars())
 
     def stored(self, target: str) -> dict[str, dict[str, Any]]:
-        return {
-            str(m["document_id" if target == "cns" else "entry_uuid"]): m
-            for m in stored_documents(self.store / target)
-        }
+        """The documents a receiver stored (not the withdrawals it stored beside them)."""
+        key = "document_id" if target == "cns" else "entry_uuid"
+        return {str(m[key]): m for m in stored_documents(self.store / target) if key in m}
 
 
 async def make_world(
