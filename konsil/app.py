@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import jinja2
@@ -15,7 +15,7 @@ from konsil.audit.service import AuditLog, AuditSealer
 from konsil.auth.passwords import INTERACTIVE, PasswordHasher
 from konsil.auth.service import AuthService
 from konsil.clock import Clock, SystemClock, local
-from konsil.config import Config
+from konsil.config import FEATURES, Config
 from konsil.crypto import Sealer
 from konsil.db import Database, check_migrated
 from konsil.errors import ConfigError
@@ -37,24 +37,59 @@ TEMPLATES_DIR = Path(next(iter(templates_pkg.__path__)))
 FeatureSetup = Callable[[web.Application], None]
 
 
-def feature_setups() -> list[FeatureSetup]:
-    """Each feature package's ``web.setup(app)``: routes, app keys, cleanup contexts, panels."""
+def _messaging() -> FeatureSetup:
     import messaging.web
+
+    return messaging.web.setup
+
+
+def _rcp() -> FeatureSetup:
     import rcp.web
+
+    return rcp.web.setup
+
+
+def _video() -> FeatureSetup:
     import video.web
+
+    return video.web.setup
+
+
+def _workflow() -> FeatureSetup:
     import workflow.web
 
-    return [messaging.web.setup, rcp.web.setup, video.web.setup, workflow.web.setup]
+    return workflow.web.setup
+
+
+# Imported only when enabled: a process serving only Matrix never loads the other packages.
+_SETUPS: dict[str, Callable[[], FeatureSetup]] = {
+    "messaging": _messaging,
+    "rcp": _rcp,
+    "video": _video,
+    "workflow": _workflow,
+}
+assert list(_SETUPS) == list(FEATURES)
+
+
+def feature_setups(names: Iterable[str] = FEATURES) -> list[FeatureSetup]:
+    """Each enabled feature package's ``web.setup(app)`` (routes, app keys, cleanup contexts,
+    panels), in the fixed order of ``konsil.config.FEATURES``."""
+    wanted = set(names)
+    return [load() for name, load in _SETUPS.items() if name in wanted]
 
 
 DemoSeed = Callable[[web.Application], Awaitable[bool]]
 
 
-def demo_seeds() -> list[DemoSeed]:
-    """Each feature's demo data (``konsil demo``), run once the app has started; idempotent."""
-    import rcp.web.demo
+def demo_seeds(names: Iterable[str] = FEATURES) -> list[DemoSeed]:
+    """Each enabled feature's demo data (``konsil demo``), run once the app has started;
+    idempotent."""
+    seeds: list[DemoSeed] = []
+    if "rcp" in names:
+        import rcp.web.demo
 
-    return [rcp.web.demo.seed]
+        seeds.append(rcp.web.demo.seed)
+    return seeds
 
 
 def make_jinja(translator: Translator) -> jinja2.Environment:
@@ -128,6 +163,6 @@ def create_app(
     for routes in (ops.routes, auth_pages.routes, admin_pages.routes, api.routes):
         app.router.add_routes(routes)
     app.router.add_static("/static", TEMPLATES_DIR / "static", name="static")
-    for setup in feature_setups() if features is None else features:
+    for setup in feature_setups(config.features) if features is None else features:
         setup(app)
     return app

@@ -19,6 +19,17 @@ from konsil.errors import ConfigError
 
 ENV_PREFIX = "KONSIL_"
 
+# The feature packages one process can serve (`features`), in setup order, each with the
+# features it cannot work without. The kernel (login, admin, API tokens, /healthz, /metrics) is
+# always served. RCP posts its notices into the boards' Matrix rooms, and the homeserver's
+# notifier and caches are per process, so RCP runs in the process that serves Matrix.
+FEATURES: dict[str, tuple[str, ...]] = {
+    "messaging": (),
+    "rcp": ("messaging", "workflow"),
+    "video": ("workflow",),
+    "workflow": (),
+}
+
 
 @dataclass(frozen=True)
 class AuthConfig:
@@ -94,6 +105,7 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     default_language: str = "fr"
+    features: tuple[str, ...] = tuple(FEATURES)
     auth: AuthConfig = field(default_factory=AuthConfig)
     matrix: MatrixConfig = field(default_factory=MatrixConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
@@ -226,7 +238,22 @@ def validate(config: Config) -> None:
         raise ConfigError(f"log_format must be json or text, got {config.log_format}")
     if config.default_language not in {"fr", "en"}:
         raise ConfigError(f"default_language must be fr or en, got {config.default_language}")
+    validate_features(config.features)
     if config.workflow.dsp_transport not in {"xds", "mhd"}:
         raise ConfigError("workflow.dsp_transport must be xds or mhd")
     if config.auth.lockout_threshold < 1:
         raise ConfigError("auth.lockout_threshold must be at least 1")
+
+
+def validate_features(features: tuple[str, ...]) -> None:
+    if not features:
+        raise ConfigError(f"features must name at least one of {', '.join(FEATURES)}")
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ConfigError(
+            f"features: unknown feature(s) {', '.join(unknown)}; known: {', '.join(FEATURES)}"
+        )
+    for feature in features:
+        missing = [n for n in FEATURES[feature] if n not in features]
+        if missing:
+            raise ConfigError(f"features: {feature} needs {', '.join(missing)} in the same process")

@@ -138,7 +138,7 @@ async def _main(config: Config) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    for seed_feature in demo_seeds():  # e.g. an RCP board with sessions and cases
+    for seed_feature in demo_seeds(config.features):  # e.g. an RCP board with sessions and cases
         await seed_feature(app)
     await web.TCPSite(runner, config.host, config.port).start()
     runners.append(runner)
