@@ -12,7 +12,7 @@ from aiohttp import web
 import templates as templates_pkg
 from konsil import appkeys as K
 from konsil.audit.service import AuditLog, AuditSealer
-from konsil.auth.passwords import INTERACTIVE, PasswordHasher
+from konsil.auth.passwords import PasswordHasher
 from konsil.auth.service import AuthService
 from konsil.clock import Clock, SystemClock, local
 from konsil.config import FEATURES, Config
@@ -127,7 +127,7 @@ def create_app(
     app[K.TRANSLATOR] = translator
     app[K.JINJA] = make_jinja(translator)
     app[K.METRICS] = Metrics()
-    app[K.HASHER] = hasher or PasswordHasher(INTERACTIVE)
+    app[K.HASHER] = hasher or PasswordHasher.configured(config.auth)
     app[K.AUDIT] = AuditLog(clock)
     app[K.PANELS] = []
     app[K.CSRF_EXEMPT] = []

@@ -92,7 +92,7 @@ async def _services(config: Config) -> Any:
         await db.dispose()
         raise
     clock = SystemClock()
-    return db, IdentityService(db, clock, PasswordHasher(), AuditLog(clock))
+    return db, IdentityService(db, clock, PasswordHasher.configured(config.auth), AuditLog(clock))
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:

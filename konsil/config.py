@@ -38,6 +38,12 @@ class AuthConfig:
     session_hours: int = 12
     totp_required_roles: tuple[str, ...] = ()
     cookie_secure: bool = False
+    # Argon2id cost of new password hashes (libsodium's "interactive" profile by default). Each
+    # hash or check holds password_memory_kib of RAM for its duration, up to
+    # password_hash_concurrency at a time: that is most of a small server's peak memory.
+    password_memory_kib: int = 65536
+    password_passes: int = 2
+    password_hash_concurrency: int = 2
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,7 @@ def validate(config: Config) -> None:
         raise ConfigError("workflow.dsp_transport must be xds or mhd")
     if config.auth.lockout_threshold < 1:
         raise ConfigError("auth.lockout_threshold must be at least 1")
+    validate_password_cost(config.auth)
 
 
 def validate_features(features: tuple[str, ...]) -> None:
@@ -257,3 +264,31 @@ def validate_features(features: tuple[str, ...]) -> None:
         missing = [n for n in FEATURES[feature] if n not in features]
         if missing:
             raise ConfigError(f"features: {feature} needs {', '.join(missing)} in the same process")
+
+
+# OWASP's Argon2id floor: 46 MiB x 1 pass, 19 x 2, 12 x 3, 9 x 4 or 7 x 5 (memory x passes
+# of at least ~35 MiB, and never under 7 MiB).
+MIN_PASSWORD_MEMORY_KIB = 7 * 1024
+MIN_PASSWORD_MEMORY_X_PASSES_KIB = 35 * 1024
+
+
+def validate_password_cost(auth: AuthConfig) -> None:
+    m, t = auth.password_memory_kib, auth.password_passes
+    if not 1 <= t <= 10:
+        raise ConfigError(f"auth.password_passes must be between 1 and 10, got {t}")
+    if not MIN_PASSWORD_MEMORY_KIB <= m <= 1024 * 1024:
+        raise ConfigError(
+            f"auth.password_memory_kib must be between {MIN_PASSWORD_MEMORY_KIB} and 1048576, "
+            f"got {m}"
+        )
+    if m * t < MIN_PASSWORD_MEMORY_X_PASSES_KIB:
+        raise ConfigError(
+            f"auth.password_memory_kib x auth.password_passes must be at least "
+            f"{MIN_PASSWORD_MEMORY_X_PASSES_KIB} (OWASP: 19456 x 2, 12288 x 3, 9216 x 4, "
+            f"7168 x 5), got {m} x {t}"
+        )
+    if not 1 <= auth.password_hash_concurrency <= 64:
+        raise ConfigError(
+            "auth.password_hash_concurrency must be between 1 and 64, "
+            f"got {auth.password_hash_concurrency}"
+        )

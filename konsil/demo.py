@@ -51,7 +51,7 @@ async def seed(config: Config) -> dict[str, str]:
         return data
     db = Database(config.effective_database_url)
     clock = SystemClock()
-    identity = IdentityService(db, clock, PasswordHasher(), AuditLog(clock))
+    identity = IdentityService(db, clock, PasswordHasher.configured(config.auth), AuditLog(clock))
     logins: dict[str, str] = {}
     try:
         org = await identity.do_create_organisation(SYSTEM, "Centre Hospitalier Demo", "hospital")

@@ -31,6 +31,10 @@ def test_layers_file_env_flags(tmp_path: Path) -> None:
         ("port = [", {}, "not valid TOML"),
         ('server_name = "a b"', {}, "not a valid Matrix server name"),
         ("", {"KONSIL_AUTH_COOKIE_SECURE": "maybe"}, "expected true or false"),
+        ("[auth]\npassword_memory_kib = 4096", {}, "auth.password_memory_kib must be between"),
+        ("[auth]\npassword_memory_kib = 9216\npassword_passes = 2", {}, "OWASP"),
+        ("", {"KONSIL_AUTH_PASSWORD_PASSES": "0"}, "auth.password_passes must be between"),
+        ("", {"KONSIL_AUTH_PASSWORD_HASH_CONCURRENCY": "0"}, "password_hash_concurrency"),
     ],
 )
 def test_bad_config_is_one_clear_error(
