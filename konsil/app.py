@@ -134,7 +134,9 @@ def create_app(
     app[ops.OPENAPI] = api.base_document()
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-        db = Database(config.effective_database_url)
+        db = Database(
+            config.effective_database_url, max_connections=config.database_max_connections or None
+        )
         try:
             await check_migrated(db)
         except BaseException:

@@ -102,6 +102,7 @@ class WorkflowConfig:
 @dataclass(frozen=True)
 class Config:
     database_url: str = ""
+    database_max_connections: int = 0  # 0: 20 (SQLite), 10 + 10 overflow (PostgreSQL)
     server_name: str = "localhost"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -245,6 +246,11 @@ def validate(config: Config) -> None:
     if config.default_language not in {"fr", "en"}:
         raise ConfigError(f"default_language must be fr or en, got {config.default_language}")
     validate_features(config.features)
+    if not 0 <= config.database_max_connections <= 1000:
+        raise ConfigError(
+            "database_max_connections must be between 0 (the default) and 1000, "
+            f"got {config.database_max_connections}"
+        )
     if config.workflow.dsp_transport not in {"xds", "mhd"}:
         raise ConfigError("workflow.dsp_transport must be xds or mhd")
     if config.auth.lockout_threshold < 1:
