@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 from aiohttp import web
 
 import templates as templates_pkg
@@ -24,6 +24,7 @@ from konsil.identity.service import IdentityService
 from konsil.identity.specialties import BY_CODE
 from konsil.logs import silence_aiohttp_access_log
 from konsil.metrics import Metrics
+from konsil.templating import Templates
 from konsil.web import admin_pages, api, auth_pages, ops
 from konsil.web.middleware import (
     error_middleware,
@@ -31,6 +32,9 @@ from konsil.web.middleware import (
     security_middleware,
     session_middleware,
 )
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATES_DIR = Path(next(iter(templates_pkg.__path__)))
 
@@ -92,7 +96,9 @@ def demo_seeds(names: Iterable[str] = FEATURES) -> list[DemoSeed]:
     return seeds
 
 
-def make_jinja(translator: Translator) -> jinja2.Environment:
+def make_jinja() -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR / "pages")),
         autoescape=jinja2.select_autoescape(default=True),
@@ -125,7 +131,7 @@ def create_app(
     app[K.CONFIG] = config
     app[K.CLOCK] = clock
     app[K.TRANSLATOR] = translator
-    app[K.JINJA] = make_jinja(translator)
+    app[K.JINJA] = Templates(make_jinja)
     app[K.METRICS] = Metrics()
     app[K.HASHER] = hasher or PasswordHasher.configured(config.auth)
     app[K.AUDIT] = AuditLog(clock)

@@ -134,4 +134,4 @@ def test_messaging_only_process_does_not_import_other_features(tmp_path: Path) -
     )
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert {"konsil", "messaging"} <= loaded
-    assert {"rcp", "video", "workflow", "alembic", "mako", "lxml", "aiortc"}.isdisjoint(loaded)
+    assert {"rcp", "video", "workflow", "alembic", "jinja2", "lxml", "aiortc"}.isdisjoint(loaded)
