@@ -135,3 +135,11 @@ def test_messaging_only_process_does_not_import_other_features(tmp_path: Path) -
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert {"konsil", "messaging"} <= loaded
     assert {"rcp", "video", "workflow", "alembic", "jinja2", "lxml", "aiortc"}.isdisjoint(loaded)
+
+
+def test_cli_features_flag_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from konsil.cli import main
+
+    assert main(["serve", "--features", "messaging,telepathy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("konsil: error: features: unknown feature(s) telepathy")
