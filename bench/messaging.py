@@ -31,8 +31,9 @@ async def provision(database_url: str, n: int) -> None:
     from sqlalchemy import select
 
     from konsil.audit.service import SYSTEM, AuditLog
-    from konsil.auth.passwords import INTERACTIVE, PasswordHasher
+    from konsil.auth.passwords import PasswordHasher
     from konsil.clock import SystemClock
+    from konsil.config import load_config
     from konsil.db import Database
     from konsil.identity.models import Account
     from konsil.identity.service import IdentityService, NewAccount
@@ -40,7 +41,11 @@ async def provision(database_url: str, n: int) -> None:
     db = Database(database_url)
     try:
         identity = IdentityService(
-            db, SystemClock(), PasswordHasher(INTERACTIVE), AuditLog(SystemClock())
+            db,
+            SystemClock(),
+            # the cost the server is configured with (KONSIL_AUTH_PASSWORD_*), as its accounts
+            PasswordHasher.configured(load_config().auth),
+            AuditLog(SystemClock()),
         )
         async with db.session() as s:
             have = set((await s.execute(select(Account.username))).scalars())

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 from aiohttp import web
 
 import templates as templates_pkg
 from konsil import appkeys as K
 from konsil.audit.service import AuditLog, AuditSealer
-from konsil.auth.passwords import INTERACTIVE, PasswordHasher
+from konsil.auth.passwords import PasswordHasher
 from konsil.auth.service import AuthService
 from konsil.clock import Clock, SystemClock, local
-from konsil.config import Config
+from konsil.config import FEATURES, Config
 from konsil.crypto import Sealer
 from konsil.db import Database, check_migrated
 from konsil.errors import ConfigError
@@ -24,6 +24,7 @@ from konsil.identity.service import IdentityService
 from konsil.identity.specialties import BY_CODE
 from konsil.logs import silence_aiohttp_access_log
 from konsil.metrics import Metrics
+from konsil.templating import Templates
 from konsil.web import admin_pages, api, auth_pages, ops
 from konsil.web.middleware import (
     error_middleware,
@@ -32,32 +33,72 @@ from konsil.web.middleware import (
     session_middleware,
 )
 
+if TYPE_CHECKING:
+    import jinja2
+
 TEMPLATES_DIR = Path(next(iter(templates_pkg.__path__)))
 
 FeatureSetup = Callable[[web.Application], None]
 
 
-def feature_setups() -> list[FeatureSetup]:
-    """Each feature package's ``web.setup(app)``: routes, app keys, cleanup contexts, panels."""
+def _messaging() -> FeatureSetup:
     import messaging.web
+
+    return messaging.web.setup
+
+
+def _rcp() -> FeatureSetup:
     import rcp.web
+
+    return rcp.web.setup
+
+
+def _video() -> FeatureSetup:
     import video.web
+
+    return video.web.setup
+
+
+def _workflow() -> FeatureSetup:
     import workflow.web
 
-    return [messaging.web.setup, rcp.web.setup, video.web.setup, workflow.web.setup]
+    return workflow.web.setup
+
+
+# Imported only when enabled: a process serving only Matrix never loads the other packages.
+_SETUPS: dict[str, Callable[[], FeatureSetup]] = {
+    "messaging": _messaging,
+    "rcp": _rcp,
+    "video": _video,
+    "workflow": _workflow,
+}
+assert list(_SETUPS) == list(FEATURES)
+
+
+def feature_setups(names: Iterable[str] = FEATURES) -> list[FeatureSetup]:
+    """Each enabled feature package's ``web.setup(app)`` (routes, app keys, cleanup contexts,
+    panels), in the fixed order of ``konsil.config.FEATURES``."""
+    wanted = set(names)
+    return [load() for name, load in _SETUPS.items() if name in wanted]
 
 
 DemoSeed = Callable[[web.Application], Awaitable[bool]]
 
 
-def demo_seeds() -> list[DemoSeed]:
-    """Each feature's demo data (``konsil demo``), run once the app has started; idempotent."""
-    import rcp.web.demo
+def demo_seeds(names: Iterable[str] = FEATURES) -> list[DemoSeed]:
+    """Each enabled feature's demo data (``konsil demo``), run once the app has started;
+    idempotent."""
+    seeds: list[DemoSeed] = []
+    if "rcp" in names:
+        import rcp.web.demo
 
-    return [rcp.web.demo.seed]
+        seeds.append(rcp.web.demo.seed)
+    return seeds
 
 
-def make_jinja(translator: Translator) -> jinja2.Environment:
+def make_jinja() -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR / "pages")),
         autoescape=jinja2.select_autoescape(default=True),
@@ -90,16 +131,18 @@ def create_app(
     app[K.CONFIG] = config
     app[K.CLOCK] = clock
     app[K.TRANSLATOR] = translator
-    app[K.JINJA] = make_jinja(translator)
+    app[K.JINJA] = Templates(make_jinja)
     app[K.METRICS] = Metrics()
-    app[K.HASHER] = hasher or PasswordHasher(INTERACTIVE)
+    app[K.HASHER] = hasher or PasswordHasher.configured(config.auth)
     app[K.AUDIT] = AuditLog(clock)
     app[K.PANELS] = []
     app[K.CSRF_EXEMPT] = []
     app[ops.OPENAPI] = api.base_document()
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-        db = Database(config.effective_database_url)
+        db = Database(
+            config.effective_database_url, max_connections=config.database_max_connections or None
+        )
         try:
             await check_migrated(db)
         except BaseException:
@@ -128,6 +171,6 @@ def create_app(
     for routes in (ops.routes, auth_pages.routes, admin_pages.routes, api.routes):
         app.router.add_routes(routes)
     app.router.add_static("/static", TEMPLATES_DIR / "static", name="static")
-    for setup in feature_setups() if features is None else features:
+    for setup in feature_setups(config.features) if features is None else features:
         setup(app)
     return app

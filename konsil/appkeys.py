@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import jinja2
 from aiohttp import web
 
 from konsil.audit.service import AuditLog
@@ -17,6 +16,7 @@ from konsil.db import Database
 from konsil.i18n import Translator
 from konsil.identity.service import IdentityService
 from konsil.metrics import Metrics
+from konsil.templating import Templates
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ HASHER = web.AppKey("hasher", PasswordHasher)
 AUTH = web.AppKey("auth", AuthService)
 IDENTITY = web.AppKey("identity", IdentityService)
 TRANSLATOR = web.AppKey("translator", Translator)
-JINJA = web.AppKey("jinja", jinja2.Environment)
+JINJA = web.AppKey("jinja", Templates)
 METRICS = web.AppKey("metrics", Metrics)
 PANELS = web.AppKey("panels", list[DashboardPanel])
 # Routes the error middleware lets through without a CSRF token (machine callbacks).

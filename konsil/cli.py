@@ -37,6 +37,9 @@ def _config(args: argparse.Namespace) -> Config:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    features = getattr(args, "features", None)
+    if features is not None:
+        overrides["features"] = tuple(f.strip() for f in features.split(",") if f.strip())
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
@@ -92,7 +95,7 @@ async def _services(config: Config) -> Any:
         await db.dispose()
         raise
     clock = SystemClock()
-    return db, IdentityService(db, clock, PasswordHasher(), AuditLog(clock))
+    return db, IdentityService(db, clock, PasswordHasher.configured(config.auth), AuditLog(clock))
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
@@ -244,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host")
         p.add_argument("--port", type=int)
         p.add_argument("--server-name", dest="server_name")
+        p.add_argument(
+            "--features", help="comma-separated feature packages to serve (default: all)"
+        )
         p.set_defaults(func=func)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(

@@ -19,6 +19,17 @@ from konsil.errors import ConfigError
 
 ENV_PREFIX = "KONSIL_"
 
+# The feature packages one process can serve (`features`), in setup order, each with the
+# features it cannot work without. The kernel (login, admin, API tokens, /healthz, /metrics) is
+# always served. RCP posts its notices into the boards' Matrix rooms, and the homeserver's
+# notifier and caches are per process, so RCP runs in the process that serves Matrix.
+FEATURES: dict[str, tuple[str, ...]] = {
+    "messaging": (),
+    "rcp": ("messaging", "workflow"),
+    "video": ("workflow",),
+    "workflow": (),
+}
+
 
 @dataclass(frozen=True)
 class AuthConfig:
@@ -27,6 +38,12 @@ class AuthConfig:
     session_hours: int = 12
     totp_required_roles: tuple[str, ...] = ()
     cookie_secure: bool = False
+    # Argon2id cost of new password hashes (libsodium's "interactive" profile by default). Each
+    # hash or check holds password_memory_kib of RAM for its duration, up to
+    # password_hash_concurrency at a time: that is most of a small server's peak memory.
+    password_memory_kib: int = 65536
+    password_passes: int = 2
+    password_hash_concurrency: int = 2
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,7 @@ class WorkflowConfig:
 @dataclass(frozen=True)
 class Config:
     database_url: str = ""
+    database_max_connections: int = 0  # 0: 20 (SQLite), 10 + 10 overflow (PostgreSQL)
     server_name: str = "localhost"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -95,6 +113,7 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     default_language: str = "fr"
+    features: tuple[str, ...] = tuple(FEATURES)
     auth: AuthConfig = field(default_factory=AuthConfig)
     matrix: MatrixConfig = field(default_factory=MatrixConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
@@ -227,7 +246,56 @@ def validate(config: Config) -> None:
         raise ConfigError(f"log_format must be json or text, got {config.log_format}")
     if config.default_language not in {"fr", "en"}:
         raise ConfigError(f"default_language must be fr or en, got {config.default_language}")
+    validate_features(config.features)
+    if not 0 <= config.database_max_connections <= 1000:
+        raise ConfigError(
+            "database_max_connections must be between 0 (the default) and 1000, "
+            f"got {config.database_max_connections}"
+        )
     if config.workflow.dsp_transport not in {"xds", "mhd"}:
         raise ConfigError("workflow.dsp_transport must be xds or mhd")
     if config.auth.lockout_threshold < 1:
         raise ConfigError("auth.lockout_threshold must be at least 1")
+    validate_password_cost(config.auth)
+
+
+def validate_features(features: tuple[str, ...]) -> None:
+    if not features:
+        raise ConfigError(f"features must name at least one of {', '.join(FEATURES)}")
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ConfigError(
+            f"features: unknown feature(s) {', '.join(unknown)}; known: {', '.join(FEATURES)}"
+        )
+    for feature in features:
+        missing = [n for n in FEATURES[feature] if n not in features]
+        if missing:
+            raise ConfigError(f"features: {feature} needs {', '.join(missing)} in the same process")
+
+
+# OWASP's Argon2id floor: 46 MiB x 1 pass, 19 x 2, 12 x 3, 9 x 4 or 7 x 5 (memory x passes
+# of at least ~35 MiB, and never under 7 MiB).
+MIN_PASSWORD_MEMORY_KIB = 7 * 1024
+MIN_PASSWORD_MEMORY_X_PASSES_KIB = 35 * 1024
+
+
+def validate_password_cost(auth: AuthConfig) -> None:
+    m, t = auth.password_memory_kib, auth.password_passes
+    if not 1 <= t <= 10:
+        raise ConfigError(f"auth.password_passes must be between 1 and 10, got {t}")
+    if not MIN_PASSWORD_MEMORY_KIB <= m <= 1024 * 1024:
+        raise ConfigError(
+            f"auth.password_memory_kib must be between {MIN_PASSWORD_MEMORY_KIB} and 1048576, "
+            f"got {m}"
+        )
+    if m * t < MIN_PASSWORD_MEMORY_X_PASSES_KIB:
+        raise ConfigError(
+            f"auth.password_memory_kib x auth.password_passes must be at least "
+            f"{MIN_PASSWORD_MEMORY_X_PASSES_KIB} (OWASP: 19456 x 2, 12288 x 3, 9216 x 4, "
+            f"7168 x 5), got {m} x {t}"
+        )
+    if not 1 <= auth.password_hash_concurrency <= 64:
+        raise ConfigError(
+            "auth.password_hash_concurrency must be between 1 and 64, "
+            f"got {auth.password_hash_concurrency}"
+        )

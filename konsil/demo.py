@@ -51,7 +51,7 @@ async def seed(config: Config) -> dict[str, str]:
         return data
     db = Database(config.effective_database_url)
     clock = SystemClock()
-    identity = IdentityService(db, clock, PasswordHasher(), AuditLog(clock))
+    identity = IdentityService(db, clock, PasswordHasher.configured(config.auth), AuditLog(clock))
     logins: dict[str, str] = {}
     try:
         org = await identity.do_create_organisation(SYSTEM, "Centre Hospitalier Demo", "hospital")
@@ -164,7 +164,7 @@ async def _main(config: Config) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    for seed_feature in demo_seeds():  # e.g. an RCP board with sessions and cases
+    for seed_feature in demo_seeds(config.features):  # e.g. an RCP board with sessions and cases
         await seed_feature(app)
     await web.TCPSite(runner, config.host, config.port).start()
     runners.append(runner)

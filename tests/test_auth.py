@@ -288,3 +288,66 @@ async def test_admin_edits_practitioner(
         data={"csrf_token": csrf, "display_name": "Admin", "role": "practitioner"},
     )
     assert demote.status == 400
+
+
+async def test_login_rehashes_a_password_made_at_another_cost(
+    client: Client, create_user: CreateUser
+) -> None:
+    """An operator who changes ``[auth] password_memory_kib``/``password_passes`` gets every
+    account's hash at the new cost from its next successful login on."""
+    from sqlalchemy import select
+
+    from konsil.auth.passwords import HashProfile, PasswordHasher
+    from konsil.identity.models import Account
+
+    doc = await create_user("dr.weber")
+    auth = client.app[K.AUTH]
+
+    async def stored() -> str:
+        async with client.app[K.DB].session() as s:
+            h = await s.scalar(
+                select(Account.password_hash).where(Account.username == doc.username)
+            )
+        assert h is not None
+        return h
+
+    before = await stored()
+    assert not auth.hasher.needs_rehash(before)
+    auth.hasher = PasswordHasher(HashProfile.of(memory_kib=16, passes=3))
+    assert auth.hasher.needs_rehash(before)
+    status, _ = await _post_login(client, doc.username, "not-the-password-0")
+    assert status == 401 and await stored() == before  # a failed login changes nothing
+    status, where = await _post_login(client, doc.username, doc.password)
+    assert (status, where) == (303, "/")
+    after = await stored()
+    assert after.startswith("$argon2id$v=19$m=16,t=3,p=1$")
+    assert not auth.hasher.needs_rehash(after)
+    assert await auth.hasher.verify(after, doc.password)
+
+
+def test_password_hasher_bounds_concurrent_hashes() -> None:
+    import asyncio
+
+    from konsil.auth.passwords import FAST_FOR_TESTS, PasswordHasher
+
+    hasher = PasswordHasher(FAST_FOR_TESTS, concurrency=1)
+    running = 0
+    most = 0
+    plain = hasher.hash_sync
+
+    def counted(password: str) -> str:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            return plain(password)
+        finally:
+            running -= 1
+
+    hasher.hash_sync = counted  # type: ignore[method-assign]
+
+    async def run() -> list[str]:
+        return await asyncio.gather(*(hasher.hash(f"password-{i}-0123") for i in range(8)))
+
+    hashes = asyncio.run(run())
+    assert len(set(hashes)) == 8 and most == 1

@@ -31,6 +31,11 @@ def test_layers_file_env_flags(tmp_path: Path) -> None:
         ("port = [", {}, "not valid TOML"),
         ('server_name = "a b"', {}, "not a valid Matrix server name"),
         ("", {"KONSIL_AUTH_COOKIE_SECURE": "maybe"}, "expected true or false"),
+        ("[auth]\npassword_memory_kib = 4096", {}, "auth.password_memory_kib must be between"),
+        ("[auth]\npassword_memory_kib = 9216\npassword_passes = 2", {}, "OWASP"),
+        ("", {"KONSIL_AUTH_PASSWORD_PASSES": "0"}, "auth.password_passes must be between"),
+        ("", {"KONSIL_AUTH_PASSWORD_HASH_CONCURRENCY": "0"}, "password_hash_concurrency"),
+        ("database_max_connections = -1", {}, "database_max_connections must be between"),
     ],
 )
 def test_bad_config_is_one_clear_error(
@@ -56,3 +61,28 @@ def test_cli_reports_bad_config_in_one_line(
 def test_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade", "--config", "/nonexistent/konsil.toml"]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "cap", "pool", "overflow"),
+    [
+        ("sqlite+aiosqlite:///{tmp}/a.db", None, 20, 0),
+        ("sqlite+aiosqlite:///{tmp}/a.db", 5, 5, 0),
+        ("postgresql+asyncpg://u@127.0.0.1:1/x", None, 10, 10),
+        ("postgresql+asyncpg://u@127.0.0.1:1/x", 5, 2, 3),
+    ],
+)
+async def test_database_max_connections_caps_the_pool(
+    tmp_path: Path, url: str, cap: int | None, pool: int, overflow: int
+) -> None:
+    from sqlalchemy.pool import QueuePool
+
+    from konsil.db import Database
+
+    db = Database(url.format(tmp=tmp_path), max_connections=cap)
+    try:
+        p = db.engine.sync_engine.pool
+        assert isinstance(p, QueuePool)
+        assert (p.size(), p._max_overflow) == (pool, overflow)
+    finally:
+        await db.dispose()

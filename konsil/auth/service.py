@@ -131,6 +131,12 @@ class AuthService:
                 retry_after_ms=wait_ms,
             )
         ok = await self.hasher.verify(account.password_hash, password)
+        # A hash made at another cost (the configured profile changed) is replaced at login.
+        rehashed = (
+            await self.hasher.hash(password)
+            if ok and self.hasher.needs_rehash(account.password_hash)
+            else None
+        )
         async with self.db.transaction() as s:
             fresh = await s.get(Account, account.id, with_for_update=True)
             assert fresh is not None
@@ -153,6 +159,8 @@ class AuthService:
                 fresh.failed_logins = 0
                 fresh.locked_until = None
                 fresh.last_login_at = now
+                if rehashed is not None and fresh.password_hash == account.password_hash:
+                    fresh.password_hash = rehashed
                 await self.audit.record(s, Actor(fresh.id, ip), "login")
                 raise_after = False
             principal = Principal.of(fresh)
