@@ -155,10 +155,76 @@ def _xpath(path: str) -> etree.XPath:
     return etree.XPath(path, namespaces=NS)
 
 
+_H: Final = f"{{{codes.HL7_NS}}}"
+_OBSERVATION: Final = f"{_H}observation"
+_CODE: Final = f"{_H}code"
+_VALUE: Final = f"{_H}value"
+_LOW: Final = f"{_H}low"
+_HIGH: Final = f"{_H}high"
+_TS_TAGS: Final = frozenset(f"{_H}{t}" for t in ("low", "high", "effectiveTime", "time", "birthTime"))
+
+
+class _Index:
+    """What the rules look up below the root, gathered in one walk of the tree (document order)
+    instead of one XPath ``.//…`` walk per rule."""
+
+    def __init__(self, doc: etree._Element) -> None:
+        self.elements: list[etree._Element] = [doc]  # the root, then every descendant element
+        # an observation's code → the observations with such an h:code child
+        self.observations: dict[str | None, list[etree._Element]] = {}
+        self.observed: set[tuple[str | None, str | None]] = set()  # (system, code) of those
+        self.coded_values: list[etree._Element] = []  # h:value xsi:type CD or CE
+        self.times: list[etree._Element] = []  # elements holding a TS in @value
+        self.low: set[etree._Element] = set()  # elements with an h:low child
+        self.high: set[etree._Element] = set()  # elements with an h:high child
+        for el in doc.iterdescendants():
+            tag = el.tag
+            if not isinstance(tag, str):
+                continue
+            self.elements.append(el)
+            xsi_type = el.get(XSI_TYPE)
+            if tag == _CODE:
+                parent = el.getparent()
+                if parent is not None and parent.tag == _OBSERVATION:
+                    code = el.get("code")
+                    self.observed.add((el.get("codeSystem"), code))
+                    same = self.observations.setdefault(code, [])
+                    if not same or same[-1] is not parent:
+                        same.append(parent)
+            elif tag == _VALUE and xsi_type in ("CD", "CE"):
+                self.coded_values.append(el)
+            elif tag == _LOW or tag == _HIGH:
+                parent = el.getparent()
+                if parent is not None:
+                    (self.low if tag == _LOW else self.high).add(parent)
+            if (tag in _TS_TAGS or xsi_type == "TS") and el.get("value") is not None:
+                self.times.append(el)
+
+    def observations_with(self, code: str) -> list[etree._Element]:
+        """``.//h:observation[h:code/@code=code]``"""
+        return self.observations.get(code, [])
+
+    def observation_children(self, code: str, tag: str) -> list[etree._Element]:
+        """``.//h:observation[h:code/@code=code]/h:<tag>``"""
+        return [c for o in self.observations_with(code) for c in o.iterchildren(f"{_H}{tag}")]
+
+    def intervals(self) -> list[etree._Element]:
+        """``.//*[h:low and h:high]``"""
+        both = self.low & self.high
+        return [el for el in self.elements[1:] if el in both] if both else []
+
+
 class _Checker:
     def __init__(self, doc: etree._Element) -> None:
         self.doc = doc
         self.problems: list[str] = []
+        self._index: _Index | None = None
+
+    @property
+    def index(self) -> _Index:
+        if self._index is None:
+            self._index = _Index(self.doc)
+        return self._index
 
     def x(self, path: str, node: etree._Element | None = None) -> list[etree._Element]:
         found = _xpath(path)(self.doc if node is None else node)
@@ -319,16 +385,15 @@ class _Checker:
                 self.bad(f"section {label} has no narrative text")
         required = list(REQUIRED_SECTIONS.get(kind or "", ()))
         if kind == "sick-leave":
-            variant = self.attr(
-                f".//h:observation[h:code/@code='{codes.OBS_INCAPACITY.code}']/h:value", "code"
-            )
+            values = self.index.observation_children(codes.OBS_INCAPACITY.code, "value")
+            variant = values[0].get("code") if values else None
             if variant not in codes.SICK_LEAVE_KINDS:
                 self.bad(f"unknown sick-leave kind {variant!r}")
             required = list(SICK_LEAVE_REQUIRED.get(variant or "", required))
         for need in required:
             if (need.system, need.code) not in present:
                 self.bad(f"required section {need.code} ({need.display}) is missing")
-        observed = {(c.get("codeSystem"), c.get("code")) for c in self.x(".//h:observation/h:code")}
+        observed = self.index.observed
         for need in REQUIRED_OBSERVATIONS.get(kind or "", ()):
             if (need.system, need.code) not in observed:
                 self.bad(f"required entry {need.code} ({need.display}) is missing")
@@ -350,9 +415,7 @@ class _Checker:
                     self.bad(f"medication line {n} does not say whether the CNS reimburses it")
 
     def coded(self) -> None:
-        for el in self.doc.iter():
-            if not isinstance(el.tag, str):
-                continue
+        for el in self.index.elements:
             system, code = el.get("codeSystem"), el.get("code")
             if system is None or code is None:
                 continue
@@ -374,18 +437,17 @@ class _Checker:
                 self.bad(f"unknown code system {system} for code {code!r}")
             elif not known[1](code):
                 self.bad(f"{code!r} is not a known {known[0]} code")
-        for value in self.x(".//h:value[@xsi:type='CD' or @xsi:type='CE']"):
+        for value in self.index.coded_values:
             if value.get("code") is None:
                 self.bad("a coded value has no code")
         for obs_code, (label, allowed) in OBSERVATION_VALUES.items():
-            for value in self.x(f".//h:observation[h:code/@code='{obs_code}']/h:value"):
+            for value in self.index.observation_children(obs_code, "value"):
                 if not allowed(value.get("code") or ""):
                     self.bad(f"{value.get('code')!r} is not a valid {label}")
 
     def quorum(self) -> None:
-        met = self.attr(
-            f".//h:observation[h:code/@code='{codes.OBS_QUORUM.code}']/h:value", "value"
-        )
+        values = self.index.observation_children(codes.OBS_QUORUM.code, "value")
+        met = values[0].get("value") if values else None
         specialties = {
             c.get("code")
             for c in self.x("h:documentationOf/h:serviceEvent/h:performer/h:assignedEntity/h:code")
@@ -397,23 +459,19 @@ class _Checker:
             )
 
     def dates(self, kind: str | None, issued: date | None) -> None:
-        for el in self.x(
-            ".//*[@value][self::h:low or self::h:high or self::h:effectiveTime "
-            "or self::h:time or self::h:birthTime or @xsi:type='TS']"
-        ):
+        for el in self.index.times:
             if parse_ts(el.get("value") or "") is None:
                 self.bad(f"{el.get('value')!r} is not a valid date or time")
-        for ivl in self.x(".//*[h:low and h:high]"):
+        for ivl in self.index.intervals():
             low = parse_ts(self.attr("h:low", "value", ivl) or "")
             high = parse_ts(self.attr("h:high", "value", ivl) or "")
             if low and high and high < low:
                 self.bad(f"a period ends ({high}) before it starts ({low})")
         if kind == "sick-leave":
-            inc = self.one(f".//h:observation[h:code/@code='{codes.OBS_INCAPACITY.code}']")
-            first = self.attr(
-                f".//h:observation[h:code/@code='{codes.OBS_FIRST_DAY_OFF.code}']/h:effectiveTime",
-                "value",
-            )
+            found = self.index.observations_with(codes.OBS_INCAPACITY.code)
+            inc = found[0] if found else None
+            times = self.index.observation_children(codes.OBS_FIRST_DAY_OFF.code, "effectiveTime")
+            first = times[0].get("value") if times else None
             if inc is not None:
                 start = parse_ts(self.attr("h:effectiveTime/h:low", "value", inc) or "")
                 end = parse_ts(self.attr("h:effectiveTime/h:high", "value", inc) or "")
