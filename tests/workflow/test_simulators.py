@@ -224,8 +224,9 @@ async def test_cns_journal_store_dedupes_and_survives_a_restart(
     assert (await conn.deliver(other)).outcome == "delivered"
     assert not list((tmp_path / "cns").glob("*/metadata.json"))  # no folder per submission
     stored = journal_submissions(tmp_path / "cns")
-    assert [m["document_id"] for m, _ in stored] == [d.document.id, other.document.id]  # type: ignore[union-attr]
-    assert stored[0][1] == d.document.content  # the exact bytes  # type: ignore[union-attr]
+    assert d.document is not None and other.document is not None
+    assert [m["document_id"] for m, _ in stored] == [d.document.id, other.document.id]
+    assert stored[0][1] == d.document.content  # the exact bytes
     assert stored[0][0]["acknowledgement"]["cns_reference"] == first.reference
     await server.close()
     # a crash in mid-append leaves a torn last line: never acknowledged, cut off on restart

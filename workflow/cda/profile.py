@@ -161,44 +161,46 @@ _CODE: Final = f"{_H}code"
 _VALUE: Final = f"{_H}value"
 _LOW: Final = f"{_H}low"
 _HIGH: Final = f"{_H}high"
-_TS_TAGS: Final = frozenset(f"{_H}{t}" for t in ("low", "high", "effectiveTime", "time", "birthTime"))
+_CODED: Final = etree.XPath("descendant-or-self::*[@codeSystem and @code]")
+_TIMES: Final = etree.XPath(
+    ".//*[@value][self::h:low or self::h:high or self::h:effectiveTime "
+    "or self::h:time or self::h:birthTime or @xsi:type='TS']",
+    namespaces=NS,
+)
+
+
+def _elements(found: object) -> list[etree._Element]:
+    return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
 
 
 class _Index:
-    """What the rules look up below the root, gathered in one walk of the tree (document order)
-    instead of one XPath ``.//…`` walk per rule."""
+    """What the rules look up below the root, gathered once (lxml's tag-filtered iteration, two
+    XPath queries) instead of one XPath ``.//…`` walk of the whole tree per rule."""
 
     def __init__(self, doc: etree._Element) -> None:
-        self.elements: list[etree._Element] = [doc]  # the root, then every descendant element
+        self.doc = doc
+        # every element (the root included) with both @codeSystem and @code, in document order
+        self.coded: list[etree._Element] = _elements(_CODED(doc))
+        self.times: list[etree._Element] = _elements(_TIMES(doc))  # elements with a TS @value
         # an observation's code → the observations with such an h:code child
         self.observations: dict[str | None, list[etree._Element]] = {}
         self.observed: set[tuple[str | None, str | None]] = set()  # (system, code) of those
-        self.coded_values: list[etree._Element] = []  # h:value xsi:type CD or CE
-        self.times: list[etree._Element] = []  # elements holding a TS in @value
-        self.low: set[etree._Element] = set()  # elements with an h:low child
-        self.high: set[etree._Element] = set()  # elements with an h:high child
-        for el in doc.iterdescendants():
-            tag = el.tag
-            if not isinstance(tag, str):
-                continue
-            self.elements.append(el)
-            xsi_type = el.get(XSI_TYPE)
-            if tag == _CODE:
-                parent = el.getparent()
-                if parent is not None and parent.tag == _OBSERVATION:
-                    code = el.get("code")
-                    self.observed.add((el.get("codeSystem"), code))
-                    same = self.observations.setdefault(code, [])
-                    if not same or same[-1] is not parent:
-                        same.append(parent)
-            elif tag == _VALUE and xsi_type in ("CD", "CE"):
-                self.coded_values.append(el)
-            elif tag == _LOW or tag == _HIGH:
-                parent = el.getparent()
-                if parent is not None:
-                    (self.low if tag == _LOW else self.high).add(parent)
-            if (tag in _TS_TAGS or xsi_type == "TS") and el.get("value") is not None:
-                self.times.append(el)
+        for obs in doc.iter(_OBSERVATION):
+            for code_el in obs.iterchildren(_CODE):
+                code = code_el.get("code")
+                self.observed.add((code_el.get("codeSystem"), code))
+                same = self.observations.setdefault(code, [])
+                if not same or same[-1] is not obs:
+                    same.append(obs)
+        # h:value xsi:type CD or CE
+        self.coded_values = [v for v in doc.iter(_VALUE) if v.get(XSI_TYPE) in ("CD", "CE")]
+        low: list[etree._Element] = []
+        high: set[etree._Element] = set()
+        for el in doc.iter(_LOW, _HIGH):
+            parent = el.getparent()
+            if parent is not None and parent is not doc:
+                (low.append if el.tag == _LOW else high.add)(parent)
+        self._intervals = list(dict.fromkeys(p for p in low if p in high))
 
     def observations_with(self, code: str) -> list[etree._Element]:
         """``.//h:observation[h:code/@code=code]``"""
@@ -209,9 +211,12 @@ class _Index:
         return [c for o in self.observations_with(code) for c in o.iterchildren(f"{_H}{tag}")]
 
     def intervals(self) -> list[etree._Element]:
-        """``.//*[h:low and h:high]``"""
-        both = self.low & self.high
-        return [el for el in self.elements[1:] if el in both] if both else []
+        """``.//*[h:low and h:high]``, in document order."""
+        if len(self._intervals) < 2:
+            return self._intervals
+        # nested intervals could be met out of order above: one walk puts them in order
+        both = set(self._intervals)
+        return [el for el in self.doc.iterdescendants() if el in both]
 
 
 class _Checker:
@@ -415,7 +420,7 @@ class _Checker:
                     self.bad(f"medication line {n} does not say whether the CNS reimburses it")
 
     def coded(self) -> None:
-        for el in self.index.elements:
+        for el in self.index.coded:
             system, code = el.get("codeSystem"), el.get("code")
             if system is None or code is None:
                 continue
