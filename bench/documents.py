@@ -301,7 +301,8 @@ def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
             f" {worker_cpu * per:.2f}, simulator {sim_cpu * per:.2f}, postgres backends"
             f" {pg_cpu * per:.2f}; total"
             f" {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per:.2f}\n"
-            f"  machine speed: validate_cda {ref:.2f} ms/doc now (~0.7 quiet); total CPU /"
+            f"  machine speed: validate_cda {ref:.2f} ms/doc now (~0.45 quiet; ~0.7 before the"
+            f" LU profile index); total CPU /"
             f" that = {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per / ref:.1f}",
             flush=True,
         )
@@ -317,7 +318,8 @@ def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
 def reference_ms() -> float:
     """CPU ms of one validate_cda of a certificate, now, in this process: the machine's speed.
 
-    On a quiet machine it is ~0.7 ms; under other helpers' load every CPU figure inflates
+    On a quiet machine it is ~0.45 ms (~0.7 before the LU profile index); under other helpers'
+    load every CPU figure inflates
     roughly in proportion, so CPU ms/certificate divided by this is comparable across runs.
     """
     xml = certificate_cda(make_matricule("19800101", 4), new_id())
