@@ -319,8 +319,8 @@ def reference_ms() -> float:
     """CPU ms of one validate_cda of a certificate, now, in this process: the machine's speed.
 
     On a quiet machine it is ~0.45 ms (~0.7 before the LU profile index); under other helpers'
-    load every CPU figure inflates
-    roughly in proportion, so CPU ms/certificate divided by this is comparable across runs.
+    load every CPU figure inflates roughly in proportion, so CPU ms/certificate divided by this
+    is comparable across runs (of the same code: validate_cda itself got faster).
     """
     xml = certificate_cda(make_matricule("19800101", 4), new_id())
     validate_cda(xml)
