@@ -104,6 +104,17 @@ async def fresh_pg(url: str) -> str:
     return url.rsplit("/", 1)[0] + f"/{name}"
 
 
+async def drop_pg(admin_url: str, bench_url: str) -> None:
+    """Drop the run's throw-away database (after its processes have stopped)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{bench_url.rsplit("/", 1)[1]}"')
+    finally:
+        await conn.close()
+
+
 async def issue(job: Job) -> None:
     """One producer: build (+ validate) outside, then sign, store, audit, enqueue in one tx."""
     clock = SystemClock()
@@ -224,7 +235,16 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
+    admin_url = url
     jobs, url = asyncio.run(setup(url, args.n, args.producers))
+    try:
+        deliver(args, jobs, url, tmp)
+    finally:
+        if url.startswith("postgresql"):
+            asyncio.run(drop_pg(admin_url, url))
+
+
+def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> None:
     ref0 = reference_ms()
     jobs = [
         Job(
