@@ -74,6 +74,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         latency_ms=args.latency,
         faults=random_faults(args.fail_rate, random.Random()),  # noqa: S311 - fault injection
         trusted_keys=trusted,
+        journal=args.journal,
     )
     print(
         f"{args.service} simulator on http://{args.host}:{args.port}/ storing in {args.store}",
@@ -186,6 +187,11 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--store", required=True, help="folder for accepted submissions")
+    p.add_argument(
+        "--journal",
+        action="store_true",
+        help="append submissions to DIR/submissions.jsonl instead of a folder each",
+    )
     p.add_argument("--fail-rate", dest="fail_rate", type=float, default=0.0)
     p.add_argument("--latency", type=int, default=0, help="added latency in milliseconds")
     p.add_argument(

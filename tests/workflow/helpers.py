@@ -176,5 +176,8 @@ async def make_workflow(db: Database, clock: Clock, *, max_attempts: int = 5) ->
 def stored_documents(store_root: object) -> list[dict[str, object]]:
     from pathlib import Path
 
+    from workflow.simulators.common import journal_submissions
+
     root = Path(str(store_root))
-    return [json.loads(p.read_text()) for p in sorted(root.glob("*/metadata.json"))]
+    folders = [json.loads(p.read_text()) for p in sorted(root.glob("*/metadata.json"))]
+    return folders + [meta for meta, _ in journal_submissions(root)]

@@ -121,6 +121,27 @@ def mutated(mutation: Mutation) -> bytes:
             "'astrology' is not a known specialty code",
         ),
         (set_attr("h:legalAuthenticator/h:signatureCode", "code", "X"), "signatureCode must be S"),
+        # rules answered from the one-walk index (profile._Index) rather than XPath
+        (
+            remove(".//h:observation[h:code/@code='INCAPACITY']/h:effectiveTime/h:high"),
+            "the incapacity period needs a start and an end",
+        ),
+        (
+            remove(".//h:observation[h:code/@code='INCAPACITY']/h:value"),
+            "unknown sick-leave kind None",
+        ),
+        (
+            remove(".//h:entry[h:observation/h:code/@code='INCAPACITY']"),
+            "required entry INCAPACITY",
+        ),
+        (
+            set_attr(".//h:observation[h:code/@code='INCAPACITY']//h:low", "value", "20261327"),
+            "'20261327' is not a valid date or time",
+        ),
+        (
+            set_attr("h:recordTarget/h:patientRole/h:patient/h:birthTime", "value", "2027"),
+            "'2027' is not a valid date or time",
+        ),
     ],
 )
 def test_profile_rejects(mutation: Mutation, expected: str) -> None:
@@ -131,6 +152,31 @@ def test_profile_rejects(mutation: Mutation, expected: str) -> None:
 
 def test_valid_certificate_has_no_problem() -> None:
     assert profile_problems(parse(certificate())) == []
+
+
+def test_coded_value_without_code_and_comments() -> None:
+    doc = parse(certificate())
+    value = one(doc, ".//h:observation[h:code/@code='INCAPACITY']/h:value")
+    del value.attrib["code"]
+    value.addprevious(etree.Comment(" a comment is not an element "))
+    problems = profile_problems(doc)
+    assert "a coded value has no code" in problems
+    assert "unknown sick-leave kind None" in problems
+    assert "None is not a valid sick-leave kind" in problems
+
+
+def test_a_second_incapacity_observation_is_checked_too() -> None:
+    doc = parse(certificate())
+    entry = one(doc, ".//h:entry[h:observation/h:code/@code='INCAPACITY']")
+    twin = etree.fromstring(etree.tostring(entry))
+    value = twin.find("h:observation/h:value", NS)
+    assert value is not None
+    value.set("code", "holiday")
+    entry.addnext(twin)
+    problems = profile_problems(doc)
+    # the variant comes from the first one; every one's value is checked
+    assert "unknown sick-leave kind 'holiday'" not in problems
+    assert "'holiday' is not a valid sick-leave kind" in problems
 
 
 def test_empty_section_text_and_missing_patient() -> None:

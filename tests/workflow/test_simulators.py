@@ -28,7 +28,12 @@ from workflow.connectors.xds import XdsConnector
 from workflow.models import new_id
 from workflow.outbox import Delivery, DocumentPayload
 from workflow.simulators import cns, dsp
-from workflow.simulators.common import SimulatorSettings
+from workflow.simulators.common import (
+    JOURNAL,
+    SimulatorSettings,
+    SubmissionStore,
+    journal_submissions,
+)
 
 pytestmark = pytest.mark.skipif(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
@@ -204,3 +209,49 @@ async def test_cns_validates_and_rejects_with_reasons(
     again = await aiohttp_server(cns.create_app(SimulatorSettings(tmp_path / "cns")))
     res = await CnsConnector(http, str(again.make_url(cns.PATH))).deliver(d)
     assert res.reference == ok.reference
+
+
+async def test_cns_journal_store_dedupes_and_survives_a_restart(
+    aiohttp_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    settings = SimulatorSettings(tmp_path / "cns", journal=True)
+    server = await aiohttp_server(cns.create_app(settings))
+    conn = CnsConnector(http, str(server.make_url(cns.PATH)))
+    d, other = delivery(), delivery()
+    first = await conn.deliver(d)
+    assert first.outcome == "delivered", first.error
+    assert (await conn.deliver(d)).reference == first.reference  # the first answer again
+    assert (await conn.deliver(other)).outcome == "delivered"
+    assert not list((tmp_path / "cns").glob("*/metadata.json"))  # no folder per submission
+    stored = journal_submissions(tmp_path / "cns")
+    assert d.document is not None and other.document is not None
+    assert [m["document_id"] for m, _ in stored] == [d.document.id, other.document.id]
+    assert stored[0][1] == d.document.content  # the exact bytes
+    assert stored[0][0]["acknowledgement"]["cns_reference"] == first.reference
+    await server.close()
+    # a crash in mid-append leaves a torn last line: never acknowledged, cut off on restart
+    with (tmp_path / "cns" / JOURNAL).open("ab") as f:
+        f.write(b'{"key":"torn","metad')
+    again = await aiohttp_server(cns.create_app(settings))
+    res = await CnsConnector(http, str(again.make_url(cns.PATH))).deliver(d)
+    assert res.reference == first.reference
+    assert len(journal_submissions(tmp_path / "cns")) == 2
+    assert (tmp_path / "cns" / JOURNAL).read_bytes().endswith(b"\n")
+
+
+def test_journal_replays_annotations(tmp_path: Path) -> None:
+    store = SubmissionStore(tmp_path, journal=True)
+    store.put("a", b"<doc/>", "document.xml", {"document_id": "d1"})
+    store.annotate("a", {"status": "replaced", "replaced_by": "d2"})
+    store.close()
+    reopened = SubmissionStore(tmp_path, journal=True)
+    assert reopened.count == 1
+    assert reopened.get("a") == {
+        "document_id": "d1",
+        "dedupe_key": "a",
+        "file": "document.xml",
+        "status": "replaced",
+        "replaced_by": "d2",
+    }
+    assert reopened.find("replaced_by", "d2") is not None
+    reopened.close()

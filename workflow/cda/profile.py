@@ -155,10 +155,81 @@ def _xpath(path: str) -> etree.XPath:
     return etree.XPath(path, namespaces=NS)
 
 
+_H: Final = f"{{{codes.HL7_NS}}}"
+_OBSERVATION: Final = f"{_H}observation"
+_CODE: Final = f"{_H}code"
+_VALUE: Final = f"{_H}value"
+_LOW: Final = f"{_H}low"
+_HIGH: Final = f"{_H}high"
+_CODED: Final = etree.XPath("descendant-or-self::*[@codeSystem and @code]")
+_TIMES: Final = etree.XPath(
+    ".//*[@value][self::h:low or self::h:high or self::h:effectiveTime "
+    "or self::h:time or self::h:birthTime or @xsi:type='TS']",
+    namespaces=NS,
+)
+
+
+def _elements(found: object) -> list[etree._Element]:
+    return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
+
+
+class _Index:
+    """What the rules look up below the root, gathered once (lxml's tag-filtered iteration, two
+    XPath queries) instead of one XPath ``.//…`` walk of the whole tree per rule."""
+
+    def __init__(self, doc: etree._Element) -> None:
+        self.doc = doc
+        # every element (the root included) with both @codeSystem and @code, in document order
+        self.coded: list[etree._Element] = _elements(_CODED(doc))
+        self.times: list[etree._Element] = _elements(_TIMES(doc))  # elements with a TS @value
+        # an observation's code → the observations with such an h:code child
+        self.observations: dict[str | None, list[etree._Element]] = {}
+        self.observed: set[tuple[str | None, str | None]] = set()  # (system, code) of those
+        for obs in doc.iter(_OBSERVATION):
+            for code_el in obs.iterchildren(_CODE):
+                code = code_el.get("code")
+                self.observed.add((code_el.get("codeSystem"), code))
+                same = self.observations.setdefault(code, [])
+                if not same or same[-1] is not obs:
+                    same.append(obs)
+        # h:value xsi:type CD or CE
+        self.coded_values = [v for v in doc.iter(_VALUE) if v.get(XSI_TYPE) in ("CD", "CE")]
+        low: list[etree._Element] = []
+        high: set[etree._Element] = set()
+        for el in doc.iter(_LOW, _HIGH):
+            parent = el.getparent()
+            if parent is not None and parent is not doc:
+                (low.append if el.tag == _LOW else high.add)(parent)
+        self._intervals = list(dict.fromkeys(p for p in low if p in high))
+
+    def observations_with(self, code: str) -> list[etree._Element]:
+        """``.//h:observation[h:code/@code=code]``"""
+        return self.observations.get(code, [])
+
+    def observation_children(self, code: str, tag: str) -> list[etree._Element]:
+        """``.//h:observation[h:code/@code=code]/h:<tag>``"""
+        return [c for o in self.observations_with(code) for c in o.iterchildren(f"{_H}{tag}")]
+
+    def intervals(self) -> list[etree._Element]:
+        """``.//*[h:low and h:high]``, in document order."""
+        if len(self._intervals) < 2:
+            return self._intervals
+        # nested intervals could be met out of order above: one walk puts them in order
+        both = set(self._intervals)
+        return [el for el in self.doc.iterdescendants() if el in both]
+
+
 class _Checker:
     def __init__(self, doc: etree._Element) -> None:
         self.doc = doc
         self.problems: list[str] = []
+        self._index: _Index | None = None
+
+    @property
+    def index(self) -> _Index:
+        if self._index is None:
+            self._index = _Index(self.doc)
+        return self._index
 
     def x(self, path: str, node: etree._Element | None = None) -> list[etree._Element]:
         found = _xpath(path)(self.doc if node is None else node)
@@ -319,16 +390,15 @@ class _Checker:
                 self.bad(f"section {label} has no narrative text")
         required = list(REQUIRED_SECTIONS.get(kind or "", ()))
         if kind == "sick-leave":
-            variant = self.attr(
-                f".//h:observation[h:code/@code='{codes.OBS_INCAPACITY.code}']/h:value", "code"
-            )
+            values = self.index.observation_children(codes.OBS_INCAPACITY.code, "value")
+            variant = values[0].get("code") if values else None
             if variant not in codes.SICK_LEAVE_KINDS:
                 self.bad(f"unknown sick-leave kind {variant!r}")
             required = list(SICK_LEAVE_REQUIRED.get(variant or "", required))
         for need in required:
             if (need.system, need.code) not in present:
                 self.bad(f"required section {need.code} ({need.display}) is missing")
-        observed = {(c.get("codeSystem"), c.get("code")) for c in self.x(".//h:observation/h:code")}
+        observed = self.index.observed
         for need in REQUIRED_OBSERVATIONS.get(kind or "", ()):
             if (need.system, need.code) not in observed:
                 self.bad(f"required entry {need.code} ({need.display}) is missing")
@@ -350,9 +420,7 @@ class _Checker:
                     self.bad(f"medication line {n} does not say whether the CNS reimburses it")
 
     def coded(self) -> None:
-        for el in self.doc.iter():
-            if not isinstance(el.tag, str):
-                continue
+        for el in self.index.coded:
             system, code = el.get("codeSystem"), el.get("code")
             if system is None or code is None:
                 continue
@@ -374,18 +442,17 @@ class _Checker:
                 self.bad(f"unknown code system {system} for code {code!r}")
             elif not known[1](code):
                 self.bad(f"{code!r} is not a known {known[0]} code")
-        for value in self.x(".//h:value[@xsi:type='CD' or @xsi:type='CE']"):
+        for value in self.index.coded_values:
             if value.get("code") is None:
                 self.bad("a coded value has no code")
         for obs_code, (label, allowed) in OBSERVATION_VALUES.items():
-            for value in self.x(f".//h:observation[h:code/@code='{obs_code}']/h:value"):
+            for value in self.index.observation_children(obs_code, "value"):
                 if not allowed(value.get("code") or ""):
                     self.bad(f"{value.get('code')!r} is not a valid {label}")
 
     def quorum(self) -> None:
-        met = self.attr(
-            f".//h:observation[h:code/@code='{codes.OBS_QUORUM.code}']/h:value", "value"
-        )
+        values = self.index.observation_children(codes.OBS_QUORUM.code, "value")
+        met = values[0].get("value") if values else None
         specialties = {
             c.get("code")
             for c in self.x("h:documentationOf/h:serviceEvent/h:performer/h:assignedEntity/h:code")
@@ -397,23 +464,19 @@ class _Checker:
             )
 
     def dates(self, kind: str | None, issued: date | None) -> None:
-        for el in self.x(
-            ".//*[@value][self::h:low or self::h:high or self::h:effectiveTime "
-            "or self::h:time or self::h:birthTime or @xsi:type='TS']"
-        ):
+        for el in self.index.times:
             if parse_ts(el.get("value") or "") is None:
                 self.bad(f"{el.get('value')!r} is not a valid date or time")
-        for ivl in self.x(".//*[h:low and h:high]"):
+        for ivl in self.index.intervals():
             low = parse_ts(self.attr("h:low", "value", ivl) or "")
             high = parse_ts(self.attr("h:high", "value", ivl) or "")
             if low and high and high < low:
                 self.bad(f"a period ends ({high}) before it starts ({low})")
         if kind == "sick-leave":
-            inc = self.one(f".//h:observation[h:code/@code='{codes.OBS_INCAPACITY.code}']")
-            first = self.attr(
-                f".//h:observation[h:code/@code='{codes.OBS_FIRST_DAY_OFF.code}']/h:effectiveTime",
-                "value",
-            )
+            found = self.index.observations_with(codes.OBS_INCAPACITY.code)
+            inc = found[0] if found else None
+            times = self.index.observation_children(codes.OBS_FIRST_DAY_OFF.code, "effectiveTime")
+            first = times[0].get("value") if times else None
             if inc is not None:
                 start = parse_ts(self.attr("h:effectiveTime/h:low", "value", inc) or "")
                 end = parse_ts(self.attr("h:effectiveTime/h:high", "value", inc) or "")

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from lxml import etree
 
+from workflow.cda.validation import validate_cda, validate_tree
 from workflow.cda.xsd import parse
 from workflow.simulators.common import (
     SimulatorSettings,
@@ -82,14 +83,15 @@ def check_envelope(
     problem = matricule_problem(str(body["patient_matricule"]))
     if problem:
         reasons.append(("INVALID_MATRICULE", problem))
-    errors = validate(doc)
-    if errors:
-        reasons.extend(("CDA_INVALID", e) for e in errors[:10])
-        return reasons, doc
-    try:  # parsed once for both checks (an injected validator may accept anything)
+    try:  # parsed once for the validation and the envelope checks
         root = parse(doc)
     except etree.XMLSyntaxError as exc:
         return [*reasons, ("CDA_INVALID", f"not well-formed XML: {exc}")], doc
+    # The default validator (validate_cda) gets the tree; an injected one gets the bytes.
+    errors = validate_tree(root) if validate is validate_cda else validate(doc)
+    if errors:
+        reasons.extend(("CDA_INVALID", e) for e in errors[:10])
+        return reasons, doc
     if cda_type_code(root) != SICK_LEAVE:
         reasons.append(("UNSUPPORTED_DOCUMENT_TYPE", f"eCIT accepts {SICK_LEAVE} only"))
     if cda_patient_matricule(root) != body["patient_matricule"]:
@@ -167,11 +169,16 @@ async def submit(request: web.Request) -> web.Response:
 def create_app(settings: SimulatorSettings) -> web.Application:
     app = web.Application(client_max_size=20 * 1024**2)
     app[SETTINGS] = settings
-    app[STORE] = SubmissionStore(settings.store)
+    app[STORE] = SubmissionStore(settings.store, journal=settings.journal)
+    app.on_cleanup.append(close_store)
     app.router.add_post(PATH, submit)
     app.router.add_post(CANCEL_PATH, cancel)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+async def close_store(app: web.Application) -> None:
+    app[STORE].close()
 
 
 async def healthz(_request: web.Request) -> web.Response:

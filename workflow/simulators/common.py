@@ -1,13 +1,18 @@
 """What both simulators share: the injectable document validator, fault injection and the store.
 
 The store keeps each accepted submission in its own folder: the document exactly as received and
-a ``metadata.json`` with the metadata and the acknowledgement that was sent. It is read back at
-start-up, so a restarted simulator still recognises a repeated idempotency key.
+a ``metadata.json`` with the metadata and the acknowledgement that was sent. With ``journal=True``
+(``konsil simulate … --journal``) it appends every accepted submission instead as one line of
+``submissions.jsonl`` (metadata + the document's exact bytes in base64, one ``write`` on an
+``O_APPEND`` descriptor): creating a folder and two files costs ~1.4 ms of CPU per document on
+this machine's ext4, an append ~0.01 ms. Either form is read back at start-up, so a restarted
+simulator still recognises a repeated idempotency key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -63,6 +68,8 @@ class SimulatorSettings:
     # Signing key id → raw Ed25519 public key of the organisations the receiver trusts; None
     # checks only that a 64-byte signature is present.
     trusted_keys: dict[str, bytes] | None = None
+    # Store accepted submissions in one append-only journal instead of a folder each.
+    journal: bool = False
 
 
 def load_trust(folder: Path) -> dict[str, bytes]:
@@ -94,16 +101,57 @@ def safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", key)[:150]
 
 
+JOURNAL = "submissions.jsonl"
+
+
 class SubmissionStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, journal: bool = False) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._acks: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._journal: int | None = None
         for meta in root.glob("*/metadata.json"):
             data = json.loads(meta.read_text())
             self._acks[data["dedupe_key"]] = data
+        if journal:
+            self._journal = self._open_journal(root / JOURNAL)
         self.count = len(self._acks)
+
+    def _open_journal(self, path: Path) -> int:
+        """Replay the journal; a torn last line (a crash in mid-write) was never acknowledged and
+        is cut off."""
+        good = 0
+        if path.exists():
+            raw = path.read_bytes()
+            for line in raw.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                self._replay(json.loads(line))
+                good += len(line)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.truncate(fd, good)
+        return fd
+
+    def _replay(self, record: dict[str, Any]) -> None:
+        key = record["key"]
+        if "annotate" in record:
+            self._acks[key] = {**self._acks[key], **record["annotate"]}
+        else:
+            self._acks[key] = record["metadata"]
+
+    def _append(self, record: dict[str, Any]) -> None:
+        assert self._journal is not None
+        line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        # One write with O_APPEND: a record is in the file whole or (after a crash) torn at its
+        # end, where the replay stops.
+        if os.write(self._journal, line) != len(line):
+            raise OSError("short write to the submissions journal")
+
+    def close(self) -> None:
+        if self._journal is not None:
+            os.close(self._journal)
+            self._journal = None
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -112,14 +160,19 @@ class SubmissionStore:
         return self._acks.get(key)
 
     def put(self, key: str, document: bytes, filename: str, metadata: dict[str, Any]) -> None:
-        folder = self.root / safe_name(key)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / filename).write_bytes(document)
         data = {**metadata, "dedupe_key": key, "file": filename}
-        tmp = folder / "metadata.json.tmp"
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        # metadata.json appears last and atomically: its presence means "accepted and stored"
-        os.replace(tmp, folder / "metadata.json")
+        if self._journal is not None:
+            self._append(
+                {"key": key, "metadata": data, "document": base64.b64encode(document).decode()}
+            )
+        else:
+            folder = self.root / safe_name(key)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / filename).write_bytes(document)
+            tmp = folder / "metadata.json.tmp"
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            # metadata.json appears last and atomically: its presence means "accepted and stored"
+            os.replace(tmp, folder / "metadata.json")
         self._acks[key] = data
         self.count += 1
 
@@ -131,11 +184,33 @@ class SubmissionStore:
     def annotate(self, key: str, changes: dict[str, Any]) -> None:
         """Update a stored submission's metadata (e.g. replaced by a newer version)."""
         data = {**self._acks[key], **changes}
-        folder = self.root / safe_name(key)
-        tmp = folder / "metadata.json.tmp"
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, folder / "metadata.json")
+        if self._journal is not None:
+            self._append({"key": key, "annotate": changes})
+        else:
+            folder = self.root / safe_name(key)
+            tmp = folder / "metadata.json.tmp"
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, folder / "metadata.json")
         self._acks[key] = data
+
+
+def journal_submissions(root: Path) -> list[tuple[dict[str, Any], bytes]]:
+    """(metadata, exact document bytes) of each submission in a store's journal, in order."""
+    path = root / JOURNAL
+    if not path.exists():
+        return []
+    out: dict[str, tuple[dict[str, Any], bytes]] = {}
+    for line in path.read_bytes().splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        record = json.loads(line)
+        key = record["key"]
+        if "annotate" in record:
+            meta, doc = out[key]
+            out[key] = ({**meta, **record["annotate"]}, doc)
+        else:
+            out[key] = (record["metadata"], base64.b64decode(record["document"]))
+    return list(out.values())
 
 
 async def apply_faults(settings: SimulatorSettings) -> str | None:

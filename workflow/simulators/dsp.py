@@ -546,11 +546,16 @@ async def iti65(request: web.Request) -> web.Response:
 def create_app(settings: SimulatorSettings) -> web.Application:
     app = web.Application(client_max_size=50 * 1024**2)
     app[SETTINGS] = settings
-    app[STORE] = SubmissionStore(settings.store)
+    app[STORE] = SubmissionStore(settings.store, journal=settings.journal)
+    app.on_cleanup.append(close_store)
     app.router.add_post(ITI41_PATH, iti41)
     app.router.add_post(MHD_PATH, iti65)
     app.router.add_post(ITI57_PATH, iti57)
     return app
+
+
+async def close_store(app: web.Application) -> None:
+    app[STORE].close()
 
 
 # ---------------------------------------------------------------- withdrawals (entered in error)
