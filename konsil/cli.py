@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import os
 import secrets
 import sys
@@ -60,8 +61,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ensure_secret_key(_config(args))
     setup_logging(config.log_level, config.log_format)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, access_log=None)
+    app = create_app(config)
+    app.on_startup.append(_freeze_heap)  # after the cleanup contexts (the services) started
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
     return 0
+
+
+async def _freeze_heap(app: object) -> None:
+    """Move everything alive after startup (modules, ORM mappers, services) out of the garbage
+    collector's reach: a full collection then scans only what requests created, instead of
+    pausing the event loop for ~100 ms every few seconds under load (the tail of /sync latency)."""
+    gc.collect()
+    gc.freeze()
 
 
 def cmd_db_revision(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@ profiles, account data and filters."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,6 +46,8 @@ from messaging.models import (
 )
 from messaging.notifier import Notifier
 
+log = logging.getLogger("konsil.messaging")
+
 
 async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
     """Users who share a room (joined or invited) with ``user_id``, and the user."""
@@ -59,6 +63,7 @@ async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
 
 
 TOKEN_CACHE_S = 10.0
+TOKEN_REFRESH_S = 5.0
 # built once (building a statement costs more than running it from the compiled cache)
 _TOKEN = (
     select(AccessToken, Account.is_guest, Account.is_active)
@@ -88,6 +93,13 @@ class DeviceService:
         # deletion in this process evict at once; elsewhere (another worker, deactivation) an
         # entry lives at most TOKEN_CACHE_S.
         self._tokens: dict[str, tuple[Requester, float]] = {}
+        # Past TOKEN_REFRESH_S an entry is re-checked in the background while it still answers,
+        # so that a long-polling client does not find its next (woken) /sync waiting for the
+        # query; ``_token_gen`` moves at every eviction, and a check that began before one does
+        # not store its (stale) answer.
+        self._token_gen = 0
+        self._refreshing: set[str] = set()
+        self._refresh_tasks: set[asyncio.Task[None]] = set()
         self._unacked: set[tuple[str, str]] = set()  # inboxes holding delivered messages
         # one-time/fallback key counts per device, with a generation bumped after each change
         self._otk_gen: dict[tuple[str, str], int] = {}
@@ -277,7 +289,17 @@ class DeviceService:
         now = self.clock.monotonic()
         hit = self._tokens.get(key)
         if hit is not None and now - hit[1] < TOKEN_CACHE_S:
+            if now - hit[1] >= TOKEN_REFRESH_S and key not in self._refreshing:
+                self._refreshing.add(key)
+                task = asyncio.create_task(self._refresh(key))
+                self._refresh_tasks.add(task)
+                task.add_done_callback(self._refresh_tasks.discard)
             return hit[0]
+        return await self._check_token(key)
+
+    async def _check_token(self, key: str) -> Requester:
+        gen = self._token_gen
+        now = self.clock.monotonic()
         async with self.db.session() as s:
             row = (await s.execute(_TOKEN, {"key": key})).one_or_none()
         if row is None or not row[2]:
@@ -285,10 +307,21 @@ class DeviceService:
             raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")
         tok = row[0]
         req = Requester(tok.user_id, tok.device_id, tok.account_id, bool(row[1]))
-        if len(self._tokens) > 100_000:
-            self._tokens.clear()
-        self._tokens[key] = (req, now)
+        if gen == self._token_gen:
+            if len(self._tokens) > 100_000:
+                self._tokens.clear()
+            self._tokens[key] = (req, now)
         return req
+
+    async def _refresh(self, key: str) -> None:
+        try:
+            await self._check_token(key)
+        except Unauthorized:
+            pass  # evicted: the next request with it is refused
+        except Exception:
+            log.warning("background access token check failed", exc_info=True)
+        finally:
+            self._refreshing.discard(key)
 
     async def do_logout(self, req: Requester) -> None:
         await self._delete_devices(req.user_id, [req.device_id])
@@ -320,6 +353,7 @@ class DeviceService:
         gone = set(device_ids)
         for device_id in gone:
             self._otk_changed(user_id, device_id)
+        self._token_gen += 1
         for key, (req, _) in list(self._tokens.items()):
             if req.user_id == user_id and req.device_id in gone:
                 del self._tokens[key]

@@ -77,7 +77,10 @@ class InProcessNotifier:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(user_id, set()).add(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            # the future is this call's own: awaited directly (no shield, no wait_for task), a
+            # notify resumes the waiting sync in one step of the event loop
+            async with asyncio.timeout(timeout_s):
+                await fut
             return True
         except TimeoutError:
             return False

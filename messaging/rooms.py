@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, select, tuple_
+from sqlalchemy import Table, and_, bindparam, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.clock import Clock, ms
@@ -67,6 +67,8 @@ KEEP_ON_REDACT = {
 }
 MAX_CONTENT_BYTES = 65_536
 # built once: building a statement costs more than running it from the compiled cache
+_EVENT_COLUMNS = tuple(c.key for c in Event.__table__.columns)
+_INSERT_EVENTS = insert(cast(Table, Event.__table__))
 _SEEN_TXNS = select(
     Event.sender, Event.txn_device, Event.txn_id, Event.room_id, Event.event_id
 ).where(tuple_(Event.sender, Event.txn_device, Event.txn_id).in_(bindparam("keys", expanding=True)))
@@ -235,24 +237,22 @@ class SendBatcher:
                     rooms.recent.begin(room_ids, first)
                     begun = True
                     links: set[tuple[str, str]] = set()
+                    rows: list[dict[str, Any]] = []
                     for i, it in enumerate(batch):
                         users.update(it.notify)
                         if it.on_commit is not None:
                             done.append((it, first + i, None))
                             continue
-                        ev = await rooms._append(
-                            s,
-                            first + i,
-                            it.room_id,
-                            it.sender,
-                            it.event_type,
-                            None,
-                            txn=it.txn,
-                            batched=True,
-                            raw=it.raw,
+                        # messages only (no state): one Core INSERT for the batch, without the
+                        # ORM's unit of work; the (transient) Event objects go to the cache
+                        ev = rooms._event(
+                            first + i, it.room_id, it.sender, it.event_type, None, it.raw, it.txn
                         )
+                        rows.append({c: getattr(ev, c) for c in _EVENT_COLUMNS})
                         done.append((it, first + i, ev))
                         links.update((m, it.room_id) for m in it.links)
+                    if rows:
+                        await s.execute(_INSERT_EVENTS, rows)
                     for media_id, room_id in links:
                         s.add(MediaRoom(media_id=media_id, room_id=room_id))
                     rooms.notifier.mark(users, last, "room")
@@ -384,6 +384,30 @@ class RoomService:
 
     # ------------------------------------------------------------------ writing events
 
+    def _event(
+        self,
+        pos: int,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        state_key: str | None,
+        raw: str,
+        txn: tuple[str, str] | None,
+    ) -> Event:
+        return Event(
+            stream=pos,
+            event_id=new_event_id(),
+            room_id=room_id,
+            sender=sender,
+            type=event_type,
+            state_key=state_key,
+            content=raw,
+            origin_server_ts=ms(self.clock.now()),
+            redacted_because=None,
+            txn_device=txn[0] if txn else None,
+            txn_id=txn[1] if txn else None,
+        )
+
     async def _append(
         self,
         s: AsyncSession,
@@ -396,26 +420,19 @@ class RoomService:
         *,
         history_visibility: str = "shared",
         txn: tuple[str, str] | None = None,
-        batched: bool = False,
-        raw: str | None = None,
     ) -> Event:
-        """``content`` or, already serialised, ``raw`` (for non-state events)."""
-        ev = Event(
-            stream=pos,
-            event_id=new_event_id(),
-            room_id=room_id,
-            sender=sender,
-            type=event_type,
-            state_key=state_key,
-            content=raw if raw is not None else dumps(content),
-            origin_server_ts=ms(self.clock.now()),
-            txn_device=txn[0] if txn else None,
-            txn_id=txn[1] if txn else None,
+        ev = self._event(
+            pos,
+            room_id,
+            sender,
+            event_type,
+            state_key,
+            dumps(content),
+            txn,
         )
         s.add(ev)
-        if not batched:
-            # only the send batcher publishes to the recent-events cache
-            self.recent.invalidate(room_id, pos)
+        # only the send batcher (which does not come here) publishes to the recent-events cache
+        self.recent.invalidate(room_id, pos)
         if state_key is not None:
             self.state_changed(room_id, pos)
             cs = await s.get(CurrentState, (room_id, event_type, state_key))

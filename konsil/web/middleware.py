@@ -138,12 +138,15 @@ CSP = (
 
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[CSP_NONCE] = nonce = secrets.token_urlsafe(16)
+    matrix = is_matrix(request)
+    nonce = ""
+    if not matrix:  # /_matrix answers JSON only: no page, no script, no nonce
+        request[CSP_NONCE] = nonce = secrets.token_urlsafe(16)
     resp = await handler(request)
     h = resp.headers
     h.setdefault("X-Content-Type-Options", "nosniff")
     h.setdefault("Referrer-Policy", "no-referrer")
-    if not is_matrix(request):
+    if not matrix:
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Content-Security-Policy", CSP.format(nonce=nonce))
         h.setdefault(
@@ -173,10 +176,13 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     cookie-based, so CSRF does not apply to them.
     """
     cfg = request.app[K.CONFIG]
+    if is_matrix(request):
+        # Matrix clients send no cookies and get JSON: the default language (for error
+        # messages) without parsing a Cookie header
+        request[LANG] = cfg.default_language
+        return await handler(request)
     lang = request.cookies.get(LANG_COOKIE)
     request[LANG] = lang if lang in LANGUAGES else cfg.default_language
-    if is_matrix(request):
-        return await handler(request)
     auth = request.app[K.AUTH]
     bearer = _bearer(request) if is_api(request) else None
     if bearer is not None:
