@@ -79,6 +79,9 @@ async def admit_and_connect(doctor: Any, patient: Any, base: str, appointment: s
     await patient.wait_for_selector("#c-camera.ok", timeout=30_000)
     assert await patient.text_content("#c-camera") == "Your camera works."
     assert await patient.text_content("#c-mic") == "Your microphone works."
+    # Camera and microphone are reported at the first echoed frame and sound; the frame rate
+    # (the connection's verdict) follows while the patient waits.
+    await patient.wait_for_selector("#c-net.ok, #c-net.bad", timeout=30_000)
     assert "Your connection is" in (await patient.text_content("#c-net") or "")
     await patient.wait_for_selector("#waiting:not([hidden])")
     # The doctor's waiting room is pushed live over the WebSocket, with the check result.
