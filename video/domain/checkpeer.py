@@ -141,8 +141,12 @@ class CheckPeers:
         with contextlib.suppress(Exception):
             await peer.pc.close()
 
+    async def closed(self) -> None:
+        """Wait for the peers being closed in the background."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
     async def close_all(self) -> None:
         for key in list(self._peers):
             await self.close(key)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.closed()

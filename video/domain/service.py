@@ -515,7 +515,10 @@ class VideoService:
     ) -> tuple[Party, VideoAppointment]:
         """Authorise one of the appointment's two parties (audited either way)."""
         async with self.db.transaction() as s:
-            return await self._authorise(s, appointment_id, account_id, guest, ip, action)
+            party, appt = await self._authorise(s, appointment_id, account_id, guest, ip, action)
+        if party is None:  # refused after the refusal's audit row was committed
+            raise Forbidden("you are not a party to this teleconsultation")
+        return party, appt
 
     async def _authorise(
         self,
@@ -525,8 +528,9 @@ class VideoService:
         guest: GuestPrincipal | None,
         ip: str | None,
         action: str | None,
-    ) -> tuple[Party, VideoAppointment]:
-        """``action`` None: a refusal is audited, the caller audits what the party did."""
+    ) -> tuple[Party | None, VideoAppointment]:
+        """The party, or None for anyone else (audited ``denied``: the caller commits, then
+        refuses). ``action`` None: the caller audits what the party did."""
         appt = await s.get(VideoAppointment, appointment_id)
         if appt is None:
             raise NotFound("no such appointment")
@@ -545,7 +549,7 @@ class VideoService:
                 resource=f"video/{appt.id}",
                 outcome="denied",
             )
-            raise Forbidden("you are not a party to this teleconsultation")
+            return None, appt
         if action is not None:
             await self.audit.record(
                 s, party.actor, action, patient_id=appt.patient_id, resource=f"video/{appt.id}"
@@ -590,18 +594,24 @@ class VideoService:
             )
         async with self.db.transaction() as s:
             party, appt = await self._authorise(s, appointment_id, account_id, guest, ip, None)
-            if party.role != "patient":
-                raise Forbidden("the connection test is the patient's")
-            appt.check_result = json.dumps(clean)
-            await self.audit.record(
-                s,
-                party.actor,
-                "video.check",
-                patient_id=appt.patient_id,
-                resource=f"video/{appt.id}",
-                details=clean,
-            )
-            return clean, appt.practitioner_account_id
+            if party is not None:
+                mine = party.role == "patient"
+                if mine:
+                    appt.check_result = json.dumps(clean)
+                await self.audit.record(
+                    s,
+                    party.actor,
+                    "video.check",
+                    patient_id=appt.patient_id,
+                    resource=f"video/{appt.id}",
+                    outcome="success" if mine else "denied",
+                    details=clean if mine else None,
+                )
+        if party is None:
+            raise Forbidden("you are not a party to this teleconsultation")
+        if party.role != "patient":
+            raise Forbidden("the connection test is the patient's")
+        return clean, appt.practitioner_account_id
 
     async def do_check_timed_out(self, appointment_id: str) -> VideoAppointment | None:
         """The server closed a pre-call check that did not finish in time: recorded (the
