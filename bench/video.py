@@ -162,8 +162,14 @@ async def first_frame(rounds: int, tmp: Path, typed: bool) -> None:
                 bench["admit clicked"] = admit
                 await doc.wait_for_url(f"{base}/video/call/{appt.id}")
                 ff = "() => !!window.konsilVideo.firstFrameAt"
-                await doc.wait_for_function(ff, polling=20, timeout=60_000)
-                await pat.wait_for_function(ff, polling=20, timeout=60_000)
+                try:
+                    await doc.wait_for_function(ff, polling=20, timeout=60_000)
+                    await pat.wait_for_function(ff, polling=20, timeout=60_000)
+                except Exception:  # say what each page went through, then stop
+                    for side, page in (("patient", pat), ("doctor", doc)):
+                        state = await page.evaluate("window.konsilVideo.state()")
+                        print(f"round {i + 1}, {side}: {state}", file=sys.stderr)
+                    raise
                 d = await doc.evaluate("window.konsilVideo.firstFrameAt")
                 p = await pat.evaluate("window.konsilVideo.firstFrameAt")
                 totals.append(max(d, p) - click)

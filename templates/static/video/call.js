@@ -305,14 +305,18 @@
   const usable = (conn) => !!conn && conn === pc && conn.signalingState !== "closed" &&
     conn.connectionState !== "failed" && conn.connectionState !== "closed";
 
-  function newPeer() {
+  // Each negotiation has a number (the doctor's offer gives it; the answer and every candidate
+  // carry it): when the doctor offers twice in a row (both parties arriving at once), an
+  // answer or a candidate of the replaced connection is not applied to the new one.
+  function newPeer(nid) {
     if (pc) { try { pc.close(); } catch (e) { /* already closed */ } }
     pendingCandidates = [];
     generation += 1;
     note("new-peer");
     const conn = new RTCPeerConnection({ iceServers: iceConfig.iceServers, iceTransportPolicy: iceConfig.iceTransportPolicy });
+    conn.nid = nid === undefined ? `${Date.now().toString(36)}.${generation}` : nid;
     pc = conn;
-    conn.onicecandidate = (e) => { if (e.candidate) send({ type: "signal", data: { candidate: e.candidate.toJSON() } }); };
+    conn.onicecandidate = (e) => { if (e.candidate) send({ type: "signal", data: { candidate: e.candidate.toJSON(), nid: conn.nid } }); };
     // This connection's incoming tracks (their senders name no stream).
     conn.ontrack = () => { $("remote").srcObject = new MediaStream(conn.getReceivers().map((r) => r.track)); };
     conn.onconnectionstatechange = () => {
@@ -352,28 +356,32 @@
     if (admitted) say(T.connecting);
     mark(admitted ? "offer" : "early-offer");
     await conn.setLocalDescription(await conn.createOffer());
-    send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
+    send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp }, nid: conn.nid } });
   }
 
   async function onSignal(data) {
     if (!data) return;
+    const current = () => !!pc && (data.nid === undefined || pc.nid === data.nid);
     if (data.description) {
       if (data.description.type === "offer") {
         await media(); await ice();
-        const conn = newPeer();
+        const conn = newPeer(data.nid);
         mark(admitted ? "offer" : "early-offer");
         await conn.setRemoteDescription(data.description);
         conn.getTransceivers().forEach((t) => { t.direction = "sendrecv"; });
         await attach(conn);
         await conn.setLocalDescription(await conn.createAnswer());
-        send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
-      } else if (pc) {
+        send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp }, nid: conn.nid } });
+      } else if (current()) {
         await pc.setRemoteDescription(data.description);
+      } else {
+        note("stale-answer"); return;
       }
       const queued = pendingCandidates; pendingCandidates = [];
       for (const c of queued) { try { await pc.addIceCandidate(c); } catch (e) { /* stale */ } }
     } else if (data.candidate) {
-      if (pc && pc.remoteDescription) { try { await pc.addIceCandidate(data.candidate); } catch (e) { /* stale */ } }
+      if (!current()) return;  // of a replaced connection
+      if (pc.remoteDescription) { try { await pc.addIceCandidate(data.candidate); } catch (e) { /* stale */ } }
       else pendingCandidates.push(data.candidate);
     }
   }
