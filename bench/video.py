@@ -104,7 +104,7 @@ ADMIT = """(id) => new Promise((resolve) => {
 })"""
 
 
-async def first_frame(rounds: int, tmp: Path, typed: bool) -> None:
+async def first_frame(rounds: int, tmp: Path, typed: bool, events: bool = False) -> None:
     from playwright.async_api import async_playwright
 
     url = f"sqlite+aiosqlite:///{tmp / 'ff.db'}"
@@ -180,6 +180,10 @@ async def first_frame(rounds: int, tmp: Path, typed: bool) -> None:
                     marks.update({f"{side}: {k}": v for k, v in got.items()})
                 for k, v in marks.items():
                     steps.setdefault(k, []).append(max(v - click, 0.0))
+                if events:  # what each page went through (signalling, connection states)
+                    for side, page in (("patient", pat), ("doctor", doc)):
+                        state = await page.evaluate("window.konsilVideo.state()")
+                        print(f"round {i + 1}, {side}: {' '.join(state['events'])}")
                 await doc.click("#btn-hangup")
                 await doc.wait_for_url(f"{base}/video/appointments/{appt.id}/after")
                 await pctx.close()
@@ -316,11 +320,12 @@ async def main() -> None:
         action="store_true",
         help="fill the entry form with Playwright fill/check/click (slower driver round trips)",
     )
+    ap.add_argument("--events", action="store_true", help="print each page's events per round")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if not args.skip_browser:
-            await first_frame(args.rounds, tmp, args.typed)
+            await first_frame(args.rounds, tmp, args.typed, args.events)
         if args.sockets:
             await sockets(args.sockets, tmp)
 

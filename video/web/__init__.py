@@ -37,6 +37,7 @@ from video.domain.crypto import turn_credentials
 from video.domain.documents import FREQUENCY_UNITS, ROUTES, UNITS
 from video.domain.issuer import WorkflowIssuer
 from video.domain.service import ACTIVE, GuestPrincipal, Party, VideoService, check_schedule
+from video.models import VideoAppointment
 from video.web.hub import Hub
 from video.web.i18n import FRENCH
 from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
@@ -250,11 +251,13 @@ async def reschedule(request: web.Request) -> web.Response:
 async def admit(request: web.Request) -> web.Response:
     p = _doctor(request)
     appointment = request.match_info["appointment"]
-    await _svc(request).do_admit(actor_of(request), appointment, True)
-    # Both parties' pages hear it at once: a connection prepared while the patient waited
-    # (the doctor's dashboard holds the socket) only has to start sending; otherwise the
-    # doctor's page offers now.
-    await request.app[HUB].broadcast(appointment, {"type": "status", "status": "admitted"})
+    hub = request.app[HUB]
+    async with hub.lock(appointment):
+        await _svc(request).do_admit(actor_of(request), appointment, True)
+        # Both parties' pages hear it at once: a connection prepared while the patient waited
+        # (the doctor's dashboard holds the socket) only has to start sending; otherwise the
+        # doctor's page offers now.
+        await hub.broadcast(appointment, {"type": "status", "status": "admitted"})
     await _push_lobby(request, p.account_id)
     if _wants_json(request):
         return json_response({"call": f"/video/call/{appointment}"})
@@ -530,23 +533,23 @@ async def signalling(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=256 * 1024)
     await ws.prepare(request)
     role, other = party.role, ("patient" if party.role == "doctor" else "doctor")
-    previous = hub.rooms.get(appt.id, {}).get(role)
-    hub.join(appt.id, role, ws)
-    if previous is not None:  # a reload or second tab replaces the old connection
-        await previous.close(code=4000, message=b"replaced")
     if role == "patient":
         appt = await svc.do_set_waiting(party, appt.id)
         await _push_lobby(request, appt.practitioner_account_id)
-    await ws.send_json(
-        {
-            "type": "hello",
-            "role": role,
-            "status": appt.status,
-            "messages": await svc.messages(appt.id),
-            "files": await svc.files(appt.id),
-        }
-    )
-    await _announce(request, appt.id)
+    hello = {
+        "type": "hello",
+        "role": role,
+        "messages": await svc.messages(appt.id),
+        "files": await svc.files(appt.id),
+    }
+    async with hub.lock(appt.id):
+        appt = await svc.get(appt.id)
+        previous = hub.rooms.get(appt.id, {}).get(role)
+        hub.join(appt.id, role, ws)
+        await ws.send_json(dict(hello, status=appt.status))
+        await _announce(hub, appt)
+    if previous is not None:  # a reload or second tab replaces the old connection
+        await previous.close(code=4000, message=b"replaced")
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -565,17 +568,16 @@ async def signalling(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _announce(request: web.Request, appointment_id: str) -> None:
+async def _announce(hub: Hub, appt: VideoAppointment) -> None:
     """Both parties present: admitted, the doctor starts (or restarts) the call; not yet
-    admitted, the doctor's page prepares the connection without media (``admitted: false``)."""
-    hub = request.app[HUB]
-    if not (hub.present(appointment_id, "doctor") and hub.present(appointment_id, "patient")):
+    admitted, the doctor's page prepares the connection without media (``admitted: false``).
+    Called under the appointment's lock, with its current status."""
+    if not (hub.present(appt.id, "doctor") and hub.present(appt.id, "patient")):
         return
-    appt = await _svc(request).get(appointment_id)
     if appt.status == "admitted":
-        await hub.broadcast(appointment_id, {"type": "peer", "present": True})
+        await hub.broadcast(appt.id, {"type": "peer", "present": True})
     elif appt.status in ACTIVE:
-        await hub.broadcast(appointment_id, {"type": "peer", "present": True, "admitted": False})
+        await hub.broadcast(appt.id, {"type": "peer", "present": True, "admitted": False})
 
 
 async def _on_message(
