@@ -12,7 +12,8 @@
    Also printed: admit click → first frame on both sides (call set-up alone), and a breakdown:
    the median time after the click of each step (bench steps, and the ``konsilVideo.marks``
    each page records: media, check offer/answer/first echo frame/done, socket, offer,
-   connected, first frame).
+   connected, first frame; ``--events``: each page's signalling and connection events per
+   round).
 2. Concurrently open signalling WebSockets held by one server process (``konsil serve`` in a
    subprocess) and its resident memory (VmRSS) before and with the sockets open.
 """
