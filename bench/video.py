@@ -12,7 +12,8 @@
    Also printed: admit click → first frame on both sides (call set-up alone), and a breakdown:
    the median time after the click of each step (bench steps, and the ``konsilVideo.marks``
    each page records: media, check offer/answer/first echo frame/done, socket, offer,
-   connected, first frame).
+   connected, first frame; ``--events``: each page's signalling and connection events per
+   round).
 2. Concurrently open signalling WebSockets held by one server process (``konsil serve`` in a
    subprocess) and its resident memory (VmRSS) before and with the sockets open.
 """
@@ -104,7 +105,7 @@ ADMIT = """(id) => new Promise((resolve) => {
 })"""
 
 
-async def first_frame(rounds: int, tmp: Path, typed: bool) -> None:
+async def first_frame(rounds: int, tmp: Path, typed: bool, events: bool = False) -> None:
     from playwright.async_api import async_playwright
 
     url = f"sqlite+aiosqlite:///{tmp / 'ff.db'}"
@@ -162,8 +163,14 @@ async def first_frame(rounds: int, tmp: Path, typed: bool) -> None:
                 bench["admit clicked"] = admit
                 await doc.wait_for_url(f"{base}/video/call/{appt.id}")
                 ff = "() => !!window.konsilVideo.firstFrameAt"
-                await doc.wait_for_function(ff, polling=20, timeout=60_000)
-                await pat.wait_for_function(ff, polling=20, timeout=60_000)
+                try:
+                    await doc.wait_for_function(ff, polling=20, timeout=60_000)
+                    await pat.wait_for_function(ff, polling=20, timeout=60_000)
+                except Exception:  # say what each page went through, then stop
+                    for side, page in (("patient", pat), ("doctor", doc)):
+                        state = await page.evaluate("window.konsilVideo.state()")
+                        print(f"round {i + 1}, {side}: {state}", file=sys.stderr)
+                    raise
                 d = await doc.evaluate("window.konsilVideo.firstFrameAt")
                 p = await pat.evaluate("window.konsilVideo.firstFrameAt")
                 totals.append(max(d, p) - click)
@@ -174,6 +181,10 @@ async def first_frame(rounds: int, tmp: Path, typed: bool) -> None:
                     marks.update({f"{side}: {k}": v for k, v in got.items()})
                 for k, v in marks.items():
                     steps.setdefault(k, []).append(max(v - click, 0.0))
+                if events:  # what each page went through (signalling, connection states)
+                    for side, page in (("patient", pat), ("doctor", doc)):
+                        state = await page.evaluate("window.konsilVideo.state()")
+                        print(f"round {i + 1}, {side}: {' '.join(state['events'])}")
                 await doc.click("#btn-hangup")
                 await doc.wait_for_url(f"{base}/video/appointments/{appt.id}/after")
                 await pctx.close()
@@ -310,11 +321,12 @@ async def main() -> None:
         action="store_true",
         help="fill the entry form with Playwright fill/check/click (slower driver round trips)",
     )
+    ap.add_argument("--events", action="store_true", help="print each page's events per round")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if not args.skip_browser:
-            await first_frame(args.rounds, tmp, args.typed)
+            await first_frame(args.rounds, tmp, args.typed, args.events)
         if args.sockets:
             await sockets(args.sockets, tmp)
 

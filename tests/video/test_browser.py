@@ -4,6 +4,7 @@ running Konsil server, a real SMTP server and, for the relay run, a real coturn.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,6 +80,9 @@ async def admit_and_connect(doctor: Any, patient: Any, base: str, appointment: s
     await patient.wait_for_selector("#c-camera.ok", timeout=30_000)
     assert await patient.text_content("#c-camera") == "Your camera works."
     assert await patient.text_content("#c-mic") == "Your microphone works."
+    # Camera and microphone are reported at the first echoed frame and sound; the frame rate
+    # (the connection's verdict) follows while the patient waits.
+    await patient.wait_for_selector("#c-net.ok, #c-net.bad", timeout=30_000)
     assert "Your connection is" in (await patient.text_content("#c-net") or "")
     await patient.wait_for_selector("#waiting:not([hidden])")
     # The doctor's waiting room is pushed live over the WebSocket, with the check result.
@@ -153,6 +157,7 @@ async def test_teleconsultation_from_invitation_to_documents(
         await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
     doc, pat, third = await ctx_doc.new_page(), await ctx_pat.new_page(), await ctx_third.new_page()
     csp_violations: list[str] = []
+    script_errors: list[str] = []
     for page in (doc, pat):
         page.on(
             "console",
@@ -160,6 +165,7 @@ async def test_teleconsultation_from_invitation_to_documents(
                 csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None
             ),
         )
+        page.on("pageerror", lambda exc: script_errors.append(str(exc)))
 
     await login(doc, base, doctor)
     appointment = await schedule(doc, base, make_matricule("19800402", 123))
@@ -175,6 +181,8 @@ async def test_teleconsultation_from_invitation_to_documents(
     assert link == link_shown
 
     await enter(pat, link)
+    # The page's script entered (no page load): the check continued in the same page.
+    assert await pat.evaluate("'entered' in window.konsilVideo.marks")
     await admit_and_connect(doc, pat, base, appointment)
 
     # A third browser with the same link is refused, and cannot reach the room or the socket.
@@ -310,8 +318,69 @@ async def test_teleconsultation_from_invitation_to_documents(
     await doc.goto(f"{base}/video/appointments/{appointment}")
     assert await doc.locator("#doc-list [data-status=delivered]").count() == 3
     assert csp_violations == []
+    assert script_errors == []
     for ctx in (ctx_doc, ctx_pat, ctx_third):
         await ctx.close()
+
+
+# What a page receives from the other person, and whether it sends anything to them.
+RECEIVED = """async () => {
+  const k = window.konsilVideo, s = await k.stats();
+  return { connection: s.connection, bytes: s.bytesReceived, frames: s.framesDecoded,
+    audio: s.audioPackets, sending: k.sending(), firstFrame: k.firstFrameAt || null,
+    admitted: k.state().admitted, generation: k.state().generation };
+}"""
+CONNECTED = "async () => (await window.konsilVideo.stats()).connection === 'connected'"
+
+
+async def test_call_is_connected_while_the_patient_waits_and_carries_nothing_before_admission(
+    browser: Any, video_server: ServerFactory, doctor: Person
+) -> None:
+    """The doctor's dashboard and the waiting patient hold the call's peer connection (ICE and
+    DTLS done) before admission, with senders that carry no track: neither side receives a
+    byte of audio or video. Admitting attaches camera and microphone to that same connection
+    (no new negotiation) and the pictures flow both ways."""
+    server = await video_server()
+    base = f"http://127.0.0.1:{server.port}"
+    ctx_doc = await browser.new_context(locale="en-GB")
+    ctx_pat = await browser.new_context(locale="en-GB")
+    try:
+        for ctx in (ctx_doc, ctx_pat):
+            await ctx.add_cookies([{"name": "konsil_lang", "value": "en", "url": base}])
+        doc, pat = await ctx_doc.new_page(), await ctx_pat.new_page()
+        await login(doc, base, doctor)
+        appointment = await schedule(doc, base, make_matricule("19800402", 128))
+        await doc.click("#invite")
+        await enter(pat, await doc.input_value("#invite-link"))
+        await pat.wait_for_selector("#waiting:not([hidden])", timeout=30_000)
+        await doc.goto(f"{base}/video")
+        item = doc.locator(f"li[data-appointment='{appointment}']")
+        await item.wait_for(timeout=15_000)
+        for page in (doc, pat):
+            await page.wait_for_function(CONNECTED, polling=100, timeout=30_000)
+        await asyncio.sleep(1.5)  # media would have flowed by now had a track been attached
+        before = {}
+        for page in (doc, pat):
+            got = await page.evaluate(RECEIVED)
+            assert got["connection"] == "connected", got
+            assert (got["bytes"], got["frames"], got["audio"]) == (0, 0, 0), got
+            assert got["sending"] is None and got["firstFrame"] is None, got
+            assert got["admitted"] is False, got
+            before[page] = got["generation"]
+        assert await doc.is_hidden("#video-app")  # the dashboard still shows the waiting room
+
+        await item.locator("form.admit button").click()
+        await doc.wait_for_url(f"{base}/video/call/{appointment}")
+        for page in (doc, pat):
+            await page.wait_for_function(FRAMES, polling=100, timeout=30_000)
+        for page in (doc, pat):
+            got = await page.evaluate(RECEIVED)
+            assert got["admitted"] is True and got["sending"], got
+            assert got["bytes"] > 0 and got["audio"] > 0, got
+            assert got["generation"] == before[page], (got, before[page])  # same connection
+    finally:
+        for ctx in (ctx_doc, ctx_pat):
+            await ctx.close()
 
 
 async def test_refused_camera_is_explained(

@@ -238,6 +238,53 @@ async def test_signalling_socket_admits_only_the_two_parties(
     await ws_d.close()
 
 
+async def test_the_two_parties_negotiate_before_admission_and_hear_of_it_together(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    """While the patient waits, the doctor's page and the patient's page may set up their peer
+    connection (no media: see the browser test): both are told the other is there but not
+    admitted, and signals go between them. Admitting tells both pages at once."""
+    a = await _appointment(client, doctor, 6, clock)
+    patient = await aiohttp_client(client.server)
+    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
+    async with client.app[K.DB].session() as s:
+        appt = await s.get(VideoAppointment, a)
+        assert appt is not None and appt.status == "waiting"  # in the waiting room from entry
+    csrf = await web_login(client, doctor)
+    ws_d = await client.ws_connect(f"/video/ws/{a}")
+    assert (await ws_d.receive_json())["status"] == "waiting"
+    ws_p = await patient.ws_connect(f"/video/ws/{a}")
+    assert (await ws_p.receive_json())["type"] == "hello"
+    early = {"type": "peer", "present": True, "admitted": False}
+    assert (await ws_d.receive_json()) == early
+    assert (await ws_p.receive_json()) == early
+    await ws_d.send_json({"type": "signal", "data": {"description": {"type": "offer"}}})
+    got = await ws_p.receive_json()
+    assert got["type"] == "signal" and got["from"] == "doctor"
+    await ws_p.send_json({"type": "signal", "data": {"candidate": {"candidate": "x"}}})
+    got = await ws_d.receive_json()
+    assert got["type"] == "signal" and got["from"] == "patient"
+
+    resp = await client.post(
+        f"/video/appointments/{a}/admit",
+        data={"csrf_token": csrf},
+        headers={"Accept": "application/json"},
+    )
+    assert resp.status == 200 and (await resp.json())["call"] == f"/video/call/{a}"
+    for ws in (ws_p, ws_d):
+        assert (await ws.receive_json()) == {"type": "status", "status": "admitted"}
+    # A patient who leaves is announced; once ended, nothing is relayed any more.
+    await ws_p.send_json({"type": "hangup"})
+    for ws in (ws_p, ws_d):
+        assert (await ws.receive_json()) == {"type": "status", "status": "ended"}
+    await ws_p.send_json({"type": "signal", "data": {"candidate": {"candidate": "y"}}})
+    await ws_p.send_json({"type": "ping"})
+    assert (await ws_p.receive_json()) == {"type": "pong"}
+    await ws_p.close()
+    assert (await ws_d.receive_json()) == {"type": "peer", "present": False}
+    await ws_d.close()
+
+
 async def test_files_are_sealed_at_rest_and_limited(
     client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
 ) -> None:
@@ -374,6 +421,90 @@ async def test_a_check_that_never_finishes_is_closed_and_reported(
             .all()
         )
     assert len(failed) == 1 and failed[0].resource == f"video/{a}"
+
+
+async def test_the_check_reports_camera_and_microphone_first_then_the_frame_rate(
+    client: Client,
+    aiohttp_client: AiohttpClient,
+    doctor: Person,
+    create_user: Callable[..., Awaitable[Person]],
+    clock: FakeClock,
+) -> None:
+    """The page reports camera, microphone and round trip at the first echo (the connection's
+    verdict is then "measuring" and the echo peer keeps running), then the frame rate: each
+    result is authorised, recorded and audited in one transaction; only the patient may."""
+    peers = client.app[CHECKS]
+    a = await _appointment(client, doctor, 10, clock)
+    patient = await aiohttp_client(client.server)
+    link = await _link(client, doctor, a)
+    page = await patient.get(link)
+    m = CSRF_RE.search(await page.text())
+    assert m
+    csrf = m.group(1)
+    entered = await patient.post(
+        link,
+        data={"csrf_token": csrf, "birth_date": "1975-03-10", "consent": "yes"},
+        allow_redirects=False,
+    )
+    assert entered.status == 303
+    browser = RTCPeerConnection()
+    try:
+        browser.addTrack(VideoStreamTrack())
+        await browser.setLocalDescription(await browser.createOffer())
+        offer = {"sdp": browser.localDescription.sdp, "type": "offer"}
+        r = await patient.post(f"/video/api/{a}/check", json=offer, headers={"X-CSRF-Token": csrf})
+        assert r.status == 200
+        done = f"/video/api/{a}/check/done"
+        first = {"camera": True, "microphone": True, "rtt_ms": 12, "fps": None, "final": False}
+        r = await patient.post(done, json=first, headers={"X-CSRF-Token": csrf})
+        assert r.status == 200 and (await r.json())["connection"] == "measuring"
+        assert peers.count == 1  # still echoing: the frame rate is being measured
+        waiting = await client.app[SERVICE].waiting(doctor.account_id)
+        assert [w["check"]["connection"] for w in waiting if w["id"] == a] == ["measuring"]
+        # The doctor does not report the patient's check; a stranger cannot either.
+        doc_csrf = await web_login(client, doctor)
+        r = await client.post(done, json=first, headers={"X-CSRF-Token": doc_csrf})
+        assert r.status == 403
+        stranger = await aiohttp_client(client.server)
+        other_csrf = await web_login(stranger, await create_user("drcheck", "practitioner"))
+        r = await stranger.post(done, json=first, headers={"X-CSRF-Token": other_csrf})
+        assert r.status == 403
+        final = dict(first, fps=24.5, final=True)
+        r = await patient.post(done, json=final, headers={"X-CSRF-Token": csrf})
+        assert r.status == 200
+        assert (await r.json()) == {
+            "camera": True,
+            "microphone": True,
+            "rtt_ms": 12.0,
+            "fps": 24.5,
+            "connection": "good",
+        }
+        async with asyncio.timeout(10):
+            await peers.closed()  # closed in the background
+        assert peers.count == 0
+    finally:
+        await browser.close()
+    async with client.app[K.DB].session() as s:
+        appt = await s.get(VideoAppointment, a)
+        assert appt is not None and json.loads(appt.check_result or "{}")["fps"] == 24.5
+        events = (
+            (
+                await s.execute(
+                    select(AuditEvent)
+                    .where(AuditEvent.action.like("video.check%"))
+                    .order_by(AuditEvent.seq)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [(e.action, e.outcome) for e in events if e.resource == f"video/{a}"] == [
+        ("video.check.start", "success"),
+        ("video.check", "success"),
+        ("video.check", "denied"),
+        ("video.check", "denied"),
+        ("video.check", "success"),
+    ]
 
 
 def test_after_call_form_validation() -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from konsil.errors import BadRequest, RateLimited
 
@@ -45,6 +47,14 @@ class CheckPeers:
         self._relay: MediaRelay | None = None
         self._peers: dict[str, _Peer] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Future[Any] | None = None
+
+    def warm_up(self) -> None:
+        """Import aiortc in a thread now (a patient opened the entry page), so that the check
+        that follows does not wait ~0.6 s for it; once per process."""
+        if self._warming is None and "aiortc" not in sys.modules:
+            loop = asyncio.get_running_loop()
+            self._warming = loop.run_in_executor(None, importlib.import_module, "aiortc")
 
     @property
     def relay(self) -> MediaRelay:
@@ -66,6 +76,8 @@ class CheckPeers:
         if kind != "offer" or not sdp or len(sdp) > 100_000:
             raise BadRequest("an SDP offer is required")
         await self.close(key)
+        if self._warming is not None:
+            await asyncio.shield(self._warming)  # not imported twice at once
         if len(self._peers) >= self.max_peers:
             raise RateLimited("the connection test is busy: try again shortly", retry_after_ms=5000)
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -129,8 +141,12 @@ class CheckPeers:
         with contextlib.suppress(Exception):
             await peer.pc.close()
 
+    async def closed(self) -> None:
+        """Wait for the peers being closed in the background."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
     async def close_all(self) -> None:
         for key in list(self._peers):
             await self.close(key)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.closed()

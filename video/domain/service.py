@@ -395,7 +395,8 @@ class VideoService:
     async def do_enter(
         self, token: str, form: Mapping[str, str], ip: str | None, *, check_start: bool = False
     ) -> tuple[GuestPrincipal, str]:
-        """Identity check and consent; returns the guest and its cookie secret (once).
+        """Identity check and consent; returns the guest and its cookie secret (once). The
+        patient is then in the waiting room (the check runs there, the doctor sees them come).
         ``check_start``: the pre-call check starts with the entry (audited with it)."""
         consent = form.get("consent") == "yes"
         async with self.db.transaction() as s:
@@ -461,6 +462,16 @@ class VideoService:
                     resource=f"video/{appt.id}",
                     details={"identified_by": how, "version": CONSENT_VERSION},
                 )
+                if appt.status == "scheduled":
+                    appt.status = "waiting"
+                    appt.waiting_since = now
+                    await self.audit.record(
+                        s,
+                        guest.actor(ip),
+                        "video.wait",
+                        patient_id=appt.patient_id,
+                        resource=f"video/{appt.id}",
+                    )
                 if check_start:
                     await self.audit.record(
                         s,
@@ -504,29 +515,46 @@ class VideoService:
     ) -> tuple[Party, VideoAppointment]:
         """Authorise one of the appointment's two parties (audited either way)."""
         async with self.db.transaction() as s:
-            appt = await s.get(VideoAppointment, appointment_id)
-            if appt is None:
-                raise NotFound("no such appointment")
-            party = None
-            if account_id is not None and appt.practitioner_account_id == account_id:
-                party = Party("doctor", Actor(account_id, ip))
-            elif guest is not None and guest.appointment_id == appt.id:
-                party = Party("patient", guest.actor(ip))
-            if party is None:
-                who = account_id or (guest.actor(ip).id if guest else "anonymous")
-                await self.audit.record(
-                    s,
-                    Actor(who, ip),
-                    action,
-                    patient_id=appt.patient_id,
-                    resource=f"video/{appt.id}",
-                    outcome="denied",
-                )
-                raise Forbidden("you are not a party to this teleconsultation")
+            party, appt = await self._authorise(s, appointment_id, account_id, guest, ip, action)
+        if party is None:  # refused after the refusal's audit row was committed
+            raise Forbidden("you are not a party to this teleconsultation")
+        return party, appt
+
+    async def _authorise(
+        self,
+        s: AsyncSession,
+        appointment_id: str,
+        account_id: str | None,
+        guest: GuestPrincipal | None,
+        ip: str | None,
+        action: str | None,
+    ) -> tuple[Party | None, VideoAppointment]:
+        """The party, or None for anyone else (audited ``denied``: the caller commits, then
+        refuses). ``action`` None: the caller audits what the party did."""
+        appt = await s.get(VideoAppointment, appointment_id)
+        if appt is None:
+            raise NotFound("no such appointment")
+        party = None
+        if account_id is not None and appt.practitioner_account_id == account_id:
+            party = Party("doctor", Actor(account_id, ip))
+        elif guest is not None and guest.appointment_id == appt.id:
+            party = Party("patient", guest.actor(ip))
+        if party is None:
+            who = account_id or (guest.actor(ip).id if guest else "anonymous")
+            await self.audit.record(
+                s,
+                Actor(who, ip),
+                action or "video.check",
+                patient_id=appt.patient_id,
+                resource=f"video/{appt.id}",
+                outcome="denied",
+            )
+            return None, appt
+        if action is not None:
             await self.audit.record(
                 s, party.actor, action, patient_id=appt.patient_id, resource=f"video/{appt.id}"
             )
-            return party, appt
+        return party, appt
 
     async def get(self, appointment_id: str) -> VideoAppointment:
         async with self.db.session() as s:
@@ -538,8 +566,17 @@ class VideoService:
     # ------------------------------------------------------------------ waiting room
 
     async def do_record_check(
-        self, party: Party, appointment_id: str, result: Mapping[str, Any]
-    ) -> dict[str, Any]:
+        self,
+        appointment_id: str,
+        result: Mapping[str, Any],
+        *,
+        account_id: str | None,
+        guest: GuestPrincipal | None,
+        ip: str | None,
+    ) -> tuple[dict[str, Any], str]:
+        """The patient's pre-call check result (and the practitioner to tell), authorised, recorded and audited in one
+        transaction. ``final: false``: camera, microphone and round trip are known, the frame
+        rate is still being measured (``connection`` is then ``measuring``)."""
         clean: dict[str, Any] = {
             "camera": bool(result.get("camera")),
             "microphone": bool(result.get("microphone")),
@@ -547,22 +584,34 @@ class VideoService:
             "fps": _num(result.get("fps")),
         }
         rtt, fps = clean["rtt_ms"], clean["fps"]
-        clean["connection"] = (
-            "good" if rtt is not None and rtt < 300 and fps is not None and fps >= 10 else "weak"
-        )
-        async with self.db.transaction() as s:
-            appt = await s.get(VideoAppointment, appointment_id)
-            assert appt is not None
-            appt.check_result = json.dumps(clean)
-            await self.audit.record(
-                s,
-                party.actor,
-                "video.check",
-                patient_id=appt.patient_id,
-                resource=f"video/{appt.id}",
-                details=clean,
+        if result.get("final") is False and fps is None:
+            clean["connection"] = "measuring"
+        else:
+            clean["connection"] = (
+                "good"
+                if rtt is not None and rtt < 300 and fps is not None and fps >= 10
+                else "weak"
             )
-        return clean
+        async with self.db.transaction() as s:
+            party, appt = await self._authorise(s, appointment_id, account_id, guest, ip, None)
+            if party is not None:
+                mine = party.role == "patient"
+                if mine:
+                    appt.check_result = json.dumps(clean)
+                await self.audit.record(
+                    s,
+                    party.actor,
+                    "video.check",
+                    patient_id=appt.patient_id,
+                    resource=f"video/{appt.id}",
+                    outcome="success" if mine else "denied",
+                    details=clean if mine else None,
+                )
+        if party is None:
+            raise Forbidden("you are not a party to this teleconsultation")
+        if party.role != "patient":
+            raise Forbidden("the connection test is the patient's")
+        return clean, appt.practitioner_account_id
 
     async def do_check_timed_out(self, appointment_id: str) -> VideoAppointment | None:
         """The server closed a pre-call check that did not finish in time: recorded (the

@@ -36,7 +36,8 @@ from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import turn_credentials
 from video.domain.documents import FREQUENCY_UNITS, ROUTES, UNITS
 from video.domain.issuer import WorkflowIssuer
-from video.domain.service import GuestPrincipal, Party, VideoService, check_schedule
+from video.domain.service import ACTIVE, GuestPrincipal, Party, VideoService, check_schedule
+from video.models import VideoAppointment
 from video.web.hub import Hub
 from video.web.i18n import FRENCH
 from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
@@ -250,10 +251,13 @@ async def reschedule(request: web.Request) -> web.Response:
 async def admit(request: web.Request) -> web.Response:
     p = _doctor(request)
     appointment = request.match_info["appointment"]
-    await _svc(request).do_admit(actor_of(request), appointment, True)
-    await request.app[HUB].send(appointment, "patient", {"type": "status", "status": "admitted"})
-    # The doctor's dashboard may hold this appointment's socket already (pre-warmed): start now.
-    await _announce(request, appointment)
+    hub = request.app[HUB]
+    async with hub.lock(appointment):
+        await _svc(request).do_admit(actor_of(request), appointment, True)
+        # Both parties' pages hear it at once: a connection prepared while the patient waited
+        # (the doctor's dashboard holds the socket) only has to start sending; otherwise the
+        # doctor's page offers now.
+        await hub.broadcast(appointment, {"type": "status", "status": "admitted"})
     await _push_lobby(request, p.account_id)
     if _wants_json(request):
         return json_response({"call": f"/video/call/{appointment}"})
@@ -327,6 +331,7 @@ async def join_page(request: web.Request) -> web.Response:
     if guest is not None and guest.appointment_id == claims_appt:
         raise web.HTTPSeeOther(f"/video/room/{guest.appointment_id}")
     appt = await _svc(request).check_link(token, client_ip(request))
+    request.app[CHECKS].warm_up()  # the check follows the entry
     return render(request, "video/join.html", {"token": token, "a": appt, "form": {}})
 
 
@@ -358,6 +363,10 @@ async def join_submit(request: web.Request) -> web.Response:
             status=400,
         )
     room = f"/video/room/{guest.appointment_id}"
+    # In the waiting room from now on: the doctor's dashboard lists the patient (and prepares
+    # the call's connection) while the check runs.
+    appt = await svc.get(guest.appointment_id)
+    await _push_lobby(request, appt.practitioner_account_id)
     resp: web.Response
     if _wants_json(request):
         body: dict[str, Any] = {"room": room}
@@ -450,13 +459,20 @@ async def check_offer(request: web.Request) -> web.Response:
 
 @routes.post("/video/api/{appointment}/check/done")
 async def check_done(request: web.Request) -> web.Response:
-    party, appt = await _party(request, "video.check.done")
-    if party.role != "patient":
-        raise Forbidden("the connection test is the patient's")
     body = await read_json(request)
-    request.app[CHECKS].close_soon(appt.id)  # closing aiortc takes a while: not on the reply
-    result = await _svc(request).do_record_check(party, appt.id, body)
-    await _push_lobby(request, appt.practitioner_account_id)
+    p = principal_of(request)
+    svc = _svc(request)
+    appointment = request.match_info["appointment"]
+    result, practitioner = await svc.do_record_check(
+        appointment,
+        body,
+        account_id=p.account_id if p else None,
+        guest=await _guest(request),
+        ip=client_ip(request),
+    )
+    if result["connection"] != "measuring":
+        request.app[CHECKS].close_soon(appointment)  # closing aiortc takes a while: not here
+    await _push_lobby(request, practitioner)
     return json_response(result)
 
 
@@ -517,23 +533,23 @@ async def signalling(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=256 * 1024)
     await ws.prepare(request)
     role, other = party.role, ("patient" if party.role == "doctor" else "doctor")
-    previous = hub.rooms.get(appt.id, {}).get(role)
-    hub.join(appt.id, role, ws)
-    if previous is not None:  # a reload or second tab replaces the old connection
-        await previous.close(code=4000, message=b"replaced")
     if role == "patient":
         appt = await svc.do_set_waiting(party, appt.id)
         await _push_lobby(request, appt.practitioner_account_id)
-    await ws.send_json(
-        {
-            "type": "hello",
-            "role": role,
-            "status": appt.status,
-            "messages": await svc.messages(appt.id),
-            "files": await svc.files(appt.id),
-        }
-    )
-    await _announce(request, appt.id)
+    hello = {
+        "type": "hello",
+        "role": role,
+        "messages": await svc.messages(appt.id),
+        "files": await svc.files(appt.id),
+    }
+    async with hub.lock(appt.id):
+        appt = await svc.get(appt.id)
+        previous = hub.rooms.get(appt.id, {}).get(role)
+        hub.join(appt.id, role, ws)
+        await ws.send_json(dict(hello, status=appt.status))
+        await _announce(hub, appt)
+    if previous is not None:  # a reload or second tab replaces the old connection
+        await previous.close(code=4000, message=b"replaced")
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -552,16 +568,16 @@ async def signalling(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _announce(request: web.Request, appointment_id: str) -> None:
-    """Both parties present and the patient admitted: the doctor starts (or restarts) the call."""
-    hub = request.app[HUB]
-    appt = await _svc(request).get(appointment_id)
-    if (
-        appt.status == "admitted"
-        and hub.present(appointment_id, "doctor")
-        and hub.present(appointment_id, "patient")
-    ):
-        await hub.broadcast(appointment_id, {"type": "peer", "present": True})
+async def _announce(hub: Hub, appt: VideoAppointment) -> None:
+    """Both parties present: admitted, the doctor starts (or restarts) the call; not yet
+    admitted, the doctor's page prepares the connection without media (``admitted: false``).
+    Called under the appointment's lock, with its current status."""
+    if not (hub.present(appt.id, "doctor") and hub.present(appt.id, "patient")):
+        return
+    if appt.status == "admitted":
+        await hub.broadcast(appt.id, {"type": "peer", "present": True})
+    elif appt.status in ACTIVE:
+        await hub.broadcast(appt.id, {"type": "peer", "present": True, "admitted": False})
 
 
 async def _on_message(
@@ -576,8 +592,10 @@ async def _on_message(
     svc = _svc(request)
     kind = data.get("type")
     if kind in ("signal", "restart"):
+        # Before admission too: the pages negotiate while the patient waits, their senders
+        # carrying no track until the admission (call.js attaches camera and microphone then).
         appt = await svc.get(appointment_id)
-        if appt.status == "admitted":
+        if appt.status in ACTIVE:
             await hub.send(
                 appointment_id, other, {"type": kind, "data": data.get("data"), "from": party.role}
             )

@@ -3,7 +3,9 @@ practitioner's live waiting-room feeds."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +15,15 @@ class Hub:
     def __init__(self) -> None:
         self.rooms: dict[str, dict[str, web.WebSocketResponse]] = {}
         self.lobbies: dict[str, set[web.WebSocketResponse]] = {}
+        # Held while a party joins and is greeted and announced, and while admitting: the
+        # second party to arrive announces both once, with the status of that moment.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def lock(self, appointment_id: str) -> asyncio.Lock:
+        lock = self._locks.get(appointment_id)
+        if lock is None:  # kept while in use (``async with`` holds it), then dropped
+            lock = self._locks[appointment_id] = asyncio.Lock()
+        return lock
 
     def join(self, appointment_id: str, role: str, ws: web.WebSocketResponse) -> None:
         self.rooms.setdefault(appointment_id, {})[role] = ws

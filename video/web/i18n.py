@@ -179,6 +179,7 @@ FRENCH: dict[str, str] = {
     "camera not working": "caméra ne fonctionne pas",
     "camera works": "caméra fonctionne",
     "check not done yet": "test pas encore fait",
+    "connection being measured": "connexion en cours de mesure",
     "connection good": "connexion bonne",
     "connection weak": "connexion faible",
     "in call": "en appel",

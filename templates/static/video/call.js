@@ -19,40 +19,55 @@
   const say = (text) => { const el = $("call-status"); if (el) el.textContent = text || ""; };
   const jsonHeaders = { "Content-Type": "application/json", "X-CSRF-Token": csrf };
 
-  async function ice() {
-    if (!iceConfig) {
-      const r = await fetch("/video/api/ice", { credentials: "same-origin" });
-      if (!r.ok) throw new Error("ICE " + r.status);
-      iceConfig = await r.json();
+  // One request for the ICE servers and one camera/microphone request, however many steps
+  // ask at once (the dashboard's pre-warming and the greeting, the check and the call).
+  let icePending = null, mediaPending = null;
+  function ice() {
+    if (iceConfig) return Promise.resolve(iceConfig);
+    if (!icePending) {
+      icePending = (async () => {
+        const r = await fetch("/video/api/ice", { credentials: "same-origin" });
+        if (!r.ok) throw new Error("ICE " + r.status);
+        iceConfig = await r.json();
+        return iceConfig;
+      })();
+      icePending.catch(() => { /* asked again next time */ }).finally(() => { icePending = null; });
     }
-    return iceConfig;
+    return icePending;
   }
 
-  async function media() {
-    if (localStream) return localStream;
-    try {
-      localStream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
-    } catch (e) {
-      const msg = (e && (e.name === "NotFoundError" || e.name === "OverconstrainedError")) ? T.nodevice : T.denied;
-      for (const id of ["check-error", "call-status"]) {
-        const el = $(id); if (el) { el.textContent = msg; el.hidden = false; }
-      }
-      app.dataset.mediaError = e && e.name ? e.name : "error";
-      throw e;
+  function media() {
+    if (localStream) return Promise.resolve(localStream);
+    if (!mediaPending) {
+      mediaPending = (async () => {
+        try {
+          localStream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        } catch (e) {
+          const msg = (e && (e.name === "NotFoundError" || e.name === "OverconstrainedError")) ? T.nodevice : T.denied;
+          for (const id of ["check-error", "call-status"]) {
+            const el = $(id); if (el) { el.textContent = msg; el.hidden = false; }
+          }
+          app.dataset.mediaError = e && e.name ? e.name : "error";
+          throw e;
+        }
+        const local = $("local"); if (local) local.srcObject = localStream;
+        return localStream;
+      })();
+      mediaPending.catch(() => { /* asked again next time */ }).finally(() => { mediaPending = null; });
     }
-    const local = $("local"); if (local) local.srcObject = localStream;
-    return localStream;
+    return mediaPending;
   }
 
   // ------------------------------------------------------------- stats
 
   async function statsOf(conn) {
     const out = { framesDecoded: 0, fps: null, audioPackets: 0, audioEnergy: 0, rttMs: null,
-      localCandidateType: null, remoteCandidateType: null };
+      bytesReceived: 0, localCandidateType: null, remoteCandidateType: null, connection: conn ? conn.connectionState : null };
     if (!conn) return out;
     const report = await conn.getStats();
     let pair = null;
     report.forEach((s) => {
+      if (s.type === "inbound-rtp") out.bytesReceived += (s.bytesReceived || 0) + (s.headerBytesReceived || 0);
       if (s.type === "inbound-rtp" && s.kind === "video") {
         out.framesDecoded += s.framesDecoded || 0;
         if (s.framesPerSecond) out.fps = s.framesPerSecond;
@@ -76,7 +91,7 @@
   const marks = {};
   const mark = (name) => { if (!(name in marks)) marks[name] = Date.now(); };
   const kv = { framesDecoded: 0, last: null, marks, stats: () => statsOf(pc),
-    state: () => ({ inCall, ended, role, generation, events, hellos }),
+    state: () => ({ inCall, ended, role, generation, events, hellos, admitted }),
     sending: () => {
       const snd = pc && pc.getSenders().find((x) => x.track && x.track.kind === "video");
       return snd ? snd.track.label : null;
@@ -95,17 +110,26 @@
 
   // ------------------------------------------------------------- pre-call check (patient)
 
+  // The offer carries the host candidates once gathered. Chrome adds its UDP host candidates
+  // within milliseconds and its TCP ones ~100 ms later; the echo peer (aiortc) uses UDP only,
+  // so a short quiet spell after a UDP candidate is enough ("complete", or 4 s, otherwise).
   function gathered(conn) {
-    if (conn.iceGatheringState === "complete") return Promise.resolve();
     return new Promise((resolve) => {
-      const done = () => { if (conn.iceGatheringState === "complete") resolve(); };
-      conn.addEventListener("icegatheringstatechange", done);
+      let quiet = null;
+      conn.addEventListener("icecandidate", (e) => {
+        if (!e.candidate) { resolve(); return; }
+        if (e.candidate.protocol === "udp") { clearTimeout(quiet); quiet = setTimeout(resolve, 30); }
+      });
+      conn.addEventListener("icegatheringstatechange", () => { if (conn.iceGatheringState === "complete") resolve(); });
       setTimeout(resolve, 4000);
     });
   }
 
   const wait = (ms) => new Promise((r) => setTimeout(r, ms));
-  const FPS_WINDOW_MS = 300;
+  // The frame rate is measured over up to 1 s of the echo; at least 300 ms when the doctor
+  // admits meanwhile (the check then stops so that the call has the connection to itself).
+  const FPS_WINDOW_MS = 1000, FPS_MIN_MS = 300;
+  let checkStop = false;
 
   // The camera and the check's peer connection (offer, ICE gathering) are prepared at once,
   // while the patient reads the entry page; nothing reaches the server before entry.
@@ -117,18 +141,19 @@
         mark("media");
         const cv = $("check-video"); if (cv && !cv.srcObject) cv.srcObject = stream;
         const cpc = new RTCPeerConnection({ iceServers: [] });
+        const ready = gathered(cpc);
         // The echo decodes and re-encodes on the server: a small picture is enough to see
         // that the camera works and to measure the frame rate (the call sends the full one).
         const small = new MediaStream(stream.getAudioTracks());
         for (const t of stream.getVideoTracks()) {
           const c = t.clone();
-          try { await c.applyConstraints({ width: 320, height: 240 }); } catch (e) { /* as it is */ }
+          c.applyConstraints({ width: 320, height: 240 }).catch(() => { /* sent as it is */ });
           small.addTrack(c);
         }
         small.getTracks().forEach((t) => cpc.addTrack(t, small));
-        cpc.ontrack = (e) => { $("check-video").srcObject = e.streams[0]; };
+        cpc.ontrack = (e) => { $("check-video").srcObject = e.streams[0] || new MediaStream([e.track]); };
         await cpc.setLocalDescription(await cpc.createOffer());
-        await gathered(cpc);
+        await ready;
         mark("check-offer");
         return cpc;
       })();
@@ -137,10 +162,28 @@
     return checkPrep;
   }
 
+  async function postCheck(result) {
+    const r = await fetch(`/video/api/${appt}/check/done`, { method: "POST", headers: jsonHeaders,
+      credentials: "same-origin", body: JSON.stringify(result) });
+    return r.ok ? r.json() : Object.assign({ connection: "weak" }, result);
+  }
+
+  function showCheck(clean) {
+    $("c-camera").textContent = clean.camera ? C.cameraOk : C.cameraBad;
+    $("c-mic").textContent = clean.microphone ? C.micOk : C.micBad;
+    const measuring = clean.connection === "measuring";
+    if (!measuring) $("c-net").textContent = clean.connection === "good" ? C.netGood : C.netWeak;
+    for (const [id, ok] of [["c-camera", clean.camera], ["c-mic", clean.microphone], ["c-net", clean.connection === "good"]]) {
+      $(id).className = id === "c-net" && measuring ? "" : (ok ? "ok" : "bad");
+    }
+    app.dataset.check = JSON.stringify(clean);
+  }
+
   // given/answer: the connection prepared before entry and the echo peer's answer, when the
   // entry form carried the offer (one request for both).
   async function runCheck(given, answer) {
     $("check-error").hidden = true; $("check-retry").hidden = true;
+    checkStop = false;
     let cpc = given;
     if (!cpc) try { cpc = await prepareCheck(); } catch (e) {
       if (!app.dataset.mediaError) { $("check-error").textContent = `${C.failed} ${e.message || e}`; $("check-error").hidden = false; }
@@ -159,34 +202,35 @@
       // Into the waiting room (the doctor sees the patient, then the result) while the echo runs.
       if (!ws) connect();
       await cpc.setRemoteDescription(desc);
-      // Watch for up to 10 s; stop once the picture, the sound and a round-trip time came back
-      // and the frame rate was measured over a short window.
-      let first = null, last = null;
-      for (let i = 0; i < 100; i++) {
-        await wait(100);
+      // Watch for up to 10 s. Once the picture, the sound and a round-trip time came back, the
+      // patient and the doctor are told (camera and microphone work); the frame rate is then
+      // measured from the first echoed frame on, and the connection's verdict follows.
+      let first = null, last = null, early = null;
+      for (let i = 0; i < 200; i++) {
+        await wait(50);
         const s = await statsOf(cpc);
         const now = performance.now();
         if (s.framesDecoded > 0 && !first) { first = { t: now, frames: s.framesDecoded }; mark("check-frame"); }
         if (s.audioPackets > 0) mark("check-audio");
         if (s.rttMs !== null) mark("check-rtt");
         last = { t: now, s };
-        if (first && now - first.t >= FPS_WINDOW_MS && s.audioPackets > 0 && s.rttMs !== null) break;
+        if (first && s.audioPackets > 0 && s.rttMs !== null) {
+          if (!early) {
+            early = postCheck({ camera: true, microphone: true, rtt_ms: Math.round(s.rttMs), fps: null, final: false })
+              .then((clean) => { showCheck(clean); $("waiting").hidden = false; mark("check-early"); });
+          }
+          const span = now - first.t;
+          if (span >= FPS_WINDOW_MS || (checkStop && span >= FPS_MIN_MS)) break;
+        }
       }
       mark("check-measured");
       const s = last.s;
       const fps = first && last.t > first.t ? (s.framesDecoded - first.frames) * 1000 / (last.t - first.t) : 0;
       const result = { camera: s.framesDecoded > 0, microphone: s.audioPackets > 0,
-        rtt_ms: s.rttMs === null ? null : Math.round(s.rttMs), fps: Math.round(fps * 10) / 10 };
-      const done = await fetch(`/video/api/${appt}/check/done`, { method: "POST", headers: jsonHeaders,
-        credentials: "same-origin", body: JSON.stringify(result) });
-      const clean = done.ok ? await done.json() : Object.assign({ connection: "weak" }, result);
-      $("c-camera").textContent = clean.camera ? C.cameraOk : C.cameraBad;
-      $("c-mic").textContent = clean.microphone ? C.micOk : C.micBad;
-      $("c-net").textContent = clean.connection === "good" ? C.netGood : C.netWeak;
-      for (const [id, ok] of [["c-camera", clean.camera], ["c-mic", clean.microphone], ["c-net", clean.connection === "good"]]) {
-        $(id).className = ok ? "ok" : "bad";
-      }
-      app.dataset.check = JSON.stringify(clean);
+        rtt_ms: s.rttMs === null ? null : Math.round(s.rttMs), fps: Math.round(fps * 10) / 10, final: true };
+      if (early) await early.catch(() => { /* the final result follows */ });
+      const clean = await postCheck(result);
+      showCheck(clean);
       mark("check-done");
     } catch (e) {
       $("check-error").textContent = `${C.failed} ${e.message || e}`;
@@ -244,6 +288,13 @@
 
   // ------------------------------------------------------------- the call
 
+  // Camera and microphone reach the other person only once the appointment is admitted: the
+  // server said so (status "admitted", or the greeting or "peer" message of an admitted call)
+  // and, on the doctor's dashboard, this page is the one that admitted. While the patient
+  // waits, the two pages already hold a peer connection (ICE, DTLS) whose senders carry no
+  // track: admitting then only attaches the tracks (replaceTrack, no renegotiation).
+  let admitted = false, peerPresent = false;
+
   function showCall() {
     inCall = true;
     $("call").hidden = false; $("side").hidden = false;
@@ -251,62 +302,86 @@
     const w = $("waiting"); if (w) w.hidden = true;
   }
 
-  function newPeer() {
+  const usable = (conn) => !!conn && conn === pc && conn.signalingState !== "closed" &&
+    conn.connectionState !== "failed" && conn.connectionState !== "closed";
+
+  // Each negotiation has a number (the doctor's offer gives it; the answer and every candidate
+  // carry it): when the doctor offers twice in a row (both parties arriving at once), an
+  // answer or a candidate of the replaced connection is not applied to the new one.
+  function newPeer(nid) {
     if (pc) { try { pc.close(); } catch (e) { /* already closed */ } }
     pendingCandidates = [];
     generation += 1;
     note("new-peer");
     const conn = new RTCPeerConnection({ iceServers: iceConfig.iceServers, iceTransportPolicy: iceConfig.iceTransportPolicy });
+    conn.nid = nid === undefined ? `${Date.now().toString(36)}.${generation}` : nid;
     pc = conn;
-    localStream.getTracks().forEach((t) => conn.addTrack(t, localStream));
-    if (screenTrack) {
-      const sender = conn.getSenders().find((x) => x.track && x.track.kind === "video");
-      if (sender) sender.replaceTrack(screenTrack);
-    }
-    conn.onicecandidate = (e) => { if (e.candidate) send({ type: "signal", data: { candidate: e.candidate.toJSON() } }); };
-    conn.ontrack = (e) => { $("remote").srcObject = e.streams[0]; };
+    conn.onicecandidate = (e) => { if (e.candidate) send({ type: "signal", data: { candidate: e.candidate.toJSON(), nid: conn.nid } }); };
+    // This connection's incoming tracks (their senders name no stream).
+    conn.ontrack = () => { $("remote").srcObject = new MediaStream(conn.getReceivers().map((r) => r.track)); };
     conn.onconnectionstatechange = () => {
       if (pc !== conn) return;
       note("pc-" + conn.connectionState);
-      if (conn.connectionState === "connected") { say(T.connected); mark("connected"); }
+      if (conn.connectionState === "connected") { mark("connected"); if (admitted) say(T.connected); }
       if (conn.connectionState === "failed" || conn.connectionState === "disconnected") {
-        say(T.reconnecting);
+        if (admitted) say(T.reconnecting);
         // aiortc-style: no ICE restart; a new connection is negotiated from scratch.
         setTimeout(() => {
           if (pc !== conn || ended || (conn.connectionState !== "failed" && conn.connectionState !== "disconnected")) return;
-          if (role === "doctor") offer(); else send({ type: "restart" });
+          if (role === "patient") send({ type: "restart" }); else if (peerPresent) offer();
         }, conn.connectionState === "failed" ? 0 : 3000);
       }
     };
     return conn;
   }
 
+  // The senders get the camera (or the shared screen) and the microphone, once admitted.
+  async function attach(conn) {
+    if (!admitted || !localStream || !usable(conn)) return;
+    for (const t of conn.getTransceivers()) {
+      if (t.currentDirection === "stopped") continue;
+      const track = t.receiver.track.kind === "video"
+        ? (screenTrack || localStream.getVideoTracks()[0]) : localStream.getAudioTracks()[0];
+      if (track && t.sender.track !== track) await t.sender.replaceTrack(track);
+    }
+    mark("attached");
+    if (conn.connectionState === "connected") say(T.connected);
+  }
+
   async function offer() {
     await media(); await ice();
     const conn = newPeer();
-    say(T.connecting);
-    mark("offer");
+    for (const kind of ["audio", "video"]) conn.addTransceiver(kind, { direction: "sendrecv" });
+    await attach(conn);
+    if (admitted) say(T.connecting);
+    mark(admitted ? "offer" : "early-offer");
     await conn.setLocalDescription(await conn.createOffer());
-    send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
+    send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp }, nid: conn.nid } });
   }
 
   async function onSignal(data) {
     if (!data) return;
+    const current = () => !!pc && (data.nid === undefined || pc.nid === data.nid);
     if (data.description) {
       if (data.description.type === "offer") {
         await media(); await ice();
-        const conn = newPeer();
-        mark("offer");
+        const conn = newPeer(data.nid);
+        mark(admitted ? "offer" : "early-offer");
         await conn.setRemoteDescription(data.description);
+        conn.getTransceivers().forEach((t) => { t.direction = "sendrecv"; });
+        await attach(conn);
         await conn.setLocalDescription(await conn.createAnswer());
-        send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp } } });
-      } else if (pc) {
+        send({ type: "signal", data: { description: { type: conn.localDescription.type, sdp: conn.localDescription.sdp }, nid: conn.nid } });
+      } else if (current()) {
         await pc.setRemoteDescription(data.description);
+      } else {
+        note("stale-answer"); return;
       }
       const queued = pendingCandidates; pendingCandidates = [];
       for (const c of queued) { try { await pc.addIceCandidate(c); } catch (e) { /* stale */ } }
     } else if (data.candidate) {
-      if (pc && pc.remoteDescription) { try { await pc.addIceCandidate(data.candidate); } catch (e) { /* stale */ } }
+      if (!current()) return;  // of a replaced connection
+      if (pc.remoteDescription) { try { await pc.addIceCandidate(data.candidate); } catch (e) { /* stale */ } }
       else pendingCandidates.push(data.candidate);
     }
   }
@@ -333,14 +408,16 @@
   }
 
   // The doctor's dashboard (lobby mode): hold the socket of the patient who waits first, with
-  // camera and ICE servers ready, so that admitting only starts the offer/answer; the call then
-  // opens in the page itself.
+  // camera and ICE servers ready and the peer connection prepared (no media), so that
+  // admitting only attaches the tracks; the call then opens in the page itself.
   const lobbyMode = app.dataset.lobby === "1";
   let admittedHere = !lobbyMode;
   function watch(id) {
     if (appt === id && ws) return;
     const old = ws; ws = null;
     if (old) old.close();
+    if (pc) { pc.close(); pc = null; }
+    peerPresent = false;
     appt = id; app.dataset.appointment = id || "";
     if (id) connect();
   }
@@ -353,6 +430,8 @@
     kv.admit = async (id, name) => {
       admittedHere = true;
       watch(id);
+      const sent = fetch(`/video/appointments/${id}/admit`, { method: "POST",
+        headers: { "X-CSRF-Token": csrf, Accept: "application/json" }, credentials: "same-origin" });
       app.dataset.after = `/video/appointments/${id}/after`;
       $("after-link").href = app.dataset.after;
       $("call-name").textContent = name;
@@ -360,8 +439,7 @@
       window.addEventListener("popstate", () => location.reload());
       $("home").hidden = true; app.hidden = false;
       showCall(); say(T.connecting);
-      const r = await fetch(`/video/appointments/${id}/admit`, { method: "POST",
-        headers: { "X-CSRF-Token": csrf, Accept: "application/json" }, credentials: "same-origin" });
+      const r = await sent;
       if (!r.ok) throw new Error("admit " + r.status);
     };
   }
@@ -377,26 +455,42 @@
     if (role === "patient") setTimeout(() => location.reload(), 1500);
   }
 
+  // The call is this page's: the patient's, or the doctor's once admitted from this page.
+  const mine = () => role === "patient" || admittedHere;
+
   async function onMessage(m) {
     note("ws-" + m.type + (m.status ? ":" + m.status : "") + (m.present !== undefined ? ":" + m.present : ""));
-    // Pre-warmed on the dashboard, not admitted yet: only the greeting matters.
-    if (!admittedHere && m.type !== "hello") return;
+    // Pre-warmed on the dashboard, not admitted from here: greeting and connection set-up only.
+    if (!mine() && !["hello", "peer", "signal", "restart"].includes(m.type)) return;
     switch (m.type) {
       case "hello":
         mark("hello"); hellos += 1;
         (m.messages || []).forEach(addChat);
         $("file-list").replaceChildren(); (m.files || []).forEach(addFile);
-        if ((role === "doctor" && admittedHere) || m.status === "admitted") {
+        if (m.status === "admitted" && mine()) admitted = true;
+        if ((role === "doctor" && admittedHere) || admitted) {
           await media(); await ice(); showCall();
           if (role === "patient") say(T.connecting);
         } else if (role === "doctor") { await media(); await ice(); }
         break;
       case "peer":
-        if (m.present) { showCall(); if (role === "doctor") await offer(); }
-        else { say(T.peerLeft); }
+        peerPresent = !!m.present;
+        if (!m.present) { if (mine()) say(T.peerLeft); break; }
+        if (m.admitted === false) {  // both here, not admitted: connect without media
+          if (role === "doctor") await offer();
+          break;
+        }
+        if (!mine()) break;  // admitted from elsewhere: not this dashboard's call
+        admitted = true;
+        showCall(); if (role === "doctor") await offer();
         break;
       case "status":
-        if (m.status === "admitted") { mark("admitted"); say(T.admitted); await media(); await ice(); showCall(); }
+        if (m.status === "admitted") {
+          mark("admitted"); admitted = true; checkStop = true;
+          if (role === "patient") say(T.admitted);
+          await media(); await ice(); showCall();
+          if (usable(pc)) await attach(pc); else if (role === "doctor" && peerPresent) await offer();
+        }
         else if (m.status === "postponed") { const w = $("waiting-text"); if (w) w.textContent = T.postponed; }
         else if (m.status === "ended") finish(T.ended);
         else if (m.status === "cancelled") finish(T.cancelled);

@@ -19,7 +19,7 @@
       const c = it.check;
       li.querySelector(".check").textContent = c && c.timed_out ? text("t-timedout") : c
         ? [c.camera ? text("t-camera-ok") : text("t-camera-bad"), c.microphone ? text("t-mic-ok") : text("t-mic-bad"),
-           c.connection === "good" ? text("t-good") : text("t-weak")].join(", ")
+           c.connection === "good" ? text("t-good") : text(c.connection === "measuring" ? "t-measuring" : "t-weak")].join(", ")
         : text("t-nocheck");
       li.querySelector("form.admit button").setAttribute("aria-label", `${text("t-admit")} ${it.name}`);
       li.querySelector("form.postpone button").setAttribute("aria-label", `${text("t-postpone")} ${it.name}`);
