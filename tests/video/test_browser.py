@@ -244,7 +244,10 @@ async def test_teleconsultation_from_invitation_to_documents(
     await doc.click("#btn-hangup")
     await doc.wait_for_url(f"{base}/video/appointments/{appointment}/after")
     await pat.wait_for_selector("text=The teleconsultation has ended.")
-    await pat.wait_for_selector("#file-list")  # the room page reloads into its after-call view
+    # the room page reloads into its after-call view (without the call script): wait for it, or a
+    # later navigation of this page races the reload (net::ERR_ABORTED)
+    await pat.locator('script[src="/static/video/call.js"]').wait_for(state="detached")
+    await pat.wait_for_selector("#file-list")
 
     await doc.fill("#f-reason", "Fièvre et courbatures depuis hier.")
     await doc.fill("#f-findings", "Syndrome grippal.")
