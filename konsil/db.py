@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import importlib.util
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -29,6 +30,8 @@ from sqlalchemy.types import DateTime, TypeDecorator
 
 from konsil.clock import to_utc
 from konsil.errors import ConfigError
+
+log = logging.getLogger("konsil.db")
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -122,6 +125,18 @@ def make_engine(
     raise ConfigError(f"unsupported database URL scheme: {url.split('://')[0]}")
 
 
+_KEEP = "konsil.keep_on_rollback"
+
+
+def keep_on_rollback(session: AsyncSession, statement: Any, params: Any) -> None:
+    """Execute ``statement`` with ``params`` again, in a transaction of its own, if the
+    transaction of ``session`` (one of ``Database.transaction``) rolls back. The caller has
+    executed it in ``session`` too: on commit it is written once."""
+    kept = session.info.get(_KEEP)
+    if kept is not None:
+        kept.append((statement, params))
+
+
 class Database:
     """Owns the engine. ``transaction()`` for changes, ``session()`` for reads."""
 
@@ -140,13 +155,30 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One database transaction: committed on success, rolled back on any exception."""
-        if self._write_lock is not None:
-            async with self._write_lock, self._writer() as session, session.begin():
-                yield session
-        else:
-            async with self._writer() as session, session.begin():
-                yield session
+        """One database transaction: committed on success, rolled back on any exception.
+
+        What was registered with ``keep_on_rollback`` is written in a transaction of its own
+        when this one rolls back (e.g. the audit event of a refusal, raised inside the
+        transaction that read what it needed to refuse)."""
+        kept: list[tuple[Any, Any]] = []
+        try:
+            if self._write_lock is not None:
+                async with self._write_lock, self._writer() as session, session.begin():
+                    session.info[_KEEP] = kept
+                    yield session
+            else:
+                async with self._writer() as session, session.begin():
+                    session.info[_KEEP] = kept
+                    yield session
+        except Exception:
+            if kept:
+                try:
+                    async with self.transaction() as s:
+                        for statement, params in kept:
+                            await s.execute(statement, params)
+                except Exception:
+                    log.exception("could not write what a rolled-back transaction kept")
+            raise
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -209,3 +209,32 @@ async def test_the_sealer_task_seals_what_was_committed_and_stops(db_url: str) -
     finally:
         await db.dispose()
     assert result.ok and result.checked == 2 and result.unsealed == 0
+
+
+async def test_a_refusal_raised_inside_its_transaction_stays_audited(db_url: str) -> None:
+    """A refusal recorded and then raised in the same transaction survives the rollback; a
+    success recorded in a transaction that rolls back does not."""
+    from konsil.errors import Forbidden
+
+    db = Database(db_url)
+    audit = AuditLog(SystemClock())
+    try:
+        try:
+            async with db.transaction() as s:
+                await audit.record(s, Actor("acct-1", "10.0.0.1"), "thing.read", outcome="denied")
+                await audit.record(s, Actor("acct-1"), "thing.touched")  # rolled back
+                raise Forbidden("not yours")
+        except Forbidden:
+            pass
+        async with db.transaction() as s:  # committed normally: written once
+            await audit.record(s, Actor("acct-2"), "thing.read", outcome="denied")
+        async with db.session() as s:
+            rows = (await s.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars().all()
+        assert [(r.actor, r.action, r.outcome, r.ip) for r in rows] == [
+            ("acct-1", "thing.read", "denied", "10.0.0.1"),
+            ("acct-2", "thing.read", "denied", None),
+        ]
+        await seal_pending(db)
+        assert (await verify_chain(db)).ok
+    finally:
+        await db.dispose()

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.models import AuditEvent
 from konsil.clock import Clock, to_utc
-from konsil.db import Database
+from konsil.db import Database, keep_on_rollback
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +136,23 @@ class AuditLog:
         outcome: str = "success",
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        await session.execute(
-            insert(_TABLE),
-            {
-                "at": self.clock.now(),
-                "actor": actor.id,
-                "action": action,
-                "patient_id": patient_id,
-                "resource": resource,
-                "outcome": outcome,
-                "ip": actor.ip,
-                "details": _details(details),
-            },
-        )
+        """Append an event inside the caller's transaction. An event that is not a success (a
+        refusal, a failure) is kept even when that transaction then rolls back — typically
+        because the refusal is raised inside it."""
+        values = {
+            "at": self.clock.now(),
+            "actor": actor.id,
+            "action": action,
+            "patient_id": patient_id,
+            "resource": resource,
+            "outcome": outcome,
+            "ip": actor.ip,
+            "details": _details(details),
+        }
+        statement = insert(_TABLE)
+        await session.execute(statement, values)
+        if outcome != "success":
+            keep_on_rollback(session, statement, values)
 
     async def record_many(
         self, session: AsyncSession, actor: Actor, entries: Sequence[AuditEntry]

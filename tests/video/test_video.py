@@ -82,7 +82,11 @@ async def _enter(guest: Client, link: str, birth: str = "1975-03-10") -> aiohttp
 
 
 async def test_link_is_single_use_bound_to_one_browser_and_expires(
-    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+    client: Client,
+    aiohttp_client: AiohttpClient,
+    doctor: Person,
+    clock: FakeClock,
+    create_user: Callable[..., Awaitable[Person]],
 ) -> None:
     appointment = await _appointment(client, doctor, 1, clock)
     link = await _link(client, doctor, appointment)
@@ -124,6 +128,35 @@ async def test_link_is_single_use_bound_to_one_browser_and_expires(
     assert "a expiré" in await late.text()
     # The guest session of the first link ended with its link too.
     assert (await patient.get(f"/video/room/{appointment}")).status == 403
+    # Each refused link is in the audit trail (refused inside the transaction that read it).
+    async with client.app[K.DB].session() as s:
+        refusals = (
+            (
+                await s.execute(
+                    select(AuditEvent.details).where(
+                        AuditEvent.action == "video.link", AuditEvent.outcome == "denied"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert any("already been used" in (d or "") for d in refusals)
+    assert any("expired" in (d or "") for d in refusals)
+    # Another practitioner cannot open the appointment, and the attempt is audited.
+    other_doc = await aiohttp_client(client.server)
+    intruder = await create_user("drintruder", "practitioner")
+    await web_login(other_doc, intruder)
+    assert (await other_doc.get(f"/video/appointments/{appointment}")).status == 403
+    async with client.app[K.DB].session() as s:
+        denied = (
+            await s.execute(
+                select(AuditEvent).where(
+                    AuditEvent.actor == intruder.account_id, AuditEvent.outcome == "denied"
+                )
+            )
+        ).scalar_one()
+    assert (denied.action, denied.resource) == ("video.access", f"video/{appointment}")
 
 
 async def test_cancel_withdraws_the_link_and_reschedule_moves(
