@@ -13,6 +13,7 @@ builder's hot path); the body is built with lxml calls as before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -34,6 +35,9 @@ from .xsd import SAFE_PARSER
 DOCUMENT_TEMPLATES = Path(next(iter(templates_pkg.__path__))) / "documents"
 NSMAP: dict[str | None, str] = {None: codes.HL7_NS, "sdtc": codes.SDTC_NS, "xsi": codes.XSI_NS}
 Element: TypeAlias = etree._Element
+_NS_DECLARATIONS = "".join(
+    f' xmlns="{v}"' if k is None else f' xmlns:{k}="{v}"' for k, v in NSMAP.items()
+)
 
 
 def q(tag: str) -> str:
@@ -229,6 +233,15 @@ def render_parts(template: str, context: Mapping[str, Any]) -> dict[str, Element
     return {str(part.get("name")): part for part in root.iter(q("part"))}
 
 
+_PART = re.compile(r'<part name="([^"]*)"(?:/>|>(.*?)</part>)', re.DOTALL)
+
+
+def render_part_strings(template: str, context: Mapping[str, Any]) -> dict[str, str]:
+    """The ``<part name="…">`` contents of a rendered narrative template, as XML strings."""
+    xml = narrative_env().get_template(template).render(**context)
+    return {m.group(1): m.group(2) or "" for m in _PART.finditer(xml)}
+
+
 # --- the header as one string --------------------------------------------------------------
 
 _ATTR_ESCAPES = str.maketrans(
@@ -377,8 +390,7 @@ def _header_xml(spec: DocumentSpec) -> str:
             + _assigned_entity("assignedEntity", h.authenticator, h),
         ),
     ]
-    ns = "".join(f' xmlns="{v}"' if k is None else f' xmlns:{k}="{v}"' for k, v in NSMAP.items())
-    return f"<ClinicalDocument{ns}>{''.join(parts)}</ClinicalDocument>"
+    return f"<ClinicalDocument{_NS_DECLARATIONS}>{''.join(parts)}</ClinicalDocument>"
 
 
 # --- the document ---------------------------------------------------------------------------
@@ -420,19 +432,27 @@ def build(spec: DocumentSpec) -> bytes:
     if spec.component_of is not None:
         spec.component_of(root)
 
-    parts = render_parts(spec.narrative, {**spec.context, "header": h, "now": now})
-    body = sub(sub(root, "component"), "structuredBody")
+    # The body as one string (section scaffolding + each narrative part as the template wrote
+    # it), parsed once; entries and subjects are then added to the parsed sections.
+    parts = render_part_strings(spec.narrative, {**spec.context, "header": h, "now": now})
+    chunks = []
     for s in spec.sections:
-        section = sub(sub(body, "component"), "section")
-        code_el(section, "code", s.code)
-        sub(section, "title", s.title)
-        text = sub(section, "text")
         part = parts.get(s.part)
         if part is None:
             raise LookupError(f"narrative {spec.narrative} has no part {s.part!r}")
-        text.text = part.text
-        for child in list(part):
-            text.append(child)
+        chunks.append(
+            "<component><section>"
+            f"{_code('code', s.code)}{_e('title', text=s.title)}<text>{part}</text>"
+            "</section></component>"
+        )
+    body = etree.fromstring(
+        f"<component{_NS_DECLARATIONS}><structuredBody>{''.join(chunks)}</structuredBody>"
+        "</component>".encode(),
+        SAFE_PARSER,
+    )
+    root.append(body)  # lxml drops the now redundant namespace declarations
+    for s, component in zip(spec.sections, body[0], strict=True):
+        section = component[0]
         if s.subject is not None:
             s.subject(section)
         if s.entries is not None:
