@@ -201,6 +201,56 @@ def observation_in(
     return obs
 
 
+def _value(xsi_type: str, content: str = "", *, text: str | None = None, **attrs: str) -> str:
+    """``v_*`` as a string: xsi:type comes last, as ``_typed`` sets it after the others."""
+    return _e("value", content, text=text, **attrs, **{"xsi:type": xsi_type})
+
+
+def cd_xml(c: Code) -> str:
+    return _value("CD", code=c.code, codeSystem=c.system, displayName=c.display)
+
+
+def bl_xml(value: bool) -> str:
+    return _value("BL", value="true" if value else "false")
+
+
+def ts_xml(value: date) -> str:
+    return _value("TS", value=day(value))
+
+
+def ad_xml(a: Address) -> str:
+    return _value(
+        "AD",
+        _e("streetAddressLine", text=a.street)
+        + _e("postalCode", text=a.postal_code)
+        + _e("city", text=a.city)
+        + _e("country", text=a.country),
+    )
+
+
+def observation_xml(
+    c: Code,
+    value: str = "",
+    *,
+    when: date | tuple[date | None, date | None] | None = None,
+    mood: str = "EVN",
+    ident: Identifier | None = None,
+) -> str:
+    """``observation`` (in its own ``<entry>``) as a string, for ``Section.entries_xml``."""
+    inner = (_ii("id", ident) if ident is not None else "") + _code("code", c)
+    inner += _e("statusCode", code="completed")
+    if isinstance(when, tuple):
+        low, high = when
+        inner += _e(
+            "effectiveTime",
+            (_e("low", value=day(low)) if low is not None else "")
+            + (_e("high", value=day(high)) if high is not None else ""),
+        )
+    elif when is not None:
+        inner += _e("effectiveTime", value=day(when))
+    return _e("entry", _e("observation", inner + value, classCode="OBS", moodCode=mood))
+
+
 # --- narrative -----------------------------------------------------------------------------
 
 
@@ -403,6 +453,7 @@ class Section:
     part: str  # the narrative part's name
     entries: Callable[[Element], None] | None = None
     subject: Callable[[Element], None] | None = None  # e.g. the sick child, before the entries
+    entries_xml: str = ""  # the entries as a string (observation_xml), instead of ``entries``
 
 
 @dataclass
@@ -437,13 +488,15 @@ def build(spec: DocumentSpec) -> bytes:
     parts = render_part_strings(spec.narrative, {**spec.context, "header": h, "now": now})
     chunks = []
     for s in spec.sections:
+        if s.entries_xml and (s.subject is not None or s.entries is not None):
+            raise ValueError("a section's entries are either a string or built, not both")
         part = parts.get(s.part)
         if part is None:
             raise LookupError(f"narrative {spec.narrative} has no part {s.part!r}")
         chunks.append(
             "<component><section>"
             f"{_code('code', s.code)}{_e('title', text=s.title)}<text>{part}</text>"
-            "</section></component>"
+            f"{s.entries_xml}</section></component>"
         )
     body = etree.fromstring(
         f"<component{_NS_DECLARATIONS}><structuredBody>{''.join(chunks)}</structuredBody>"
