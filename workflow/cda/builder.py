@@ -276,13 +276,6 @@ def fr_datetime(value: datetime) -> str:
     return local_time(value).strftime("%d/%m/%Y %H:%M")
 
 
-def render_parts(template: str, context: Mapping[str, Any]) -> dict[str, Element]:
-    """Render a narrative template into its ``<part name="…">`` fragments, by name."""
-    xml = narrative_env().get_template(template).render(**context)
-    root = etree.fromstring(xml.encode("utf-8"), SAFE_PARSER)
-    return {str(part.get("name")): part for part in root.iter(q("part"))}
-
-
 _PART = re.compile(r'<part name="([^"]*)"(?:/>|>(.*?)</part>)', re.DOTALL)
 
 
