@@ -130,20 +130,22 @@ async def issue(job: Job) -> None:
         xml = certificate_cda(matricule, doc_id)
         if job.validate and validate_cda(xml):
             raise RuntimeError("the builder's certificate does not validate")
+        new = NewDocument(
+            kind="sick-leave",
+            type_code="DT-20002",
+            patient_id=patient_id,
+            organisation_id=job.org_id,
+            content=xml,
+            author_account_id=job.account_id,
+            document_id=doc_id,
+        )
         async with db.transaction() as s:
-            doc = await documents.do_create(
-                s,
-                author,
-                NewDocument(
-                    kind="sick-leave",
-                    type_code="DT-20002",
-                    patient_id=patient_id,
-                    organisation_id=job.org_id,
-                    content=xml,
-                    author_account_id=job.account_id,
-                    document_id=doc_id,
-                ),
-            )
+            if job.audit:  # as the issuers do: one statement on PostgreSQL
+                await documents.do_issue(
+                    s, author, new, outbox, [("cns", {"patient_matricule": matricule})]
+                )
+                return
+            doc = await documents.do_create(s, author, new)
             await outbox.enqueue(
                 s,
                 "cns",

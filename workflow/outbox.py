@@ -121,6 +121,32 @@ class Outbox:
         document_id: str | None = None,
         author_account_id: str | None = None,
     ) -> OutboxMessage:
+        values = self.message_values(
+            target,
+            payload,
+            idempotency_key,
+            kind=kind,
+            document_id=document_id,
+            author_account_id=author_account_id,
+        )
+        # One Core INSERT now; objects the caller added are flushed first (the row may refer to
+        # them). The returned object is not attached to the session.
+        if session.new:
+            await session.flush()
+        await session.execute(insert(cast(Table, OutboxMessage.__table__)), values)
+        return OutboxMessage(**values)
+
+    def message_values(
+        self,
+        target: str,
+        payload: Mapping[str, Any],
+        idempotency_key: str,
+        *,
+        kind: str = "document",
+        document_id: str | None = None,
+        author_account_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The checked column values of a new pending message (``enqueue`` inserts them)."""
         if target not in TARGETS:
             raise ValidationError("unknown outbox target", fields={"target": target})
         if not idempotency_key or len(idempotency_key) > 100:
@@ -128,7 +154,7 @@ class Outbox:
                 "an idempotency key is required", fields={"idempotency_key": "1-100 characters"}
             )
         now = self.clock.now()
-        values: dict[str, Any] = {
+        return {
             "id": new_id(),
             "target": target,
             "kind": kind,
@@ -147,12 +173,6 @@ class Outbox:
             "remote_reference": None,
             "last_error": None,
         }
-        # One Core INSERT now; objects the caller added are flushed first (the row may refer to
-        # them). The returned object is not attached to the session.
-        if session.new:
-            await session.flush()
-        await session.execute(insert(cast(Table, OutboxMessage.__table__)), values)
-        return OutboxMessage(**values)
 
     async def messages(self, *, status: str | None = None, limit: int = 200) -> list[MessageView]:
         async with self.db.session() as s:

@@ -154,6 +154,29 @@ class AuditLog:
         if outcome != "success":
             keep_on_rollback(session, statement, values)
 
+    def values(
+        self,
+        actor: Actor,
+        action: str,
+        *,
+        patient_id: str | None = None,
+        resource: str | None = None,
+        outcome: str = "success",
+        details: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The column values ``record`` inserts, for a caller that writes the row itself (in one
+        statement with the audited change); the row is unsealed like any other."""
+        return {
+            "at": self.clock.now(),
+            "actor": actor.id,
+            "action": action,
+            "patient_id": patient_id,
+            "resource": resource,
+            "outcome": outcome,
+            "ip": actor.ip,
+            "details": _details(details),
+        }
+
     async def record_many(
         self, session: AsyncSession, actor: Actor, entries: Sequence[AuditEntry]
     ) -> None:

@@ -120,7 +120,7 @@ class Workflow:
         """Sign and store a certificate and queue it for ``target``, in one transaction."""
         doc_id = new_id()
         async with self.db.transaction() as s:
-            doc = await self.documents.do_create(
+            doc, msgs = await self.documents.do_issue(
                 s,
                 self.author,
                 NewDocument(
@@ -132,16 +132,10 @@ class Workflow:
                     author_account_id=self.author_id,
                     document_id=doc_id,
                 ),
+                self.outbox,
+                [(target, {"patient_matricule": envelope_matricule or patient.matricule})],
             )
-            msg = await self.outbox.enqueue(
-                s,
-                target,
-                {"patient_matricule": envelope_matricule or patient.matricule},
-                f"{target}-{doc.id}",
-                document_id=doc.id,
-                author_account_id=self.author_id,
-            )
-        return doc, msg
+        return doc, msgs[0]
 
 
 async def make_workflow(db: Database, clock: Clock, *, max_attempts: int = 5) -> Workflow:

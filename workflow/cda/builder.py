@@ -13,6 +13,7 @@ builder's hot path); the body is built with lxml calls as before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -34,6 +35,9 @@ from .xsd import SAFE_PARSER
 DOCUMENT_TEMPLATES = Path(next(iter(templates_pkg.__path__))) / "documents"
 NSMAP: dict[str | None, str] = {None: codes.HL7_NS, "sdtc": codes.SDTC_NS, "xsi": codes.XSI_NS}
 Element: TypeAlias = etree._Element
+_NS_DECLARATIONS = "".join(
+    f' xmlns="{v}"' if k is None else f' xmlns:{k}="{v}"' for k, v in NSMAP.items()
+)
 
 
 def q(tag: str) -> str:
@@ -197,6 +201,56 @@ def observation_in(
     return obs
 
 
+def _value(xsi_type: str, content: str = "", *, text: str | None = None, **attrs: str) -> str:
+    """``v_*`` as a string: xsi:type comes last, as ``_typed`` sets it after the others."""
+    return _e("value", content, text=text, **attrs, **{"xsi:type": xsi_type})
+
+
+def cd_xml(c: Code) -> str:
+    return _value("CD", code=c.code, codeSystem=c.system, displayName=c.display)
+
+
+def bl_xml(value: bool) -> str:
+    return _value("BL", value="true" if value else "false")
+
+
+def ts_xml(value: date) -> str:
+    return _value("TS", value=day(value))
+
+
+def ad_xml(a: Address) -> str:
+    return _value(
+        "AD",
+        _e("streetAddressLine", text=a.street)
+        + _e("postalCode", text=a.postal_code)
+        + _e("city", text=a.city)
+        + _e("country", text=a.country),
+    )
+
+
+def observation_xml(
+    c: Code,
+    value: str = "",
+    *,
+    when: date | tuple[date | None, date | None] | None = None,
+    mood: str = "EVN",
+    ident: Identifier | None = None,
+) -> str:
+    """``observation`` (in its own ``<entry>``) as a string, for ``Section.entries_xml``."""
+    inner = (_ii("id", ident) if ident is not None else "") + _code("code", c)
+    inner += _e("statusCode", code="completed")
+    if isinstance(when, tuple):
+        low, high = when
+        inner += _e(
+            "effectiveTime",
+            (_e("low", value=day(low)) if low is not None else "")
+            + (_e("high", value=day(high)) if high is not None else ""),
+        )
+    elif when is not None:
+        inner += _e("effectiveTime", value=day(when))
+    return _e("entry", _e("observation", inner + value, classCode="OBS", moodCode=mood))
+
+
 # --- narrative -----------------------------------------------------------------------------
 
 
@@ -222,11 +276,13 @@ def fr_datetime(value: datetime) -> str:
     return local_time(value).strftime("%d/%m/%Y %H:%M")
 
 
-def render_parts(template: str, context: Mapping[str, Any]) -> dict[str, Element]:
-    """Render a narrative template into its ``<part name="…">`` fragments, by name."""
+_PART = re.compile(r'<part name="([^"]*)"(?:/>|>(.*?)</part>)', re.DOTALL)
+
+
+def render_part_strings(template: str, context: Mapping[str, Any]) -> dict[str, str]:
+    """The ``<part name="…">`` contents of a rendered narrative template, as XML strings."""
     xml = narrative_env().get_template(template).render(**context)
-    root = etree.fromstring(xml.encode("utf-8"), SAFE_PARSER)
-    return {str(part.get("name")): part for part in root.iter(q("part"))}
+    return {m.group(1): m.group(2) or "" for m in _PART.finditer(xml)}
 
 
 # --- the header as one string --------------------------------------------------------------
@@ -377,8 +433,7 @@ def _header_xml(spec: DocumentSpec) -> str:
             + _assigned_entity("assignedEntity", h.authenticator, h),
         ),
     ]
-    ns = "".join(f' xmlns="{v}"' if k is None else f' xmlns:{k}="{v}"' for k, v in NSMAP.items())
-    return f"<ClinicalDocument{ns}>{''.join(parts)}</ClinicalDocument>"
+    return f"<ClinicalDocument{_NS_DECLARATIONS}>{''.join(parts)}</ClinicalDocument>"
 
 
 # --- the document ---------------------------------------------------------------------------
@@ -391,6 +446,7 @@ class Section:
     part: str  # the narrative part's name
     entries: Callable[[Element], None] | None = None
     subject: Callable[[Element], None] | None = None  # e.g. the sick child, before the entries
+    entries_xml: str = ""  # the entries as a string (observation_xml), instead of ``entries``
 
 
 @dataclass
@@ -420,19 +476,29 @@ def build(spec: DocumentSpec) -> bytes:
     if spec.component_of is not None:
         spec.component_of(root)
 
-    parts = render_parts(spec.narrative, {**spec.context, "header": h, "now": now})
-    body = sub(sub(root, "component"), "structuredBody")
+    # The body as one string (section scaffolding + each narrative part as the template wrote
+    # it), parsed once; entries and subjects are then added to the parsed sections.
+    parts = render_part_strings(spec.narrative, {**spec.context, "header": h, "now": now})
+    chunks = []
     for s in spec.sections:
-        section = sub(sub(body, "component"), "section")
-        code_el(section, "code", s.code)
-        sub(section, "title", s.title)
-        text = sub(section, "text")
+        if s.entries_xml and (s.subject is not None or s.entries is not None):
+            raise ValueError("a section's entries are either a string or built, not both")
         part = parts.get(s.part)
         if part is None:
             raise LookupError(f"narrative {spec.narrative} has no part {s.part!r}")
-        text.text = part.text
-        for child in list(part):
-            text.append(child)
+        chunks.append(
+            "<component><section>"
+            f"{_code('code', s.code)}{_e('title', text=s.title)}<text>{part}</text>"
+            f"{s.entries_xml}</section></component>"
+        )
+    body = etree.fromstring(
+        f"<component{_NS_DECLARATIONS}><structuredBody>{''.join(chunks)}</structuredBody>"
+        "</component>".encode(),
+        SAFE_PARSER,
+    )
+    root.append(body)  # lxml drops the now redundant namespace declarations
+    for s, component in zip(spec.sections, body[0], strict=True):
+        section = component[0]
         if s.subject is not None:
             s.subject(section)
         if s.entries is not None:

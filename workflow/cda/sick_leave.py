@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from functools import partial
 
 from lxml import etree
 
@@ -21,13 +20,13 @@ from .builder import (
     DocumentSpec,
     Element,
     Section,
+    ad_xml,
+    bl_xml,
     build,
-    observation,
+    cd_xml,
+    observation_xml,
     sub,
-    v_ad,
-    v_bl,
-    v_cd,
-    v_ts,
+    ts_xml,
 )
 from .codes import Code
 from .values import (
@@ -154,18 +153,18 @@ def build_sick_leave(cert: SickLeave, header: Header, *, now: datetime) -> bytes
     check_sick_leave(cert, header, now=now)
     kind = Code(cert.kind, codes.OID_KONSIL_CODES, codes.SICK_LEAVE_KINDS[cert.kind])
 
-    def incapacity(section: Element) -> None:
-        observation(
-            section, codes.OBS_INCAPACITY, partial(v_cd, c=kind), when=(cert.start, cert.end)
-        )
-        observation(section, codes.OBS_FIRST_DAY_OFF, when=cert.first_day_off or cert.start)
-        observation(section, codes.OBS_EXTENSION, partial(v_bl, value=cert.extension))
-        observation(section, codes.OBS_OUTINGS, partial(v_bl, value=cert.outings_allowed))
-        observation(section, codes.OBS_HOSPITALISED, partial(v_bl, value=cert.hospitalised))
-        if cert.stay_address is not None:
-            observation(section, codes.OBS_STAY_ADDRESS, partial(v_ad, a=cert.stay_address))
-
-    sections = [Section(codes.SEC_INCAPACITY, "Incapacité de travail", "incapacity", incapacity)]
+    incapacity = (
+        observation_xml(codes.OBS_INCAPACITY, cd_xml(kind), when=(cert.start, cert.end))
+        + observation_xml(codes.OBS_FIRST_DAY_OFF, when=cert.first_day_off or cert.start)
+        + observation_xml(codes.OBS_EXTENSION, bl_xml(cert.extension))
+        + observation_xml(codes.OBS_OUTINGS, bl_xml(cert.outings_allowed))
+        + observation_xml(codes.OBS_HOSPITALISED, bl_xml(cert.hospitalised))
+    )
+    if cert.stay_address is not None:
+        incapacity += observation_xml(codes.OBS_STAY_ADDRESS, ad_xml(cert.stay_address))
+    sections = [
+        Section(codes.SEC_INCAPACITY, "Incapacité de travail", "incapacity", entries_xml=incapacity)
+    ]
     if cert.diagnosis is not None:
         icd = Code(cert.diagnosis.code, codes.OID_ICD10, cert.diagnosis.label)
         sections.append(
@@ -173,7 +172,7 @@ def build_sick_leave(cert: SickLeave, header: Header, *, now: datetime) -> bytes
                 codes.SEC_DIAGNOSIS,
                 "Diagnostic",
                 "diagnosis",
-                lambda s: _ignore(observation(s, codes.OBS_DIAGNOSIS, partial(v_cd, c=icd))),
+                entries_xml=observation_xml(codes.OBS_DIAGNOSIS, cd_xml(icd)),
             )
         )
     if cert.accident is not None:
@@ -185,10 +184,8 @@ def build_sick_leave(cert: SickLeave, header: Header, *, now: datetime) -> bytes
                 codes.SEC_ACCIDENT,
                 "Accident",
                 "accident",
-                lambda s: _ignore(
-                    observation(
-                        s, codes.OBS_ACCIDENT, partial(v_cd, c=acc_kind), when=acc.date, ident=ref
-                    )
+                entries_xml=observation_xml(
+                    codes.OBS_ACCIDENT, cd_xml(acc_kind), when=acc.date, ident=ref
                 ),
             )
         )
@@ -203,14 +200,13 @@ def build_sick_leave(cert: SickLeave, header: Header, *, now: datetime) -> bytes
             )
         )
     if cert.expected_delivery is not None:
-        delivery = cert.expected_delivery
         sections.append(
             Section(
                 codes.SEC_MATERNITY,
                 "Maternité",
                 "maternity",
-                lambda s: _ignore(
-                    observation(s, codes.OBS_EXPECTED_DELIVERY, partial(v_ts, value=delivery))
+                entries_xml=observation_xml(
+                    codes.OBS_EXPECTED_DELIVERY, ts_xml(cert.expected_delivery)
                 ),
             )
         )
