@@ -33,7 +33,7 @@ from workflow.documents import NewDocument
 from workflow.models import ClinicalDocument, OutboxMessage, new_id
 from workflow.signing import verifier_for
 from workflow.simulators import cns, dsp
-from workflow.simulators.common import SimulatorSettings
+from workflow.simulators.common import FaultPlan, SimulatorSettings
 from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
 
 pytestmark = pytest.mark.skipif(
@@ -162,9 +162,23 @@ async def make_world(
     tmp_path: Path,
     *,
     dsp_transport: str = "xds",
+    cns_faults: FaultPlan | None = None,
+    dsp_faults: FaultPlan | None = None,
+    servers: dict[str, TestServer] | None = None,
 ) -> World:
-    cns_sim = await aiohttp_server(cns.create_app(SimulatorSettings(tmp_path / "store" / "cns")))
-    dsp_sim = await aiohttp_server(dsp.create_app(SimulatorSettings(tmp_path / "store" / "dsp")))
+    """The app delivering to real DSP and CNS simulators (with these fault plans; their test
+    servers put in ``servers`` when given), a practice and two patients."""
+
+    def settings(name: str, faults: FaultPlan | None) -> SimulatorSettings:
+        s = SimulatorSettings(tmp_path / "store" / name)
+        if faults is not None:
+            s.faults = faults
+        return s
+
+    cns_sim = await aiohttp_server(cns.create_app(settings("cns", cns_faults)))
+    dsp_sim = await aiohttp_server(dsp.create_app(settings("dsp", dsp_faults)))
+    if servers is not None:
+        servers.update(cns=cns_sim, dsp=dsp_sim)
     path = dsp.MHD_PATH if dsp_transport == "mhd" else dsp.ITI41_PATH
     wf = WorkflowConfig(
         cns_url=str(cns_sim.make_url(cns.PATH)),

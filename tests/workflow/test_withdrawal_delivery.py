@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,16 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select
 
 from konsil import appkeys as K
-from konsil.audit.service import SYSTEM
 from konsil.clock import FakeClock
-from konsil.config import WorkflowConfig
-from konsil.identity.matricule import make_matricule
-from konsil.identity.service import NewPatient
 from tests.conftest import AiohttpClient, Person, csrf_from, web_login
-from tests.workflow import samples
 from tests.workflow.helpers import stored_documents
-from tests.workflow.test_document_views import World, token_for
+from tests.workflow.test_document_views import World, make_world, token_for
 from workflow.cda.xsd import schema_available
 from workflow.connectors import xds
 from workflow.connectors.withdrawal import NOT_HELD, update_unique_id
 from workflow.models import OutboxMessage
-from workflow.simulators import cns, dsp
-from workflow.simulators.common import FaultPlan, SimulatorSettings, scripted_faults
+from workflow.simulators import cns
+from workflow.simulators.common import FaultPlan, scripted_faults
 from workflow.web.keys import WORKER
 
 pytestmark = pytest.mark.skipif(
@@ -59,33 +53,18 @@ async def make(
     cns_faults: FaultPlan | None = None,
     dsp_faults: FaultPlan | None = None,
 ) -> Receivers:
-    def settings(name: str, faults: FaultPlan | None) -> SimulatorSettings:
-        s = SimulatorSettings(tmp_path / "store" / name)
-        if faults is not None:
-            s.faults = faults
-        return s
-
-    cns_sim = await aiohttp_server(cns.create_app(settings("cns", cns_faults)))
-    dsp_sim = await aiohttp_server(dsp.create_app(settings("dsp", dsp_faults)))
-    path = dsp.MHD_PATH if dsp_transport == "mhd" else dsp.ITI41_PATH
-    wf = WorkflowConfig(
-        cns_url=str(cns_sim.make_url(cns.PATH)),
-        dsp_url=str(dsp_sim.make_url(path)),
+    servers: dict[str, TestServer] = {}
+    world = await make_world(
+        aiohttp_client,
+        aiohttp_server,
+        make_app,
+        tmp_path,
         dsp_transport=dsp_transport,
+        cns_faults=cns_faults,
+        dsp_faults=dsp_faults,
+        servers=servers,
     )
-    client = await aiohttp_client(make_app(workflow=wf))
-    app = client.app
-    clock = app[K.CLOCK]
-    clock.advance((samples.NOW - clock.now()).total_seconds())  # type: ignore[attr-defined]
-    identity = app[K.IDENTITY]
-    org = await identity.do_create_organisation(SYSTEM, "Cabinet Test", "practice")
-    anne = await identity.do_create_patient(
-        SYSTEM, NewPatient(make_matricule("19650312", 1), "Anne", "Schmit", date(1965, 3, 12), "F")
-    )
-    jean = await identity.do_create_patient(
-        SYSTEM, NewPatient(make_matricule("19781124", 2), "Jean", "Weber", date(1978, 11, 24), "M")
-    )
-    return Receivers(World(client, tmp_path / "store", org, anne, jean), cns_sim, dsp_sim)
+    return Receivers(world, servers["cns"], servers["dsp"])
 
 
 async def drain(world: World) -> None:
