@@ -150,29 +150,44 @@ class MhdConnector:
         self.url = url
 
     async def deliver(self, d: Delivery) -> DeliveryResult:
-        bundle = provide_bundle(d, datetime.now(UTC))
-        async with self.session.post(
-            self.url,
-            json=bundle,
-            headers={
-                "Content-Type": FHIR_JSON,
-                "Accept": FHIR_JSON,
-                "Idempotency-Key": d.idempotency_key,
-            },
-        ) as resp:
-            verdict = classify_status(resp.status)
-            try:
-                body = await resp.json(content_type=None)
-            except ValueError:
-                body = None
+        status, verdict, body = await post_transaction(
+            self.session, self.url, provide_bundle(d, datetime.now(UTC)), d.idempotency_key
+        )
         if verdict == "delivered":
-            ref = d.document.id if d.document else None
-            if isinstance(body, dict):
-                for e in body.get("entry") or []:
-                    loc = (e.get("response") or {}).get("location", "")
-                    if isinstance(loc, str) and loc.startswith("DocumentReference/"):
-                        ref = loc
-            return DeliveryResult("delivered", self.url, resp.status, reference=ref)
+            ref = document_reference_of(body, d.document.id if d.document else None)
+            return DeliveryResult("delivered", self.url, status, reference=ref)
         if verdict == "rejected":
-            return DeliveryResult("rejected", self.url, resp.status, error=outcome_text(body))
-        return DeliveryResult("retry", self.url, resp.status, error=f"HTTP {resp.status}")
+            return DeliveryResult("rejected", self.url, status, error=outcome_text(body))
+        return DeliveryResult("retry", self.url, status, error=f"HTTP {status}")
+
+
+async def post_transaction(
+    session: aiohttp.ClientSession, url: str, bundle: dict[str, Any], idempotency_key: str
+) -> tuple[int, str, Any]:
+    """POST a FHIR transaction Bundle: (HTTP status, its verdict, the JSON body or None)."""
+    async with session.post(
+        url,
+        json=bundle,
+        headers={
+            "Content-Type": FHIR_JSON,
+            "Accept": FHIR_JSON,
+            "Idempotency-Key": idempotency_key,
+        },
+    ) as resp:
+        verdict = classify_status(resp.status)
+        try:
+            body = await resp.json(content_type=None)
+        except ValueError:
+            body = None
+        return resp.status, verdict, body
+
+
+def document_reference_of(body: Any, default: str | None) -> str | None:
+    """The ``DocumentReference/…`` location a transaction-response names, else ``default``."""
+    ref = default
+    if isinstance(body, dict):
+        for e in body.get("entry") or []:
+            loc = (e.get("response") or {}).get("location", "")
+            if isinstance(loc, str) and loc.startswith("DocumentReference/"):
+                ref = loc
+    return ref

@@ -214,34 +214,17 @@ class MhdWithdrawal:
         self.url = url
 
     async def deliver(self, d: Delivery) -> DeliveryResult:
-        bundle = entered_in_error_bundle(d, datetime.now(UTC))
-        async with self.session.post(
-            self.url,
-            json=bundle,
-            headers={
-                "Content-Type": mhd.FHIR_JSON,
-                "Accept": mhd.FHIR_JSON,
-                "Idempotency-Key": d.idempotency_key,
-            },
-        ) as resp:
-            verdict = classify_status(resp.status)
-            try:
-                body = await resp.json(content_type=None)
-            except ValueError:
-                body = None
+        status, verdict, body = await mhd.post_transaction(
+            self.session, self.url, entered_in_error_bundle(d, datetime.now(UTC)), d.idempotency_key
+        )
         if verdict == "delivered":
-            ref = _reference(d)
-            if isinstance(body, dict):
-                for e in body.get("entry") or []:
-                    loc = (e.get("response") or {}).get("location", "")
-                    if isinstance(loc, str) and loc.startswith("DocumentReference/"):
-                        ref = loc
-            return DeliveryResult("delivered", self.url, resp.status, reference=ref)
+            ref = mhd.document_reference_of(body, _reference(d))
+            return DeliveryResult("delivered", self.url, status, reference=ref)
         if verdict == "rejected":
-            if resp.status == 404 and _if_held(d):
-                return DeliveryResult("delivered", self.url, resp.status, reference=NOT_HELD)
-            return DeliveryResult("rejected", self.url, resp.status, error=mhd.outcome_text(body))
-        return DeliveryResult("retry", self.url, resp.status, error=f"HTTP {resp.status}")
+            if status == 404 and _if_held(d):
+                return DeliveryResult("delivered", self.url, status, reference=NOT_HELD)
+            return DeliveryResult("rejected", self.url, status, error=mhd.outcome_text(body))
+        return DeliveryResult("retry", self.url, status, error=f"HTTP {status}")
 
 
 # ---------------------------------------------------------------- CNS
