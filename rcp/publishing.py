@@ -180,7 +180,7 @@ class WorkflowReportPublisher:
         assert chair is not None and report.signed_at is not None
         doc_id = new_id()
         content = build_rcp_report(value, header(report, doc_id, org), now=report.signed_at)
-        doc = await self.documents().do_create(
+        doc, _ = await self.documents().do_issue(
             session,
             Actor(chair.account_id),
             NewDocument(
@@ -194,13 +194,7 @@ class WorkflowReportPublisher:
                 legal_authenticator_id=chair.practitioner_id,
                 document_id=doc_id,
             ),
-        )
-        await self.outbox().enqueue(
-            session,
-            "dsp",
-            {"patient_matricule": report.patient.matricule},
-            f"dsp-{doc.id}",
-            document_id=doc.id,
-            author_account_id=chair.account_id,
+            self.outbox(),
+            [("dsp", {"patient_matricule": report.patient.matricule})],
         )
         return f"{REF_PREFIX}{doc.id}"

@@ -180,7 +180,8 @@ class WorkflowIssuer:
         assert isinstance(built, _Built)
         parties = built.parties
         dtype = codes.BY_KIND[built.cda_kind]
-        doc = await self.documents.do_create(
+        payload = {"patient_matricule": parties.patient.matricule, "type_display": dtype.display}
+        doc, _ = await self.documents.do_issue(
             s,
             Actor(ctx.practitioner_account_id),
             NewDocument(
@@ -194,16 +195,9 @@ class WorkflowIssuer:
                 legal_authenticator_id=parties.practitioner_id,
                 document_id=parties.document_id,
             ),
+            self.outbox,
+            [(target, payload) for target in built.targets],
         )
-        for target in built.targets:
-            await self.outbox.enqueue(
-                s,
-                target,
-                {"patient_matricule": parties.patient.matricule, "type_display": dtype.display},
-                f"{target}-{doc.id}",
-                document_id=doc.id,
-                author_account_id=ctx.practitioner_account_id,
-            )
         return Issued(doc.id, prepared.title, prepared.pdf)
 
     async def prepare_report(
