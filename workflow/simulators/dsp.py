@@ -513,30 +513,20 @@ async def iti65(request: web.Request) -> web.Response:
                 deprecate(store, target, key)
     if fault == "lost":
         raise web.HTTPServiceUnavailable(text="simulated lost answer")
+    return transaction_response(
+        ("201 Created", f"List/{uuid.uuid5(uuid.NAMESPACE_OID, key)}"),
+        ("201 Created", f"DocumentReference/{uuid.uuid5(uuid.NAMESPACE_URL, key)}"),
+        ("201 Created", f"Binary/{uuid.uuid5(uuid.NAMESPACE_DNS, key)}"),
+    )
+
+
+def transaction_response(*entries: tuple[str, str]) -> web.Response:
+    """A FHIR transaction-response Bundle: one (status, location) per entry of the request."""
     return web.json_response(
         {
             "resourceType": "Bundle",
             "type": "transaction-response",
-            "entry": [
-                {
-                    "response": {
-                        "status": "201 Created",
-                        "location": f"List/{uuid.uuid5(uuid.NAMESPACE_OID, key)}",
-                    }
-                },
-                {
-                    "response": {
-                        "status": "201 Created",
-                        "location": f"DocumentReference/{uuid.uuid5(uuid.NAMESPACE_URL, key)}",
-                    }
-                },
-                {
-                    "response": {
-                        "status": "201 Created",
-                        "location": f"Binary/{uuid.uuid5(uuid.NAMESPACE_DNS, key)}",
-                    }
-                },
-            ],
+            "entry": [{"response": {"status": st, "location": loc}} for st, loc in entries],
         },
         status=200,
         content_type="application/fhir+json",
@@ -845,25 +835,7 @@ async def mhd_update(
             _withdraw(store, target, key, status="entered-in-error")
     if fault == "lost":
         raise web.HTTPServiceUnavailable(text="simulated lost answer")
-    return web.json_response(
-        {
-            "resourceType": "Bundle",
-            "type": "transaction-response",
-            "entry": [
-                {
-                    "response": {
-                        "status": "201 Created",
-                        "location": f"List/{uuid.uuid5(uuid.NAMESPACE_OID, key)}",
-                    }
-                },
-                {
-                    "response": {
-                        "status": "200 OK",
-                        "location": f"DocumentReference/{uuid.uuid5(uuid.NAMESPACE_URL, unique)}",
-                    }
-                },
-            ],
-        },
-        status=200,
-        content_type="application/fhir+json",
+    return transaction_response(
+        ("201 Created", f"List/{uuid.uuid5(uuid.NAMESPACE_OID, key)}"),
+        ("200 OK", f"DocumentReference/{uuid.uuid5(uuid.NAMESPACE_URL, unique)}"),
     )
