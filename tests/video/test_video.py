@@ -69,16 +69,24 @@ async def _link(client: Client, doctor: Person, appointment: str) -> str:
     return f"/video/join/{inv.token}"
 
 
-async def _enter(guest: Client, link: str, birth: str = "1975-03-10") -> aiohttp.ClientResponse:
+async def _enter_with_token(
+    guest: Client, link: str, birth: str = "1975-03-10"
+) -> tuple[aiohttp.ClientResponse, str]:
+    """Identity + consent through the entry form: its answer, and the page's CSRF token."""
     page = await guest.get(link)
     assert page.status == 200, await page.text()
     m = CSRF_RE.search(await page.text())
     assert m
-    return await guest.post(
+    resp = await guest.post(
         link,
         data={"csrf_token": m.group(1), "birth_date": birth, "consent": "yes"},
         allow_redirects=False,
     )
+    return resp, m.group(1)
+
+
+async def _enter(guest: Client, link: str, birth: str = "1975-03-10") -> aiohttp.ClientResponse:
+    return (await _enter_with_token(guest, link, birth))[0]
 
 
 async def test_link_is_single_use_bound_to_one_browser_and_expires(
@@ -407,15 +415,7 @@ async def test_a_check_that_never_finishes_is_closed_and_reported(
     a = await _appointment(client, doctor, 9, clock)
     patient = await aiohttp_client(client.server)
     link = await _link(client, doctor, a)
-    page = await patient.get(link)
-    m = CSRF_RE.search(await page.text())
-    assert m
-    csrf = m.group(1)
-    entered = await patient.post(
-        link,
-        data={"csrf_token": csrf, "birth_date": "1975-03-10", "consent": "yes"},
-        allow_redirects=False,
-    )
+    entered, csrf = await _enter_with_token(patient, link)
     assert entered.status == 303
     ws = await patient.ws_connect(f"/video/ws/{a}")
     assert (await ws.receive_json())["type"] == "hello"
@@ -470,15 +470,7 @@ async def test_the_check_reports_camera_and_microphone_first_then_the_frame_rate
     a = await _appointment(client, doctor, 10, clock)
     patient = await aiohttp_client(client.server)
     link = await _link(client, doctor, a)
-    page = await patient.get(link)
-    m = CSRF_RE.search(await page.text())
-    assert m
-    csrf = m.group(1)
-    entered = await patient.post(
-        link,
-        data={"csrf_token": csrf, "birth_date": "1975-03-10", "consent": "yes"},
-        allow_redirects=False,
-    )
+    entered, csrf = await _enter_with_token(patient, link)
     assert entered.status == 303
     browser = RTCPeerConnection()
     try:
