@@ -19,7 +19,7 @@ from konsil.auth.service import AuthService, token_hash
 from konsil.clock import Clock, ms
 from konsil.db import Database
 from konsil.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationError
-from konsil.identity.models import EXTERNAL, Account
+from konsil.identity.models import EXTERNAL, RESERVED_USERNAMES, Account
 from konsil.identity.service import USERNAME_RE, NewAccount, add_account
 from messaging.common import (
     JsonDict,
@@ -223,6 +223,8 @@ class DeviceService:
                 "user names use lower-case letters, digits and . _ = - / only (at most 64)",
                 errcode="M_INVALID_USERNAME",
             )
+        if local in RESERVED_USERNAMES:
+            raise BadRequest("this user name is reserved for Konsil", errcode="M_EXCLUSIVE")
         return local
 
     async def _taken(self, username: str) -> bool:

@@ -14,7 +14,7 @@ from konsil.clock import Clock, ms
 from konsil.config import Config
 from konsil.db import Database
 from konsil.errors import BadRequest, Forbidden
-from konsil.identity.models import Account
+from konsil.identity.models import SERVICE, Account
 from messaging.common import JsonDict, Requester
 from messaging.devices import DeviceService
 from messaging.ephemeral import Ephemeral
@@ -120,6 +120,7 @@ class Homeserver:
                     .where(
                         Account.is_active.is_(True),
                         Account.is_guest.is_(False),
+                        Account.role != SERVICE,
                         or_(
                             Account.username.ilike(like),
                             Account.display_name.ilike(like),

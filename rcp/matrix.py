@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from konsil.clock import Clock
 from konsil.db import Database
 from konsil.errors import Conflict, Forbidden
-from konsil.identity.models import Account
+from konsil.identity.models import SERVICE, SERVICE_USERNAME, Account
 from messaging.common import JsonDict, Requester
 from messaging.models import Event, Membership
 from messaging.rooms import RoomService
@@ -31,7 +31,7 @@ from rcp.models import Board, BoardMember, BoardRoom, Case
 
 log = logging.getLogger(__name__)
 
-SERVICE_LOCALPART = "konsil"
+SERVICE_LOCALPART = SERVICE_USERNAME
 SERVICE_DEVICE = "KONSILRCP"
 SERVICE_DISPLAY_NAME = "Konsil"
 
@@ -67,6 +67,12 @@ class MatrixBoardRooms:
                     await s.execute(select(Account).where(Account.username == SERVICE_LOCALPART))
                 ).scalar_one_or_none()
             if acc is not None:
+                if acc.role != SERVICE or acc.password_hash is not None:
+                    # a person holds the name (created before it was reserved): never act as them
+                    raise Conflict(
+                        f"the account {SERVICE_LOCALPART!r} is not Konsil's service account; "
+                        "rename it before RCP can post to the boards' rooms"
+                    )
                 break
             try:
                 async with self.db.transaction() as s:
@@ -74,7 +80,7 @@ class MatrixBoardRooms:
                         Account(
                             username=SERVICE_LOCALPART,
                             password_hash=None,
-                            role="practitioner",
+                            role=SERVICE,
                             display_name=SERVICE_DISPLAY_NAME,
                             is_active=True,
                             is_guest=False,

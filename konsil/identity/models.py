@@ -11,7 +11,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from konsil.db import Base, UTCDateTime
 
 EXTERNAL = "external"  # messaging only, as a Matrix guest: see docs/ARCHITECTURE.md
-ROLES = ("admin", "practitioner", "coordinator", EXTERNAL)
+ROLES = ("admin", "practitioner", "coordinator", EXTERNAL)  # the roles people are given
+# Konsil's own system account (the RCP boards' Matrix rooms are run by it): no password, it
+# cannot sign in, nobody can be given this role and nobody can take its user name.
+SERVICE = "service"
+SERVICE_USERNAME = "konsil"
+RESERVED_USERNAMES = frozenset({SERVICE_USERNAME})
 
 
 def new_id() -> str:

@@ -17,7 +17,16 @@ from konsil.clock import Clock
 from konsil.db import Database
 from konsil.errors import Conflict, Forbidden, NotFound, ValidationError
 from konsil.identity.matricule import check_matricule
-from konsil.identity.models import EXTERNAL, ROLES, Account, Organisation, Patient, Practitioner
+from konsil.identity.models import (
+    EXTERNAL,
+    RESERVED_USERNAMES,
+    ROLES,
+    SERVICE,
+    Account,
+    Organisation,
+    Patient,
+    Practitioner,
+)
 from konsil.identity.specialties import PROFESSIONS, is_specialty
 
 USERNAME_RE = re.compile(r"^[a-z0-9._=\-/]{1,64}$")  # Matrix user id localpart grammar
@@ -103,6 +112,8 @@ def check_new_account(a: NewAccount) -> None:
     errors: dict[str, str] = {}
     if not USERNAME_RE.match(a.username):
         errors["username"] = "lower-case letters, digits and . _ = - / only (max 64)"
+    elif a.username in RESERVED_USERNAMES:
+        errors["username"] = "this user name is reserved for Konsil's own service account"
     if a.role not in ROLES:
         errors["role"] = f"must be one of {', '.join(ROLES)}"
     reason = check_password_strength(a.password)
@@ -116,6 +127,13 @@ def check_new_account(a: NewAccount) -> None:
         errors["email"] = "is not an e-mail address"
     if errors:
         raise ValidationError("the account is not valid", fields=errors)
+
+
+def _refuse_service_account(account: Account) -> None:
+    """Konsil's own service account has no password and no clinical role: nobody edits it,
+    gives it a password (it would let a person act as Konsil) or switches it off."""
+    if account.role == SERVICE:
+        raise Forbidden("Konsil's service account is managed by Konsil itself")
 
 
 async def add_account(
@@ -302,6 +320,7 @@ class IdentityService:
             account = await s.get(Account, account_id, with_for_update=True)
             if account is None:
                 raise NotFound("no such account")
+            _refuse_service_account(account)
             if upd.organisation_id and await s.get(Organisation, upd.organisation_id) is None:
                 errors["organisation_id"] = "unknown organisation"
             if errors:
@@ -351,6 +370,7 @@ class IdentityService:
             ).scalar_one_or_none()
             if account is None:
                 raise NotFound(f"no account named {username!r}")
+            _refuse_service_account(account)
             account.password_hash = pw_hash
             account.failed_logins = 0
             account.locked_until = None
@@ -380,6 +400,7 @@ class IdentityService:
             account = await s.get(Account, account_id, with_for_update=True)
             if account is None:
                 raise NotFound("no such account")
+            _refuse_service_account(account)
             account.is_active = active
             await self.audit.record(
                 s,

@@ -65,6 +65,8 @@ async def test_bad_registrations_are_refused_before_anything_is_written(
         ({"username": "bob", "password": "short", "auth": dummy}, "M_WEAK_PASSWORD"),
         ({"username": "bob", "auth": dummy}, "M_BAD_JSON"),
         ({"username": "alice", "password": PASSWORD, "auth": dummy}, "M_USER_IN_USE"),
+        # Konsil's service account name, even before RCP has created it
+        ({"username": "konsil", "password": PASSWORD, "auth": dummy}, "M_EXCLUSIVE"),
         ({"username": "bob", "password": PASSWORD, "inhibit_login": "yes"}, "M_BAD_JSON"),
     ]
     for body, errcode in cases:
@@ -88,6 +90,8 @@ async def test_bad_registrations_are_refused_before_anything_is_written(
     # availability
     taken = await c.get(V3 + "/register/available", params={"username": "alice"})
     assert (await taken.json())["errcode"] == "M_USER_IN_USE"
+    reserved = await c.get(V3 + "/register/available", params={"username": "konsil"})
+    assert (await reserved.json())["errcode"] == "M_EXCLUSIVE"
     bad = await c.get(V3 + "/register/available", params={"username": "A B"})
     assert (await bad.json())["errcode"] == "M_INVALID_USERNAME"
     free = await c.get(V3 + "/register/available", params={"username": "bob"})

@@ -8,16 +8,23 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nio import JoinResponse, RoomMessageNotice
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from konsil import appkeys as K
+from konsil.audit.service import SYSTEM
 from konsil.clock import FakeClock
-from rcp.matrix import SERVICE_LOCALPART
+from konsil.errors import Conflict, Forbidden, ValidationError
+from konsil.identity.models import SERVICE, Account
+from konsil.identity.service import NewAccount, PractitionerUpdate
+from messaging.web import HS
+from rcp.matrix import SERVICE_LOCALPART, MatrixBoardRooms
 from rcp.models import BoardRoom, Notice
 from rcp.web import NOTICE_LOOP_STOP
 from rcp.web.keys import NOTICES, RCP
 from tests.conftest import web_login
+from tests.messaging.mx import login
 from tests.messaging.nio_helpers import Peer, until
 from tests.rcp.conftest import DECISION, GOOD_FICHE, World
 
@@ -201,3 +208,58 @@ async def test_a_refused_notice_is_retried_later(world: World, tmp_path: Path) -
         assert_no_clinical_detail(gp.notices[0].body, w)
     finally:
         await gp.close()
+
+
+async def test_the_service_account_can_be_nobody(world: World) -> None:
+    """The account that runs the boards' rooms has the role ``service``: no password, not in the
+    practitioner directory, and neither an admin nor a registration can take it over."""
+    w = world
+    await w.new_case()  # submitted: the board's room is created by the service account
+    async with w.client.app[K.DB].session() as s:
+        (acc,) = (
+            await s.execute(select(Account).where(Account.username == SERVICE_LOCALPART))
+        ).scalars()
+    assert acc.role == SERVICE and acc.password_hash is None and not acc.is_guest
+
+    ident = w.client.app[K.IDENTITY]
+    with pytest.raises(Forbidden):
+        await ident.do_set_password(SYSTEM, SERVICE_LOCALPART, "a-long-enough-passphrase")
+    with pytest.raises(Forbidden):
+        await ident.do_set_active(SYSTEM, acc.id, False)
+    with pytest.raises(Forbidden):
+        await ident.do_update_practitioner(
+            SYSTEM, acc.id, PractitionerUpdate(display_name="Me now", role="admin")
+        )
+    with pytest.raises(ValidationError) as refused:
+        await ident.do_create_account(
+            SYSTEM,
+            NewAccount(username="konsil", password="a-long-enough-passphrase", role="admin"),
+        )
+    assert "reserved" in refused.value.fields["username"]
+    async with w.client.app[K.DB].session() as s:
+        again = await s.get(Account, acc.id)
+    assert again is not None and again.password_hash is None and again.is_active
+    assert again.role == SERVICE
+
+    mx = await login(w.client, w.referrer.person)
+    found = await mx.post("/user_directory/search", {"search_term": "konsil"})
+    assert found["results"] == []
+    found = await mx.post("/user_directory/search", {"search_term": w.chair.person.username})
+    assert [r["user_id"] for r in found["results"]] == [f"@{w.chair.person.username}:{server(w)}"]
+
+
+async def test_rcp_never_acts_as_a_person_holding_the_service_name(world: World) -> None:
+    """A database where a person was given the name before it was reserved: RCP refuses to use
+    that account as its own rather than act in their name."""
+    w = world
+    async with w.client.app[K.DB].transaction() as s:
+        await s.execute(delete(Account).where(Account.username == SERVICE_LOCALPART))
+        await s.execute(
+            update(Account)
+            .where(Account.username == w.referrer.person.username)
+            .values(username=SERVICE_LOCALPART)
+        )
+    app = w.client.app
+    rooms = MatrixBoardRooms(app[K.DB], app[K.CLOCK], lambda: app[HS].rooms)
+    with pytest.raises(Conflict, match="not Konsil's service account"):
+        await rooms.service_account()
