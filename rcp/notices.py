@@ -18,15 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from konsil.audit.service import Actor, AuditLog
 from konsil.clock import Clock
 from konsil.db import Database
-from rcp.models import Notice
+from konsil.errors import Conflict, NotFound
+from konsil.identity.models import Account
+from rcp.models import Board, Notice
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +80,29 @@ def retry_delay(attempts: int) -> float:
     return min(MAX_DELAY_S, FIRST_DELAY_S * 2.0 ** max(0, attempts - 1))
 
 
+@dataclass(frozen=True)
+class PendingNotice:
+    """A notice not posted yet, for the operators' page (no clinical data: a case id, a board,
+    a recipient and the last error)."""
+
+    notice: Notice
+    board_name: str
+    recipient_name: str
+
+    @property
+    def given_up(self) -> bool:
+        return self.notice.attempts >= MAX_ATTEMPTS
+
+
 class NoticeDispatcher:
-    def __init__(self, db: Database, clock: Clock, rooms: BoardRooms, base_url: str) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, rooms: BoardRooms, base_url: str, audit: AuditLog
+    ) -> None:
         self.db = db
         self.clock = clock
         self.rooms = rooms
         self.base_url = base_url.rstrip("/")
+        self.audit = audit
         # one delivery round at a time in this process (the hook and the retry loop)
         self._lock = asyncio.Lock()
 
@@ -101,6 +122,36 @@ class NoticeDispatcher:
                 .limit(limit)
             )
             return rows.scalars().all()
+
+    async def pending(self, limit: int = 200) -> list[PendingNotice]:
+        """Operators: every notice not posted yet, those given up first, oldest first."""
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(Notice, Board.name, Account.display_name)
+                .join(Board, Board.id == Notice.board_id)
+                .join(Account, Account.id == Notice.recipient_account_id)
+                .where(Notice.sent_at.is_(None))
+                .order_by((Notice.attempts >= MAX_ATTEMPTS).desc(), Notice.created_at)
+                .limit(limit)
+            )
+            return [PendingNotice(n, board, who) for n, board, who in rows.all()]
+
+    async def do_retry(self, actor: Actor, notice_id: str) -> Notice:
+        """Operators: post a notice that was given up again, with a fresh attempt budget."""
+        async with self.db.transaction() as s:
+            notice = await s.get(Notice, notice_id, with_for_update=True)
+            if notice is None:
+                raise NotFound("no such notice")
+            if notice.sent_at is not None:
+                raise Conflict("this notice was posted already", fields={"status": "posted"})
+            if notice.attempts < MAX_ATTEMPTS:
+                raise Conflict("this notice is still being retried", fields={"status": "retrying"})
+            notice.attempts = 0
+            notice.next_attempt_at = self.clock.now()
+            await self.audit.record(
+                s, actor, "rcp.notice.retry", resource=f"rcp-notice/{notice.id}"
+            )
+            return notice
 
     async def deliver_due(self, limit: int = 50) -> int:
         """Post every due notice; returns how many were posted. Failures are recorded on the row

@@ -85,7 +85,7 @@ def setup(app: web.Application) -> None:
 
         rooms = MatrixBoardRooms(app[K.DB], app[K.CLOCK], room_service)
         notices = app[NOTICES] = NoticeDispatcher(
-            app[K.DB], app[K.CLOCK], rooms, app[K.CONFIG].base_url
+            app[K.DB], app[K.CLOCK], rooms, app[K.CONFIG].base_url, app[K.AUDIT]
         )
 
         async def notify(_case_id: str, _ref: str) -> None:
@@ -153,8 +153,26 @@ def setup(app: web.Application) -> None:
             for x, b in rows
         ]
 
+    async def unposted(_p: Principal) -> list[tuple[str, str]]:
+        if NOTICES not in app:
+            return []
+        rows = [r for r in await app[NOTICES].pending() if r.given_up]
+        return [
+            (
+                f"{local(r.notice.created_at).strftime('%d/%m/%Y')} · {r.board_name} · "
+                f"{r.recipient_name} · {r.notice.last_error or ''}"[:200],
+                f"/admin/rcp/notices#n-{r.notice.id}",
+            )
+            for r in rows[:8]
+        ]
+
     app[K.PANELS].append(
         K.DashboardPanel("RCP: my cases", "/rcp/my", my_cases, roles=("practitioner",))
+    )
+    app[K.PANELS].append(
+        K.DashboardPanel(
+            "RCP: notices not posted", "/admin/rcp/notices", unposted, roles=("admin",)
+        )
     )
     app[K.PANELS].append(
         K.DashboardPanel(

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 FR: dict[str, str] = {
+    "RCP notices not posted": "RCP : notifications non publiées",
+    "RCP: notices not posted": "RCP : notifications non publiées",
+    "Notices tell referring physicians, in the board's Matrix room, that a report was published. "
+    "Each is retried with a growing delay; after this many attempts it is given up until an "
+    "operator retries it:": "Les notifications annoncent aux médecins référents, dans le salon "
+    "Matrix de la RCP, qu'un compte rendu est publié. Chacune est retentée avec un délai "
+    "croissant ; après ce nombre de tentatives, elle est abandonnée jusqu'à ce qu'un opérateur la "
+    "relance :",
+    "Notice queued for another attempt.": "Notification remise en file pour une nouvelle tentative.",
+    "Every notice has been posted.": "Toutes les notifications ont été publiées.",
+    "Recipient": "Destinataire",
+    "Next attempt": "Prochaine tentative",
+    "given up": "abandonnée",
+    "Attempts": "Tentatives",
+    "Last error": "Dernière erreur",
+    "Retry": "Renvoyer",
     "(from the account)": "(celle du compte)",
     "Actions": "Actions",
     "Add member": "Ajouter un membre",

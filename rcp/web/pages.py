@@ -12,14 +12,16 @@ from aiohttp import web
 from konsil import appkeys as K
 from konsil.errors import KonsilError, ValidationError
 from konsil.identity.specialties import SPECIALTIES
-from konsil.web.request import file_response, read_form, render
+from konsil.web.request import actor_of, file_response, read_form, render, require_role
 from rcp.domain.fiche import LATERALITIES, ORIGINS, TNM_KINDS
 from rcp.domain.lifecycle import XDW_TASK, CaseState, actions_from
 from rcp.domain.quorum import ANY_SURGERY
 from rcp.domain.report import PROPOSAL_KINDS
+from rcp.notices import MAX_ATTEMPTS
 from rcp.service import TUMOUR_DOMAINS
 from rcp.web.api import ics
 from rcp.web.common import as_int, base_url, caller, svc
+from rcp.web.keys import NOTICES
 
 routes = web.RouteTableDef()
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -547,3 +549,31 @@ async def pps_page(request: web.Request) -> web.Response:
 async def my_cases(request: web.Request) -> web.Response:
     p, ip = caller(request)
     return render(request, "rcp/my_cases.html", {"rows": await svc(request).my_cases(p, ip=ip)})
+
+
+# ---------------------------------------------------------------- operators
+
+
+@routes.get("/admin/rcp/notices", name="rcp_admin_notices")
+async def notices_page(request: web.Request) -> web.Response:
+    """Notices to referring physicians not posted yet (given up after MAX_ATTEMPTS first)."""
+    require_role(request, "admin")
+    return render(
+        request,
+        "rcp/notices.html",
+        {
+            "rows": await request.app[NOTICES].pending(),
+            "max_attempts": MAX_ATTEMPTS,
+            "retried": request.query.get("retried"),
+        },
+    )
+
+
+@routes.post("/admin/rcp/notices/{id}/retry")
+async def notice_retry(request: web.Request) -> web.Response:
+    require_role(request, "admin")
+    await read_form(request)  # the CSRF token was checked by the middleware
+    notices = request.app[NOTICES]
+    notice = await notices.do_retry(actor_of(request), request.match_info["id"])
+    await notices.deliver_due()  # at once; a failure is recorded on the row and retried later
+    raise see_other(f"/admin/rcp/notices?retried={notice.id}")

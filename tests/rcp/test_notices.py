@@ -13,6 +13,7 @@ from nio import JoinResponse, RoomMessageNotice
 from sqlalchemy import delete, select, update
 
 from konsil import appkeys as K
+from konsil.audit.models import AuditEvent
 from konsil.audit.service import SYSTEM
 from konsil.clock import FakeClock
 from konsil.errors import Conflict, Forbidden, ValidationError
@@ -21,9 +22,10 @@ from konsil.identity.service import NewAccount, PractitionerUpdate
 from messaging.web import HS
 from rcp.matrix import SERVICE_LOCALPART, MatrixBoardRooms
 from rcp.models import BoardRoom, Notice
+from rcp.notices import MAX_ATTEMPTS, MAX_DELAY_S
 from rcp.web import NOTICE_LOOP_STOP
 from rcp.web.keys import NOTICES, RCP
-from tests.conftest import web_login
+from tests.conftest import Person, web_login
 from tests.messaging.mx import login
 from tests.messaging.nio_helpers import Peer, until
 from tests.rcp.conftest import DECISION, GOOD_FICHE, World
@@ -263,3 +265,78 @@ async def test_rcp_never_acts_as_a_person_holding_the_service_name(world: World)
     rooms = MatrixBoardRooms(app[K.DB], app[K.CLOCK], lambda: app[HS].rooms)
     with pytest.raises(Conflict, match="not Konsil's service account"):
         await rooms.service_account()
+
+
+async def test_an_operator_sees_and_retries_a_notice_given_up(
+    world: World, admin: Person, tmp_path: Path
+) -> None:
+    """After MAX_ATTEMPTS failures a notice is given up: the admin's dashboard and the notices
+    page show it with its last error, a practitioner cannot see that page, and the admin's retry
+    posts it (audited)."""
+    w = world
+    w.client.app[NOTICE_LOOP_STOP].set()  # this test plays the retry loop itself
+    gp = await referrer_peer(w, tmp_path)
+    try:
+        uid = gp.client.user_id
+        path = f"/_matrix/client/v3/user/{uid}/account_data/lu.konsil.invite_permissions"
+        headers = {"Authorization": f"Bearer {gp.client.access_token}"}
+        resp = await w.client.put(path, json={"default": "block"}, headers=headers)
+        assert resp.status == 200, await resp.text()
+        case = await w.new_case()
+        await to_validated_and_publish(w, case["id"])
+        notices = w.client.app[NOTICES]
+        clock = w.client.app[K.CLOCK]
+        assert isinstance(clock, FakeClock)
+        for _ in range(MAX_ATTEMPTS):  # every retry refused, until given up
+            clock.advance(MAX_DELAY_S)
+            await notices.deliver_due()
+        async with w.client.app[K.DB].session() as s:
+            (row,) = (await s.execute(select(Notice))).scalars().all()
+        assert row.sent_at is None and row.attempts == MAX_ATTEMPTS
+        clock.advance(MAX_DELAY_S)
+        assert await notices.deliver_due() == 0  # given up: no more attempts on its own
+
+        # the practitioner cannot see the operators' page
+        await web_login(w.client, w.referrer.person)
+        assert (await w.client.get("/admin/rcp/notices")).status == 403
+        # the admin sees the notice on the dashboard and on the page, with its last error
+        token = await web_login(w.client, admin)
+        dash = await (await w.client.get("/")).text()
+        assert "RCP : notifications non publiées" in dash
+        assert f'href="/admin/rcp/notices#n-{row.id}"' in dash
+        page = await (await w.client.get("/admin/rcp/notices")).text()
+        assert f'id="n-{row.id}"' in page and "abandonnée" in page and "invitations" in page
+        assert "Muller" not in page and "Marie" not in page  # no patient data on the page
+
+        # the referrer accepts invitations again; the admin retries; the notice is posted
+        resp = await w.client.put(path, json={"default": "allow"}, headers=headers)
+        assert resp.status == 200
+        resp = await w.client.post(
+            f"/admin/rcp/notices/{row.id}/retry", data={"csrf_token": token}, allow_redirects=False
+        )
+        assert resp.status == 303, await resp.text()
+        async with w.client.app[K.DB].session() as s:
+            posted = await s.get(Notice, row.id)
+            retries = (
+                (await s.execute(select(AuditEvent).where(AuditEvent.action == "rcp.notice.retry")))
+                .scalars()
+                .all()
+            )
+        assert posted is not None and posted.sent_at is not None and posted.event_id
+        assert [e.resource for e in retries] == [f"rcp-notice/{row.id}"]
+        assert [e.actor for e in retries] == [admin.account_id]
+        page = await (await w.client.get("/admin/rcp/notices")).text()
+        assert f'id="n-{row.id}"' not in page
+        # a posted notice is not retried again
+        resp = await w.client.post(
+            f"/admin/rcp/notices/{row.id}/retry", data={"csrf_token": token}, allow_redirects=False
+        )
+        assert resp.status == 409
+
+        room_id = await board_room(w)
+        await until([gp], lambda: room_id in gp.client.invited_rooms)
+        assert isinstance(await gp.client.join(room_id), JoinResponse)
+        await until([gp], lambda: bool(gp.notices))
+        assert [n.event_id for n in gp.notices] == [posted.event_id]
+    finally:
+        await gp.close()

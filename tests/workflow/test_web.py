@@ -59,6 +59,11 @@ async def test_trace_page_lists_attempts_and_retries_dead_messages(
     assert page.count('action="/admin/outbox/') == 2  # dead and rejected can be retried
     dead_only = await (await client.get("/admin/outbox?status=dead")).text()
     assert "trace-refused" not in dead_only
+    # the admin's dashboard points at what needs a person
+    dash = await (await client.get("/")).text()
+    assert "Messages sortants" in dash
+    assert '<a href="/admin/outbox?status=dead">dead: 1</a>' in dash
+    assert '<a href="/admin/outbox?status=rejected">rejected: 1</a>' in dash
 
     resp = await client.post(
         f"/admin/outbox/{dead.id}/retry", data={"csrf_token": csrf}, allow_redirects=False

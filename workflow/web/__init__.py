@@ -145,3 +145,17 @@ def setup(app: web.Application) -> None:
         ]
 
     app[K.PANELS].append(DashboardPanel("My documents", "/documents", mine, ("practitioner",)))
+
+    async def attention(_principal: Principal) -> list[tuple[str, str]]:
+        """Operators: outgoing messages that need a person (given up, or refused by the
+        receiver), linking to the trace filtered on that status."""
+        counts = await app[OUTBOX].counts(("dead", "rejected"))
+        return [
+            (f"{status}: {counts[status]}", f"/admin/outbox?status={status}")
+            for status in ("dead", "rejected")
+            if counts.get(status)
+        ]
+
+    app[K.PANELS].append(
+        DashboardPanel("Outgoing messages", "/admin/outbox", attention, ("admin",))
+    )
