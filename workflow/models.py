@@ -44,7 +44,12 @@ class ClinicalDocument(Base):
     """One version of a clinical document. ``set_id`` groups the versions of one document."""
 
     __tablename__ = "clinical_documents"
-    __table_args__ = (UniqueConstraint("set_id", "version"),)
+    __table_args__ = (
+        UniqueConstraint("set_id", "version"),
+        # the author's and a patient's listings, newest first, paged by (created_at, id)
+        Index("ix_clinical_documents_author_listing", "author_account_id", "created_at", "id"),
+        Index("ix_clinical_documents_patient_listing", "patient_id", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     set_id: Mapped[str] = mapped_column(String(32), index=True)
@@ -52,8 +57,8 @@ class ClinicalDocument(Base):
     replaces_id: Mapped[str | None] = mapped_column(ForeignKey("clinical_documents.id"))
     kind: Mapped[str] = mapped_column(String(32))  # sick-leave | rcp-report | ...
     type_code: Mapped[str] = mapped_column(String(16))  # DT-xxxxx in 1.3.182.5.9
-    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"), index=True)
-    author_account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))
+    author_account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"))
     author_practitioner_id: Mapped[str | None] = mapped_column(ForeignKey("practitioners.id"))
     legal_authenticator_id: Mapped[str | None] = mapped_column(ForeignKey("practitioners.id"))
     organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))

@@ -20,12 +20,14 @@ document shown (``document.list``), per document opened (``document.read``), per
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Select, exists, or_, select
+from sqlalchemy import Select, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -113,6 +115,43 @@ class Filters:
         return cls(status or None, kind or None)
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of a listing ends (newest first, ties broken by id): the next page starts
+    strictly after it. Keyset paging: a new document never shifts a page nor repeats a row, and
+    each page is an index range whatever its depth."""
+
+    created_at: datetime
+    id: str
+
+    def token(self) -> str:
+        raw = f"{self.created_at.isoformat()}|{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def parse(cls, token: str | None) -> Cursor | None:
+        if not token:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            at, _, doc_id = raw.partition("|")
+            created_at = datetime.fromisoformat(at)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            created_at, doc_id = None, ""
+        if created_at is None or created_at.tzinfo is None or not doc_id.isalnum():
+            raise ValidationError(
+                "the page cursor is not one Konsil gave out",
+                fields={"after": "use the value of next_cursor from the previous page"},
+            )
+        return cls(created_at, doc_id)
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[DocumentSummary]
+    next_cursor: str | None  # None on the last page
+
+
 Access = Literal["author", "care", "admin"]
 
 
@@ -163,14 +202,20 @@ class DocumentViews:
     # ------------------------------------------------------------------ listings
 
     async def authored(
-        self, actor: Actor, principal: Principal, filters: Filters, *, limit: int = 200
-    ) -> list[DocumentSummary]:
-        """The caller's own documents, newest first."""
+        self,
+        actor: Actor,
+        principal: Principal,
+        filters: Filters,
+        *,
+        limit: int = 200,
+        after: Cursor | None = None,
+    ) -> Page:
+        """The caller's own documents, newest first, ``limit`` at a time."""
         async with self.db.transaction() as s:
-            q = self._query(filters).where(
+            q = self._query(filters, after).where(
                 ClinicalDocument.author_account_id == principal.account_id
             )
-            return await self._summaries(s, actor, q.limit(limit))
+            return await self._page(s, actor, q, limit)
 
     async def of_patient(
         self,
@@ -180,7 +225,8 @@ class DocumentViews:
         filters: Filters,
         *,
         limit: int = 200,
-    ) -> tuple[Patient, list[DocumentSummary]]:
+        after: Cursor | None = None,
+    ) -> tuple[Patient, Page]:
         """A patient's documents for someone with a care relationship (or an admin)."""
         async with self.db.transaction() as s:
             patient = await s.get(Patient, patient_id)
@@ -188,14 +234,14 @@ class DocumentViews:
                 raise NotFound("no such patient")
             allowed = await self.has_care_relationship(s, principal, patient_id)
             if allowed:
-                q = self._query(filters).where(
+                q = self._query(filters, after).where(
                     ClinicalDocument.patient_id == patient_id,
                     or_(
                         ClinicalDocument.confidentiality != "V",
                         ClinicalDocument.author_account_id == principal.account_id,
                     ),
                 )
-                return patient, await self._summaries(s, actor, q.limit(limit))
+                return patient, await self._page(s, actor, q, limit)
             # A refusal is recorded too (committed with this transaction), then raised.
             await self.audit.record(
                 s,
@@ -252,13 +298,30 @@ class DocumentViews:
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _query(filters: Filters) -> Select[ClinicalDocument]:
-        q = select(ClinicalDocument).order_by(ClinicalDocument.created_at.desc())
+    def _query(filters: Filters, after: Cursor | None) -> Select[ClinicalDocument]:
+        doc = ClinicalDocument
+        q = select(doc).order_by(doc.created_at.desc(), doc.id.desc())
+        if after is not None:
+            q = q.where(
+                or_(
+                    doc.created_at < after.created_at,
+                    and_(doc.created_at == after.created_at, doc.id < after.id),
+                )
+            )
         if filters.status:
             q = q.where(ClinicalDocument.status == filters.status)
         if filters.kind:
             q = q.where(ClinicalDocument.kind == filters.kind)
         return q
+
+    async def _page(
+        self, s: AsyncSession, actor: Actor, q: Select[ClinicalDocument], limit: int
+    ) -> Page:
+        rows = await self._summaries(s, actor, q.limit(limit + 1), audit_first=limit)
+        if len(rows) <= limit:
+            return Page(rows, None)
+        last = rows[limit - 1]
+        return Page(rows[:limit], Cursor(last.created_at, last.id).token())
 
     async def _summaries(
         self,
@@ -267,7 +330,10 @@ class DocumentViews:
         q: Select[ClinicalDocument],
         *,
         audit: bool = True,
+        audit_first: int | None = None,
     ) -> list[DocumentSummary]:
+        """Summaries of the documents ``q`` selects, the first ``audit_first`` of them (all by
+        default) audited as shown."""
         # A listing never reads the documents' bytes.
         docs: Sequence[ClinicalDocument] = (
             (await s.execute(q.options(defer(ClinicalDocument.content)))).scalars().all()
@@ -357,7 +423,7 @@ class DocumentViews:
                     AuditEntry(
                         "document.list", patient_id=d.patient_id, resource=f"document/{d.id}"
                     )
-                    for d in docs
+                    for d in docs[:audit_first]
                 ],
             )
         return out

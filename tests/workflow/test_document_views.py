@@ -318,6 +318,58 @@ async def test_author_api(world: World, create_user: CreateUser) -> None:
     assert "SickLeaveCorrection" in spec["components"]["schemas"]
 
 
+async def test_listings_page_by_cursor(world: World, create_user: CreateUser) -> None:
+    """Keyset paging: every document exactly once, newest first (ties broken by id), a document
+    added meanwhile shifts nothing, only the rows shown are audited, a forged cursor is a 400."""
+    dr_a = await create_user("dra")
+    docs = [await world.issue(dr_a, world.anne, kind="teleconsultation-report") for _ in range(5)]
+    # the test clock stands still: all five share created_at, so the id breaks the tie
+    expected = [d.id for d in sorted(docs, key=lambda d: (d.created_at, d.id), reverse=True)]
+    h = await token_for(world, dr_a)
+    seen: list[str] = []
+    url: str | None = "/api/v1/documents?limit=2&kind=teleconsultation-report"
+    pages = 0
+    while url is not None:
+        page = await (await world.client.get(url, headers=h)).json()
+        seen += [d["id"] for d in page["documents"]]
+        pages += 1
+        if pages == 1:  # a document issued between two pages lands before the first page
+            world.app[K.CLOCK].advance(60)  # type: ignore[attr-defined]
+            later = await world.issue(dr_a, world.anne, kind="teleconsultation-report")
+        url = page["links"]["next"]
+        assert (url is None) == (page["next_cursor"] is None)
+        if url is not None:
+            assert "kind=teleconsultation-report" in url and "limit=2" in url
+    assert seen == expected and pages == 3
+    async with world.app[K.DB].session() as s:
+        listed = (
+            await s.execute(select(AuditEvent).where(AuditEvent.action == "document.list"))
+        ).scalars()
+        assert sorted(e.resource or "" for e in listed) == sorted(f"document/{i}" for i in seen)
+    first = await (await world.client.get("/api/v1/documents?limit=2", headers=h)).json()
+    assert first["documents"][0]["id"] == later.id
+
+    # the patient's listing pages the same way
+    path = f"/api/v1/patients/{world.anne.id}/documents?limit=4"
+    one = await (await world.client.get(path, headers=h)).json()
+    two = await (await world.client.get(one["links"]["next"], headers=h)).json()
+    assert [d["id"] for d in one["documents"] + two["documents"]] == [later.id, *expected]
+    assert two["next_cursor"] is None
+
+    for forged in ("nonsense", "MjAyNnxhYmM", first["next_cursor"] + "x"):
+        bad = await world.client.get(f"/api/v1/documents?after={forged}", headers=h)
+        assert bad.status == 400, forged
+        assert bad.content_type == "application/problem+json"
+
+    # the page links to older documents, filters kept
+    await web_login(world.client, dr_a)
+    html = await (await world.client.get("/documents?limit=2&kind=teleconsultation-report")).text()
+    assert 'rel="next"' in html and "Documents plus anciens" in html
+    assert "kind=teleconsultation-report" in html
+    last = await (await world.client.get("/documents?limit=10")).text()
+    assert 'rel="next"' not in last
+
+
 async def test_rejection_reason_is_shown_to_the_author(
     world: World, create_user: CreateUser
 ) -> None:

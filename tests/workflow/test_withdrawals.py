@@ -200,7 +200,7 @@ async def test_receiver_holding_an_earlier_version_gets_that_one_withdrawn(
         account = await s.get(Account, wf.author_id)
         assert account is not None
         principal = Principal.of(account)
-    rows = {d.id: d for d in await views.authored(wf.author, principal, Filters())}
+    rows = {d.id: d for d in (await views.authored(wf.author, principal, Filters())).rows}
     assert [(x.label, x.status) for x in rows[v2.id].deliveries] == [
         ("CNS", "rejected"),
         ("CNS withdrawal", "pending"),

@@ -22,6 +22,7 @@ from workflow.web.keys import CORRECTIONS, DOCUMENTS, KEYS, OUTBOX, VIEWS, WORKE
 
 FRENCH = {
     "Outgoing messages": "Messages sortants",
+    "Older documents": "Documents plus anciens",
     "Target": "Destinataire",
     "Status": "Statut",
     "Attempts": "Tentatives",
@@ -138,10 +139,10 @@ def setup(app: web.Application) -> None:
 
     async def mine(principal: Principal) -> list[tuple[str, str]]:
         # The panel shows patients' names: an audited listing like the full page.
-        rows = await app[VIEWS].authored(Actor(principal.account_id), principal, Filters(), limit=5)
+        page = await app[VIEWS].authored(Actor(principal.account_id), principal, Filters(), limit=5)
         return [
             (f"{r.type_display} · {r.patient_name} · {r.status}", f"/documents/{r.id}")
-            for r in rows
+            for r in page.rows
         ]
 
     app[K.PANELS].append(DashboardPanel("My documents", "/documents", mine, ("practitioner",)))

@@ -29,7 +29,7 @@ from workflow.cda.printable import narrative_pdf, narrative_sections, sick_leave
 from workflow.cda.reading import read_header, read_sick_leave
 from workflow.corrections import FLAGS, flatten, parse_sick_leave, sick_leave_fields
 from workflow.models import DOC_STATUSES
-from workflow.views import DocumentSummary, Filters, Opened
+from workflow.views import Cursor, DocumentSummary, Filters, Opened, Page
 from workflow.web.keys import CORRECTIONS, VIEWS, WORKER
 
 routes = web.RouteTableDef()
@@ -50,6 +50,26 @@ def _limit(request: web.Request) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 500:
         raise ValidationError("limit must be 1 to 500", fields={"limit": "1 to 500"})
     return int(raw)
+
+
+def _after(request: web.Request) -> Cursor | None:
+    return Cursor.parse(request.query.get("after"))
+
+
+def _next_url(request: web.Request, page: Page) -> str | None:
+    """The same listing (filters and limit kept), from the page's end."""
+    if page.next_cursor is None:
+        return None
+    query = {k: v for k, v in request.query.items() if k != "after"}
+    return str(request.rel_url.with_query({**query, "after": page.next_cursor}))
+
+
+def _listing_json(request: web.Request, page: Page) -> dict[str, Any]:
+    return {
+        "documents": [summary_json(r) for r in page.rows],
+        "next_cursor": page.next_cursor,
+        "links": {"next": _next_url(request, page)},
+    }
 
 
 def _wake(request: web.Request) -> None:
@@ -106,13 +126,19 @@ def summary_json(d: DocumentSummary) -> dict[str, Any]:
 async def my_documents(request: web.Request) -> web.Response:
     principal = _user(request)
     filters = _filters(request)
-    rows = await request.app[VIEWS].authored(
-        actor_of(request), principal, filters, limit=_limit(request)
+    page = await request.app[VIEWS].authored(
+        actor_of(request), principal, filters, limit=_limit(request), after=_after(request)
     )
     return render(
         request,
         "workflow/documents.html",
-        {"rows": rows, "filters": filters, "statuses": DOC_STATUSES, "kinds": codes.BY_KIND},
+        {
+            "rows": page.rows,
+            "next_url": _next_url(request, page),
+            "filters": filters,
+            "statuses": DOC_STATUSES,
+            "kinds": codes.BY_KIND,
+        },
     )
 
 
@@ -120,19 +146,21 @@ async def my_documents(request: web.Request) -> web.Response:
 async def patient_documents(request: web.Request) -> web.Response:
     principal = _user(request)
     filters = _filters(request)
-    patient, rows = await request.app[VIEWS].of_patient(
+    patient, page = await request.app[VIEWS].of_patient(
         actor_of(request),
         principal,
         request.match_info["patient_id"],
         filters,
         limit=_limit(request),
+        after=_after(request),
     )
     return render(
         request,
         "workflow/patient_documents.html",
         {
             "patient": patient,
-            "rows": rows,
+            "rows": page.rows,
+            "next_url": _next_url(request, page),
             "filters": filters,
             "statuses": DOC_STATUSES,
             "kinds": codes.BY_KIND,
@@ -284,10 +312,14 @@ def _pdf(kind: str, xml: bytes, copy: str) -> bytes:
 
 @routes.get(API + "/documents")
 async def api_documents(request: web.Request) -> web.Response:
-    rows = await request.app[VIEWS].authored(
-        actor_of(request), _user(request), _filters(request), limit=_limit(request)
+    page = await request.app[VIEWS].authored(
+        actor_of(request),
+        _user(request),
+        _filters(request),
+        limit=_limit(request),
+        after=_after(request),
     )
-    return json_response({"documents": [summary_json(r) for r in rows]})
+    return json_response(_listing_json(request, page))
 
 
 @routes.get(API + "/documents/{document_id}")
@@ -330,14 +362,15 @@ async def api_entered_in_error(request: web.Request) -> web.Response:
 
 @routes.get(API + "/patients/{patient_id}/documents")
 async def api_patient_documents(request: web.Request) -> web.Response:
-    patient, rows = await request.app[VIEWS].of_patient(
+    patient, page = await request.app[VIEWS].of_patient(
         actor_of(request),
         _user(request),
         request.match_info["patient_id"],
         _filters(request),
         limit=_limit(request),
+        after=_after(request),
     )
-    return json_response({"patient_id": patient.id, "documents": [summary_json(r) for r in rows]})
+    return json_response({"patient_id": patient.id, **_listing_json(request, page)})
 
 
 # ---------------------------------------------------------------- OpenAPI
@@ -354,6 +387,13 @@ def openapi_paths() -> dict[str, Any]:
             "in": "query",
             "description": "newest first; default 200",
             "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "description": "the next_cursor of the previous page (keyset paging: pages never "
+            "shift when documents are added)",
+            "schema": {"type": "string"},
         },
     ]
     errors = {"400": PROBLEM, "401": PROBLEM, "403": PROBLEM, "404": PROBLEM, "409": PROBLEM}
@@ -476,7 +516,15 @@ def openapi_schemas() -> dict[str, Any]:
         "DocumentList": {
             "type": "object",
             "properties": {
-                "documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}}
+                "documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "pass as ?after= for the next page; null on the last page",
+                },
+                "links": {
+                    "type": "object",
+                    "properties": {"next": {"type": ["string", "null"]}},
+                },
             },
         },
         "SickLeaveCorrection": {
