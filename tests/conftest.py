@@ -25,6 +25,7 @@ from konsil.auth.passwords import FAST_FOR_TESTS, PasswordHasher
 from konsil.clock import FakeClock
 from konsil.config import Config
 from konsil.db import upgrade
+from tests.coturn import Turn, run_turn
 
 PG_URL = os.environ.get("KONSIL_TEST_POSTGRES_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -254,3 +255,9 @@ async def browser() -> AsyncIterator[Any]:
             yield b
         finally:
             await b.close()
+
+
+@pytest.fixture
+def turn(tmp_path: Path) -> Iterator[Turn]:
+    """A coturn process with the REST-API shared secret ``TURN_SECRET``."""
+    yield from run_turn(tmp_path)

@@ -502,6 +502,29 @@ async def pushrules(request: web.Request) -> web.Response:
     return json_response({"global": {}})
 
 
+@routes.get(V3 + "/voip/turnServer")
+async def turn_server(request: web.Request) -> web.Response:
+    """Credentials for the TURN relay of ``[turn]`` (the one the teleconsultations use), so that
+    Matrix clients' 1:1 calls go through it; ``{}`` when no TURN server is configured."""
+    from konsil.turn import turn_credentials
+
+    req = await requester(request)
+    turn = request.app[K.CONFIG].turn
+    if not turn.urls or not turn.secret:
+        return json_response({})
+    username, password = turn_credentials(
+        turn.secret, req.user_id, request.app[K.CLOCK].now(), turn.ttl_seconds
+    )
+    return json_response(
+        {
+            "username": username,
+            "password": password,
+            "uris": list(turn.urls),
+            "ttl": turn.ttl_seconds,
+        }
+    )
+
+
 @routes.get(V3 + "/room_keys/version")
 async def room_keys_version(request: web.Request) -> web.Response:
     """Server-side key backup is not offered: say "no backup" the way clients expect (404

@@ -25,7 +25,8 @@ from konsil.clock import FakeClock
 from konsil.config import WorkflowConfig
 from konsil.identity.matricule import make_matricule
 from tests.conftest import Person
-from tests.video.conftest import ServerFactory, Smtp, Turn
+from tests.coturn import Turn
+from tests.video.conftest import ServerFactory, Smtp
 from video.domain.service import check_schedule
 from video.models import VideoAppointment
 from video.web import HUB, SERVICE

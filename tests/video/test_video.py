@@ -31,9 +31,10 @@ from konsil.db import Database
 from konsil.errors import RateLimited, ValidationError
 from konsil.identity.matricule import make_matricule
 from konsil.identity.models import Account
+from konsil.turn import turn_credentials
 from tests.conftest import CSRF_RE, AiohttpClient, Client, Person, web_login
 from video.domain.checkpeer import CheckPeers
-from video.domain.crypto import read_invitation_token, turn_credentials
+from video.domain.crypto import read_invitation_token
 from video.domain.documents import ConsultationReport, IssueContext, Prepared, check_after_call
 from video.domain.issuer import WorkflowIssuer
 from video.domain.service import VideoService, check_schedule

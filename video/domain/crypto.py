@@ -65,13 +65,6 @@ def new_guest_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def turn_credentials(secret: str, user: str, now: datetime, ttl_seconds: int) -> tuple[str, str]:
-    """coturn's REST-API scheme: username ``expiry:user``, password base64(HMAC-SHA1)."""
-    username = f"{int(now.timestamp()) + ttl_seconds}:{user}"
-    digest = hmac.new(secret.encode("utf-8"), username.encode("utf-8"), hashlib.sha1).digest()
-    return username, base64.b64encode(digest).decode("ascii")
-
-
 class FileSealer:
     """XSalsa20-Poly1305 (PyNaCl SecretBox) keyed from the server's secret_key."""
 

@@ -19,6 +19,7 @@ from konsil.appkeys import DashboardPanel
 from konsil.auth.service import Principal
 from konsil.clock import local
 from konsil.errors import BadRequest, Forbidden, KonsilError, ValidationError
+from konsil.turn import turn_credentials
 from konsil.web.request import (
     actor_of,
     client_ip,
@@ -33,7 +34,6 @@ from konsil.web.request import (
 )
 from video.domain import mail
 from video.domain.checkpeer import CheckPeers
-from video.domain.crypto import turn_credentials
 from video.domain.documents import FREQUENCY_UNITS, ROUTES, UNITS
 from video.domain.issuer import WorkflowIssuer
 from video.domain.service import ACTIVE, GuestPrincipal, Party, VideoService, check_schedule
