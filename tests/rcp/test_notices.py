@@ -177,6 +177,15 @@ async def test_a_notice_survives_a_crash_after_the_publication(
         await gp.close()
 
 
+async def invitations(w: World, peer: NoticePeer, default: str) -> None:
+    """The peer's own invite permissions (Konsil's ``lu.konsil.invite_permissions``)."""
+    uid = peer.client.user_id
+    path = f"/_matrix/client/v3/user/{uid}/account_data/lu.konsil.invite_permissions"
+    headers = {"Authorization": f"Bearer {peer.client.access_token}"}
+    resp = await w.client.put(path, json={"default": default}, headers=headers)
+    assert resp.status == 200, await resp.text()
+
+
 async def test_a_refused_notice_is_retried_later(world: World, tmp_path: Path) -> None:
     """The referrer accepts no invitations (Konsil's invite permissions): the notice is not
     posted, the error is kept and it is retried after a delay; once they accept, it goes."""
@@ -184,11 +193,7 @@ async def test_a_refused_notice_is_retried_later(world: World, tmp_path: Path) -
     w.client.app[NOTICE_LOOP_STOP].set()  # this test plays the retry loop itself
     gp = await referrer_peer(w, tmp_path)
     try:
-        uid = gp.client.user_id
-        path = f"/_matrix/client/v3/user/{uid}/account_data/lu.konsil.invite_permissions"
-        headers = {"Authorization": f"Bearer {gp.client.access_token}"}
-        resp = await w.client.put(path, json={"default": "block"}, headers=headers)
-        assert resp.status == 200, await resp.text()
+        await invitations(w, gp, "block")
         case = await w.new_case()
         await to_validated_and_publish(w, case["id"])
         async with w.client.app[K.DB].session() as s:
@@ -197,8 +202,7 @@ async def test_a_refused_notice_is_retried_later(world: World, tmp_path: Path) -
         assert row.last_error and "invitations" in row.last_error
         notices = w.client.app[NOTICES]
         assert await notices.deliver_due() == 0  # not due yet
-        resp = await w.client.put(path, json={"default": "allow"}, headers=headers)
-        assert resp.status == 200
+        await invitations(w, gp, "allow")
         clock = w.client.app[K.CLOCK]
         assert isinstance(clock, FakeClock)
         clock.advance(timedelta(minutes=1).total_seconds())
@@ -277,11 +281,7 @@ async def test_an_operator_sees_and_retries_a_notice_given_up(
     w.client.app[NOTICE_LOOP_STOP].set()  # this test plays the retry loop itself
     gp = await referrer_peer(w, tmp_path)
     try:
-        uid = gp.client.user_id
-        path = f"/_matrix/client/v3/user/{uid}/account_data/lu.konsil.invite_permissions"
-        headers = {"Authorization": f"Bearer {gp.client.access_token}"}
-        resp = await w.client.put(path, json={"default": "block"}, headers=headers)
-        assert resp.status == 200, await resp.text()
+        await invitations(w, gp, "block")
         case = await w.new_case()
         await to_validated_and_publish(w, case["id"])
         notices = w.client.app[NOTICES]
@@ -309,8 +309,7 @@ async def test_an_operator_sees_and_retries_a_notice_given_up(
         assert "Muller" not in page and "Marie" not in page  # no patient data on the page
 
         # the referrer accepts invitations again; the admin retries; the notice is posted
-        resp = await w.client.put(path, json={"default": "allow"}, headers=headers)
-        assert resp.status == 200
+        await invitations(w, gp, "allow")
         resp = await w.client.post(
             f"/admin/rcp/notices/{row.id}/retry", data={"csrf_token": token}, allow_redirects=False
         )
