@@ -25,9 +25,10 @@ from konsil.web.request import (
     require_role,
 )
 from workflow.cda import codes
+from workflow.cda.prescription import MAX_LINES
 from workflow.cda.printable import narrative_pdf, narrative_sections, sick_leave_pdf
 from workflow.cda.reading import read_header, read_sick_leave
-from workflow.corrections import FLAGS, flatten, parse_sick_leave, sick_leave_fields
+from workflow.corrections import BOARD_KINDS, CORRECTABLE, FLAGS, CorrectionForm, flatten
 from workflow.models import DOC_STATUSES
 from workflow.views import DocumentSummary, Filters, Opened
 from workflow.web.keys import CORRECTIONS, VIEWS, WORKER
@@ -155,6 +156,8 @@ async def document_page(request: web.Request) -> web.Response:
             "versions": opened.versions,
             "sections": sections,
             "is_author": opened.access == "author",
+            "correctable": CORRECTABLE,
+            "board_kinds": BOARD_KINDS,
             "corrected": request.query.get("corrected"),
         },
     )
@@ -162,32 +165,33 @@ async def document_page(request: web.Request) -> web.Response:
 
 @routes.get("/documents/{document_id}/correct", name="document_correct")
 async def correct_form(request: web.Request) -> web.Response:
-    principal = _user(request)
-    doc, cert = await request.app[CORRECTIONS].current_certificate(
-        actor_of(request), principal, request.match_info["document_id"]
+    page = await request.app[CORRECTIONS].form(
+        actor_of(request), _user(request), request.match_info["document_id"]
     )
-    return _correction_page(request, doc.id, sick_leave_fields(cert), None)
+    return _correction_page(request, page, None)
 
 
 @routes.post("/documents/{document_id}/correct")
 async def correct_submit(request: web.Request) -> web.Response:
     principal = _user(request)
     form = await read_form(request)
+    form.pop("csrf_token", None)  # checked by the middleware; not a field of the document
     document_id = request.match_info["document_id"]
+    corrections = request.app[CORRECTIONS]
     try:
-        new = await request.app[CORRECTIONS].do_correct_sick_leave(
-            actor_of(request), principal, document_id, parse_sick_leave(form)
-        )
+        new = await corrections.do_correct(actor_of(request), principal, document_id, form)
     except (ValidationError, Conflict) as exc:
-        return _correction_page(request, document_id, form, exc, status=exc.status)
+        page = await corrections.form(
+            actor_of(request), principal, document_id, submitted=form, refused=exc
+        )
+        return _correction_page(request, page, exc, status=exc.status)
     _wake(request)
     raise web.HTTPSeeOther(f"/documents/{new.id}?corrected=1")
 
 
 def _correction_page(
     request: web.Request,
-    document_id: str,
-    form: dict[str, str],
+    page: CorrectionForm,
     error: KonsilError | None,
     *,
     status: int = 200,
@@ -196,12 +200,17 @@ def _correction_page(
         request,
         "workflow/correct.html",
         {
-            "document_id": document_id,
-            "form": form,
+            "page": page,
+            "form": page.values,
             "error": error,
             "kinds": codes.SICK_LEAVE_KINDS,
             "accident_kinds": codes.ACCIDENT_KINDS,
             "flags": FLAGS,
+            "modalities": codes.TELE_MODALITIES,
+            "units": codes.UNITS,
+            "routes": codes.ROUTES,
+            "frequency_units": codes.FREQUENCY_UNITS,
+            "max_lines": MAX_LINES,
         },
         status=status,
     )
@@ -309,8 +318,8 @@ async def api_document(request: web.Request) -> web.Response:
 async def api_correct(request: web.Request) -> web.Response:
     principal = _user(request)
     body = flatten(await read_json(request))
-    new = await request.app[CORRECTIONS].do_correct_sick_leave(
-        actor_of(request), principal, request.match_info["document_id"], parse_sick_leave(body)
+    new = await request.app[CORRECTIONS].do_correct(
+        actor_of(request), principal, request.match_info["document_id"], body
     )
     _wake(request)
     opened = await request.app[VIEWS].open(actor_of(request), principal, new.id)
