@@ -25,6 +25,7 @@ from tests.conftest import AiohttpClient, Person, web_login
 from tests.workflow import helpers, samples
 from tests.workflow.test_document_views import World, make_world, token_for
 from tests.workflow.test_rcp_report import BREAST
+from tests.workflow.test_withdrawal_delivery import drain
 from workflow.cda.prescription import Medication, Prescription, PrescriptionLine
 from workflow.cda.rcp_report import build_rcp_report
 from workflow.cda.reading import read_header, read_prescription, read_teleconsultation
@@ -33,6 +34,7 @@ from workflow.cda.validation import validate_cda
 from workflow.cda.xsd import schema_available
 from workflow.corrections import prescription_fields, teleconsultation_fields
 from workflow.models import ClinicalDocument, OutboxMessage
+from workflow.simulators.common import scripted_faults
 
 pytestmark = pytest.mark.skipif(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
@@ -64,6 +66,20 @@ async def world(
     tmp_path: Path,
 ) -> World:
     return await make_world(aiohttp_client, aiohttp_server, make_app, tmp_path)
+
+
+@pytest.fixture
+async def outage_world(
+    make_app: Callable[..., web.Application],
+    aiohttp_client: AiohttpClient,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    tmp_path: Path,
+) -> World:
+    """The DSP answers its first request 503: the first document stays undelivered (pending,
+    due after a backoff the fake clock reaches only when ``drain`` moves it)."""
+    return await make_world(
+        aiohttp_client, aiohttp_server, make_app, tmp_path, dsp_faults=scripted_faults(["503"])
+    )
 
 
 async def rows(world: World) -> tuple[int, int]:
@@ -117,7 +133,10 @@ async def refusals(world: World, doc: ClinicalDocument) -> list[tuple[str, dict[
 # ---------------------------------------------------------------- the teleconsultation report
 
 
-async def test_report_corrected_through_the_form(world: World, create_user: CreateUser) -> None:
+async def test_report_corrected_through_the_form(
+    outage_world: World, create_user: CreateUser
+) -> None:
+    world = outage_world
     dr_a = await create_user("dra")
     report = await world.issue(dr_a, world.anne, kind="teleconsultation-report")
     csrf = await web_login(world.client, dr_a)
@@ -148,7 +167,7 @@ async def test_report_corrected_through_the_form(world: World, create_user: Crea
     path = f"/documents/{report.id}/correct"
     busy = await world.client.post(path, data=fields)
     assert busy.status == 409 and "still being delivered" in await busy.text()
-    await world.deliver_all()
+    await drain(world)
     before = await rows(world)
 
     wrong = await world.client.post(
@@ -224,8 +243,9 @@ async def test_report_corrected_through_the_api(world: World, create_user: Creat
 
 
 async def test_prescription_corrected_through_the_api(
-    world: World, create_user: CreateUser
+    outage_world: World, create_user: CreateUser
 ) -> None:
+    world = outage_world
     dr_a = await create_user("dra")
     rx = await world.issue(dr_a, world.jean, kind="prescription")
     h = await token_for(world, dr_a)
@@ -264,7 +284,7 @@ async def test_prescription_corrected_through_the_api(
     }
     busy = await world.client.post(path, json=body, headers=h)
     assert busy.status == 409 and (await busy.json())["errors"] == {"delivery": "DSP"}
-    await world.deliver_all()
+    await drain(world)
     before = await rows(world)
 
     malformed = await world.client.post(
