@@ -35,11 +35,13 @@ from tests.workflow.helpers import (
 from workflow.cda import codes
 from workflow.cda.reading import read_header, read_sick_leave
 from workflow.cda.xsd import schema_available
+from workflow.corrections import CORRECTABLE, LINE_FIELDS
 from workflow.documents import DEFAULT_TARGETS, DELIVERY_TARGETS, NewDocument
 from workflow.models import ClinicalDocument, OutboxMessage, new_id
 from workflow.signing import verifier_for
 from workflow.simulators import cns, dsp
 from workflow.simulators.common import FaultPlan, SimulatorSettings
+from workflow.web.documents import CORRECTION_SCHEMAS
 from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
 
 pytestmark = pytest.mark.skipif(
@@ -319,7 +321,18 @@ async def test_author_api(world: World, create_user: CreateUser) -> None:
         "/api/v1/patients/{patient_id}/documents",
     ):
         assert path in spec["paths"], path
-    assert "SickLeaveCorrection" in spec["components"]["schemas"]
+    schemas = spec["components"]["schemas"]
+    body = spec["paths"]["/api/v1/documents/{id}/corrections"]["post"]["requestBody"]
+    one_of = body["content"]["application/json"]["schema"]["oneOf"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in one_of] == [
+        "SickLeaveCorrection",
+        "TeleconsultationCorrection",
+        "PrescriptionCorrection",
+    ]
+    assert all(ref["$ref"].rsplit("/", 1)[1] in schemas for ref in one_of)
+    assert set(CORRECTION_SCHEMAS) == set(CORRECTABLE)  # every kind corrected has its schema
+    line = schemas["PrescriptionLine"]["properties"]
+    assert set(line) == {"medication", *LINE_FIELDS} - {"medication.atc", "medication.name"}
 
 
 async def test_rejection_reason_is_shown_to_the_author(

@@ -34,6 +34,12 @@ from workflow.views import DocumentSummary, Filters, Opened
 from workflow.web.keys import CORRECTIONS, VIEWS, WORKER
 
 routes = web.RouteTableDef()
+# The correction body's schema, per kind of document (workflow.corrections.CORRECTABLE).
+CORRECTION_SCHEMAS = {
+    "sick-leave": "SickLeaveCorrection",
+    "teleconsultation-report": "TeleconsultationCorrection",
+    "prescription": "PrescriptionCorrection",
+}
 API = "/api/v1"
 COPIES = ("patient", "employer")
 
@@ -408,13 +414,26 @@ def openapi_paths() -> dict[str, Any]:
         f"{API}/documents/{{id}}/corrections": {
             "post": {
                 "tags": ["documents"],
-                "summary": "Author: replace a sick-leave certificate by a corrected version "
-                "(delivered to the CNS and the DSP with the replacement relation)",
+                "summary": "Author: replace a document by a corrected version, delivered where "
+                "the old one went with the replacement relation (sick-leave certificate: CNS and "
+                "DSP; teleconsultation report, prescription: DSP)",
+                "description": "The body is the whole corrected value of the document's kind "
+                "(sick-leave, teleconsultation-report, prescription): the schema is chosen by "
+                "the document, not by the body. Field names are the CDA builder's; a refusal "
+                "(problem+json, 400) names each wrong field the same way (diagnoses.0.code, "
+                "lines.1.route), and a field the kind does not have is refused, not ignored. "
+                "409: not the current final version, still being delivered, or an RCP report "
+                "(corrected through its tumour board's workflow).",
                 "parameters": [doc_id],
                 "requestBody": {
                     "content": {
                         "application/json": {
-                            "schema": {"$ref": "#/components/schemas/SickLeaveCorrection"}
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": f"#/components/schemas/{name}"}
+                                    for name in CORRECTION_SCHEMAS.values()
+                                ]
+                            }
                         }
                     }
                 },
@@ -445,6 +464,7 @@ def openapi_schemas() -> dict[str, Any]:
     s = {"type": "string"}
     date = {"type": "string", "format": "date"}
     nullable = {"type": ["string", "null"]}
+    number = {"type": ["number", "string"], "description": "decimal, e.g. 0.4"}
     return {
         "Document": {
             "type": "object",
@@ -491,6 +511,7 @@ def openapi_schemas() -> dict[str, Any]:
         "SickLeaveCorrection": {
             "type": "object",
             "required": ["kind", "start", "end"],
+            "additionalProperties": False,
             "properties": {
                 "kind": {"enum": list(codes.SICK_LEAVE_KINDS)},
                 "start": date,
@@ -510,9 +531,83 @@ def openapi_schemas() -> dict[str, Any]:
                     "properties": {"matricule": s, "given_name": s, "family_name": s},
                 },
                 "expected_delivery": date,
+                "stay_address": {
+                    "type": "object",
+                    "properties": {"street": s, "postal_code": s, "city": s, "country": s},
+                },
                 "outings_allowed": {"type": "boolean"},
                 "hospitalised": {"type": "boolean"},
                 "extension": {"type": "boolean"},
+            },
+        },
+        "TeleconsultationCorrection": {
+            "type": "object",
+            "description": "The call (start, end, modality, patient_consent, consultants) is "
+            "kept as signed and cannot be sent.",
+            "required": ["reason", "findings", "plan"],
+            "additionalProperties": False,
+            "properties": {
+                "reason": s,
+                "present_illness": s,
+                "findings": s,
+                "plan": s,
+                "diagnoses": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["code", "label"],
+                        "properties": {"code": {**s, "description": "ICD-10"}, "label": s},
+                    },
+                },
+                "follow_up": date,
+            },
+        },
+        "PrescriptionCorrection": {
+            "type": "object",
+            "required": ["start", "lines"],
+            "additionalProperties": False,
+            "properties": {
+                "start": date,
+                "note": s,
+                "lines": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_LINES,
+                    "items": {"$ref": "#/components/schemas/PrescriptionLine"},
+                },
+            },
+        },
+        "PrescriptionLine": {
+            "type": "object",
+            "required": [
+                "medication",
+                "dose",
+                "dose_unit",
+                "route",
+                "times",
+                "period_unit",
+                "duration_days",
+                "quantity",
+                "quantity_unit",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "medication": {
+                    "type": "object",
+                    "required": ["atc", "name"],
+                    "properties": {"atc": {**s, "description": "ATC, e.g. J01CA04"}, "name": s},
+                },
+                "dose": number,
+                "dose_unit": {"enum": list(codes.UNITS)},
+                "route": {"enum": list(codes.ROUTES), "description": "EDQM route"},
+                "times": {"type": "integer", "minimum": 1, "maximum": 24},
+                "per": {"type": "integer", "minimum": 1, "default": 1},
+                "period_unit": {"enum": list(codes.FREQUENCY_UNITS)},
+                "duration_days": {"type": "integer", "minimum": 1},
+                "quantity": number,
+                "quantity_unit": {"enum": list(codes.UNITS)},
+                "reimbursable": {"type": "boolean", "default": False},
+                "instructions": s,
             },
         },
     }
