@@ -590,9 +590,12 @@ class Corrections:
         try:
             xml = ctype.build(parsed.value, header, self.clock.now())
         except ValidationError as exc:  # the builder's names → the form's rows
-            raise ValidationError(
-                exc.message, fields={parsed.form_name(k): v for k, v in exc.fields.items()}
-            ) from exc
+            fields = {parsed.form_name(k): v for k, v in exc.fields.items()}
+            message = exc.message
+            if fields != exc.fields:  # its message lists the builder's names (Problems)
+                head = message.split(" — ", 1)[0]
+                message = f"{head} — " + "; ".join(f"{k}: {v}" for k, v in fields.items())
+            raise ValidationError(message, fields=fields) from exc
         problems = validate_cda(xml)
         if problems:  # the builder's output must pass: say which rule failed, keep nothing
             raise ValidationError(

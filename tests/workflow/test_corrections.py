@@ -371,6 +371,7 @@ async def test_prescription_corrected_through_the_form(
     assert wrong.status == 400
     # the builder's lines.1 is the form's row 2 (row 0 was removed)
     assert 'id="e-lines.2.medication.atc"' in text and "is not an ATC code" in text
+    assert "the prescription is not valid — lines.2.medication.atc: " in text
     assert 'name="lines.0.remove" value="1" checked' in text  # the submitted form, as it was
     assert await rows(world) == before
 
