@@ -543,12 +543,12 @@ class Corrections:
             if refused is None:
                 check_correctable(doc, principal)
             ctype = correction_type(doc.kind)
+            signed = signed_value(ctype, doc)
         except KonsilError as exc:
             if refused is None:  # (a refused submission was audited as such)
                 async with self.db.transaction() as s:
                     await self._refused(s, actor, doc, exc, step="form")
             raise
-        signed = ctype.read(doc.content)
         values = dict(submitted) if submitted is not None else ctype.values(signed)
         return CorrectionForm(doc, ctype, values, signed)
 
@@ -578,7 +578,7 @@ class Corrections:
         ctype: CorrectionType[Any],
         fields: Mapping[str, Any],
     ) -> ClinicalDocument:
-        parsed = ctype.parse(fields, ctype.read(old.content))
+        parsed = ctype.parse(fields, signed_value(ctype, old))
         read = read_header(old.content)
         doc_id = new_id()
         header = replace(
@@ -657,6 +657,19 @@ def correction_type(kind: str) -> CorrectionType[Any]:
             fields={"kind": kind},
         )
     raise Conflict(f"a {display} cannot be corrected", fields={"kind": kind})
+
+
+def signed_value(ctype: CorrectionType[V], doc: ClinicalDocument) -> V:
+    """The value the document was signed with; Conflict when its CDA is not one the reader
+    knows (not built by Konsil's builder, or by an older one it cannot read back)."""
+    try:
+        return ctype.read(doc.content)
+    except ValueError as exc:
+        raise Conflict(
+            "the document cannot be read back for a correction: mark it entered in error and "
+            "issue a new one",
+            fields={"document": str(exc)},
+        ) from exc
 
 
 def check_correctable(doc: ClinicalDocument, principal: Principal) -> None:

@@ -26,6 +26,7 @@ from tests.workflow import helpers, samples
 from tests.workflow.test_document_views import World, make_world, token_for
 from tests.workflow.test_rcp_report import BREAST
 from tests.workflow.test_withdrawal_delivery import drain
+from workflow.cda import codes
 from workflow.cda.prescription import Medication, Prescription, PrescriptionLine
 from workflow.cda.rcp_report import build_rcp_report
 from workflow.cda.reading import read_header, read_prescription, read_teleconsultation
@@ -396,6 +397,13 @@ async def test_refused_corrections_write_nothing(
     doc = await world.issue(dr_a, world.anne, kind=kind)
     await world.issue(dr_b, world.anne, kind=kind)  # dr_b cares for Anne too: may read doc
     mistake = await world.issue(dr_a, world.anne, kind=kind)
+    type_code = codes.BY_KIND[kind].code
+    odd = await world.issue(  # not a CDA the reader knows (the DSP refuses it too)
+        dr_a,
+        world.anne,
+        kind=kind,
+        build=lambda m, i: helpers.minimal_cda(m, i, type_code=type_code),
+    )
     await world.deliver_all()
     ha, hb, hc = [await token_for(world, p) for p in (dr_a, dr_b, dr_c)]
     signed = (
@@ -418,6 +426,10 @@ async def test_refused_corrections_write_nothing(
         f"/api/v1/documents/{mistake.id}/corrections", json=signed, headers=ha
     )
     assert gone.status == 409 and (await gone.json())["errors"] == {"status": "entered-in-error"}
+    unreadable = await world.client.post(
+        f"/api/v1/documents/{odd.id}/corrections", json=signed, headers=ha
+    )
+    assert unreadable.status == 409 and "cannot be read back" in (await unreadable.json())["detail"]
     assert before[0] == after_withdrawal[0] and await rows(world) == after_withdrawal
     assert [(o, d["refused"]) for o, d in await refusals(world, doc)] == [
         ("denied", "Forbidden"),
