@@ -1,9 +1,11 @@
-"""A doctor corrects a sick-leave certificate in a real browser: from the dashboard to the
-author's view, the correction form, and the replacement delivered to the CNS and DSP simulators."""
+"""A doctor corrects a sick-leave certificate and a prescription in a real browser: from the
+dashboard to the author's view, the correction form, and the replacement delivered to the CNS and
+DSP simulators."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import AiohttpClient, Person
 from tests.e2e.test_rcp_browser import sign_in
 from tests.workflow.test_document_views import make_world
-from workflow.cda.reading import read_sick_leave
+from workflow.cda.reading import read_prescription, read_sick_leave
 from workflow.cda.xsd import schema_available
 
 pytestmark = [
@@ -67,3 +69,57 @@ async def test_author_corrects_a_certificate_in_the_browser(
     new = await world.document(new_id)
     assert read_sick_leave(new.content).end.isoformat() == "2026-12-05"
     assert world.stored("cns")[new_id]["replaces"]["document_id"] == cert.id
+
+
+async def test_author_corrects_a_prescription_in_the_browser(
+    make_app: Callable[..., web.Application],
+    aiohttp_client: AiohttpClient,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    create_user: Callable[..., Awaitable[Person]],
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    """Remove a line, add one in the blank row (a wrong ATC code first, refused on its row),
+    and the DSP gets the new version replacing the old one."""
+    world = await make_world(aiohttp_client, aiohttp_server, make_app, tmp_path)
+    doctor = await create_user("dr.gp", display_name="Gil Practice")
+    rx = await world.issue(doctor, world.jean, kind="prescription")
+    await world.deliver_all()
+    base = str(world.client.make_url("")).rstrip("/")
+
+    page = await sign_in(browser, base, doctor)
+    await page.goto(f"{base}/documents/{rx.id}")
+    await page.click("#correct")
+    await page.wait_for_url(f"{base}/documents/{rx.id}/correct")
+    assert await page.input_value("#f-lines\\.0\\.medication\\.atc") == "N02BE01"
+    await page.check("input[name='lines.0.remove']")
+    row = "#line-2 "
+    await page.fill(row + "[name='lines.2.medication.atc']", "B01AB5")
+    await page.fill(row + "[name='lines.2.medication.name']", "Énoxaparine 4000 UI, seringue")
+    await page.fill(row + "[name='lines.2.dose']", "0,4")
+    await page.select_option(row + "[name='lines.2.dose_unit']", "mL")
+    await page.select_option(row + "[name='lines.2.route']", "20066000")
+    await page.fill(row + "[name='lines.2.times']", "1")
+    await page.select_option(row + "[name='lines.2.period_unit']", "d")
+    await page.fill(row + "[name='lines.2.duration_days']", "10")
+    await page.fill(row + "[name='lines.2.quantity']", "10")
+    await page.select_option(row + "[name='lines.2.quantity_unit']", "1")
+    await page.check(row + "[name='lines.2.reimbursable']")
+    await page.click("#correction button[type=submit]")
+    error = page.locator("#e-lines\\.2\\.medication\\.atc")
+    assert "ATC" in await error.inner_text()  # the builder's check, on the row it came from
+    await page.fill("[name='lines.2.medication.atc']", "B01AB05")
+    await page.click("#correction button[type=submit]")
+    await page.wait_for_url(f"{base}/documents/*?corrected=1")
+    new_id = page.url.split("/documents/")[1].split("?")[0]
+    assert "v1 · amended" in await page.inner_text("main")
+
+    await world.deliver_all()
+    new = await world.document(new_id)
+    lines = read_prescription(new.content).lines
+    assert [(x.medication.atc, x.dose) for x in lines] == [
+        ("J01CA04", Decimal(1)),
+        ("B01AB05", Decimal("0.4")),
+    ]
+    entry = next(m for m in world.stored("dsp").values() if m["entry_uuid"].endswith(new_id[-12:]))
+    assert entry["replaces_entry_uuid"] is not None

@@ -40,7 +40,11 @@ from video.domain.issuer import WorkflowIssuer
 from video.domain.service import VideoService, check_schedule
 from video.models import VideoAppointment, VideoDocument, VideoFile, VideoInvitation
 from video.web import CHECKS, GUEST_COOKIE, SERVICE
+from workflow.cda.prescription import build_prescription
+from workflow.cda.reading import read_header, read_prescription, read_teleconsultation
+from workflow.cda.teleconsultation import build_teleconsultation
 from workflow.cda.validation import validate_cda
+from workflow.corrections import teleconsultation_fields
 from workflow.documents import verify_document
 from workflow.models import ClinicalDocument, OutboxMessage
 
@@ -729,6 +733,27 @@ async def test_after_call_documents_are_signed_stored_and_queued(
         ("teleconsultation-report", "dsp"),
     ]
     assert {m.idempotency_key for m in msgs} == {f"{m.target}-{m.document_id}" for m in msgs}
+
+    # What the issuer signed reads back as values that build the same bytes again (what a
+    # correction starts from); the author's correction form opens, a correction waits for the
+    # DSP to have the first version.
+    report, rx = docs["teleconsultation-report"], docs["prescription"]
+    read = read_header(report.content)
+    assert (
+        build_teleconsultation(
+            read_teleconsultation(report.content), read.header, now=read.effective_time
+        )
+        == report.content
+    )
+    read = read_header(rx.content)
+    value = read_prescription(rx.content)
+    assert value.lines[0].times == 3 and value.lines[0].instructions == "si douleur"
+    assert build_prescription(value, read.header, now=read.effective_time) == rx.content
+    page = await (await client.get(f"/documents/{rx.id}/correct")).text()
+    assert 'value="Paracétamol 1 g"' in page and 'value="N02BE01"' in page
+    fields = teleconsultation_fields(read_teleconsultation(report.content))
+    busy = await client.post(f"/documents/{report.id}/correct", data={"csrf_token": csrf, **fields})
+    assert busy.status == 409 and "still being delivered" in await busy.text()
 
     # Issued once: a second submission is refused.
     again = await client.post(f"/video/appointments/{a}/after", data=form)

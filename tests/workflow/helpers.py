@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
 from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.auth.passwords import FAST_FOR_TESTS, PasswordHasher
@@ -18,6 +19,7 @@ from konsil.identity.matricule import birth_date_of, make_matricule
 from konsil.identity.models import Organisation, Patient
 from konsil.identity.service import IdentityService, NewAccount, NewPatient
 from tests.workflow import samples
+from workflow.cda.prescription import Medication, Prescription, PrescriptionLine, build_prescription
 from workflow.cda.sick_leave import Diagnosis, SickLeave, build_sick_leave
 from workflow.cda.teleconsultation import Teleconsultation, build_teleconsultation
 from workflow.cda.values import Header, Identifier
@@ -71,6 +73,11 @@ def teleconsultation_cda(matricule: str, document_id: str) -> bytes:
     return build_teleconsultation(CONSULT, _header(matricule, document_id), now=samples.NOW)
 
 
+def prescription_cda(matricule: str, document_id: str) -> bytes:
+    """A real medication prescription (two lines), as the video issuer makes after a call."""
+    return build_prescription(RX, _header(matricule, document_id), now=samples.NOW)
+
+
 FLU = Diagnosis("J11.1", "Grippe avec d'autres manifestations respiratoires")
 CONSULT = Teleconsultation(
     start=datetime(2026, 11, 26, 17, 0, tzinfo=UTC),
@@ -80,6 +87,38 @@ CONSULT = Teleconsultation(
     reason="Question sur un résultat de prise de sang.",
     findings="Hémoglobine 13,2 g/dL, normale.",
     plan="Pas de mesure.",
+)
+RX = Prescription(
+    (
+        PrescriptionLine(
+            Medication("N02BE01", "Paracétamol 1 g, comprimé"),
+            dose=Decimal(1),
+            dose_unit="{tbl}",
+            route="20053000",
+            times=3,
+            per=1,
+            period_unit="d",
+            duration_days=5,
+            quantity=Decimal(15),
+            quantity_unit="{tbl}",
+            reimbursable=True,
+            instructions="Si douleur",
+        ),
+        PrescriptionLine(
+            Medication("J01CA04", "Amoxicilline 500 mg, gélule"),
+            dose=Decimal(1),
+            dose_unit="{caps}",
+            route="20053000",
+            times=3,
+            per=1,
+            period_unit="d",
+            duration_days=7,
+            quantity=Decimal(21),
+            quantity_unit="{caps}",
+            reimbursable=True,
+        ),
+    ),
+    start=date(2026, 11, 27),
 )
 
 

@@ -26,14 +26,22 @@ from konsil.identity.models import Organisation, Patient
 from konsil.identity.service import NewPatient
 from tests.conftest import AiohttpClient, Client, Person, csrf_from, web_login
 from tests.workflow import samples
-from tests.workflow.helpers import certificate_cda, stored_documents, teleconsultation_cda
+from tests.workflow.helpers import (
+    certificate_cda,
+    prescription_cda,
+    stored_documents,
+    teleconsultation_cda,
+)
+from workflow.cda import codes
 from workflow.cda.reading import read_header, read_sick_leave
 from workflow.cda.xsd import schema_available
-from workflow.documents import NewDocument
+from workflow.corrections import CORRECTABLE, LINE_FIELDS
+from workflow.documents import DEFAULT_TARGETS, DELIVERY_TARGETS, NewDocument
 from workflow.models import ClinicalDocument, OutboxMessage, new_id
 from workflow.signing import verifier_for
 from workflow.simulators import cns, dsp
 from workflow.simulators.common import FaultPlan, SimulatorSettings
+from workflow.web.documents import CORRECTION_SCHEMAS
 from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
 
 pytestmark = pytest.mark.skipif(
@@ -41,6 +49,12 @@ pytestmark = pytest.mark.skipif(
 )
 ServerFactory = Callable[..., Awaitable[TestServer]]
 CreateUser = Callable[..., Awaitable[Person]]
+# What each issuer signs (a document's CDA carries its id: built for the matricule and the id).
+ISSUED: dict[str, Callable[[str, str], bytes]] = {
+    "sick-leave": certificate_cda,
+    "teleconsultation-report": teleconsultation_cda,
+    "prescription": prescription_cda,
+}
 
 
 @dataclasses.dataclass
@@ -63,22 +77,14 @@ class World:
         kind: str = "sick-leave",
         confidentiality: str = "N",
         cns_matricule: str | None = None,  # another patient's: the CNS refuses the certificate
+        build: Callable[[str, str], bytes] | None = None,  # (matricule, id) → CDA of ``kind``
     ) -> ClinicalDocument:
-        """What the issuers do: store a signed document and queue it, in one transaction."""
+        """What the issuers do: store a signed document and queue it, in one transaction (to the
+        targets of its kind: certificates CNS + DSP, other documents DSP)."""
         doc_id = new_id()
-        targets: tuple[str, ...]
-        if kind == "sick-leave":
-            content, type_code, targets = (
-                certificate_cda(patient.matricule, doc_id),
-                "DT-20002",
-                ("cns", "dsp"),
-            )
-        else:
-            content, type_code, targets = (
-                teleconsultation_cda(patient.matricule, doc_id),
-                "DT-91002",
-                ("dsp",),
-            )
+        content = (build or ISSUED[kind])(patient.matricule, doc_id)
+        type_code = codes.BY_KIND[kind].code
+        targets = DELIVERY_TARGETS.get(kind, DEFAULT_TARGETS)
         async with self.app[K.DB].transaction() as s:
             doc = await self.app[DOCUMENTS].do_create(
                 s,
@@ -315,7 +321,18 @@ async def test_author_api(world: World, create_user: CreateUser) -> None:
         "/api/v1/patients/{patient_id}/documents",
     ):
         assert path in spec["paths"], path
-    assert "SickLeaveCorrection" in spec["components"]["schemas"]
+    schemas = spec["components"]["schemas"]
+    body = spec["paths"]["/api/v1/documents/{id}/corrections"]["post"]["requestBody"]
+    one_of = body["content"]["application/json"]["schema"]["oneOf"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in one_of] == [
+        "SickLeaveCorrection",
+        "TeleconsultationCorrection",
+        "PrescriptionCorrection",
+    ]
+    assert all(ref["$ref"].rsplit("/", 1)[1] in schemas for ref in one_of)
+    assert set(CORRECTION_SCHEMAS) == set(CORRECTABLE)  # every kind corrected has its schema
+    line = schemas["PrescriptionLine"]["properties"]
+    assert set(line) == {"medication", *LINE_FIELDS} - {"medication.atc", "medication.name"}
 
 
 async def test_listings_page_by_cursor(world: World, create_user: CreateUser) -> None:
@@ -521,12 +538,19 @@ async def test_correction_api_and_entered_in_error(world: World, create_user: Cr
     )
     problem = await bad.json()
     assert bad.status == 400 and "accident" in problem["errors"], problem
+    # a certificate's fields are not a report's: refused by name, nothing written
     not_cert = await world.client.post(
         f"/api/v1/documents/{report.id}/corrections",
         json={"kind": "illness", "start": "2026-11-27", "end": "2026-11-30"},
         headers=h,
     )
-    assert not_cert.status == 409
+    assert not_cert.status == 400
+    assert (await not_cert.json())["errors"] == {
+        "kind": "is not a field of this document",
+        "start": "is recorded from the call and cannot be corrected",
+        "end": "is recorded from the call and cannot be corrected",
+    }
+    assert (await world.document(report.id)).status == "final"
     ok = await world.client.post(
         f"/api/v1/documents/{cert.id}/corrections",
         json={

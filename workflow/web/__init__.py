@@ -51,6 +51,12 @@ FRENCH = {
     "Employer's copy (PDF)": "Copie employeur (PDF)",
     "Printable PDF": "PDF imprimable",
     "Correct this certificate": "Corriger ce certificat",
+    "Correct this report": "Corriger ce compte rendu",
+    "Correct this prescription": "Corriger cette prescription",
+    "An RCP report is corrected through its tumour board's workflow, not here by its author.": (
+        "Une fiche RCP se corrige dans le circuit de sa réunion de concertation "
+        "pluridisciplinaire, pas ici par son auteur."
+    ),
     "Mark as entered in error": "Marquer comme établi par erreur",
     "withdrawal": "retrait",
     "Withdrawn: issued by mistake": "Retiré : établi par erreur",
@@ -64,6 +70,49 @@ FRENCH = {
     "Replaces": "Remplace",
     "Rejected": "Refusé",
     "Correction of a sick-leave certificate": "Correction d'un certificat d'incapacité de travail",
+    "Correction of a teleconsultation report": "Correction d'un compte rendu de téléconsultation",
+    "Correction of a prescription": "Correction d'une prescription de médicaments",
+    "The corrected version replaces this one (which stays readable, marked amended) and goes "
+    "to every receiver of this one.": (
+        "La version corrigée remplace celle-ci (qui reste consultable, marquée « amended ») et "
+        "part vers chacun de ses destinataires."
+    ),
+    "Back to the document": "Retour au document",
+    "The call": "L'appel",
+    "Recorded from the call: a correction does not change it.": (
+        "Enregistré lors de l'appel : une correction ne le modifie pas."
+    ),
+    "Modality": "Modalité",
+    "Patient's consent": "Consentement du patient",
+    "yes": "oui",
+    "no": "non",
+    "Also in the call": "Autres participants",
+    "Reason for the teleconsultation": "Motif de la téléconsultation",
+    "History of the present illness": "Histoire de la maladie",
+    "Findings": "Constatations",
+    "Plan": "Conduite à tenir",
+    "Follow-up appointment": "Prochain rendez-vous",
+    "Start of the treatment": "Début du traitement",
+    "Note": "Note",
+    "Medication": "Médicament",
+    "ATC code": "Code ATC",
+    "Product": "Produit",
+    "Dose": "Dose",
+    "Dose unit": "Unité de dose",
+    "Route": "Voie",
+    "Times": "Nombre de prises",
+    "Per": "Par",
+    "Period": "Période",
+    "Duration (days)": "Durée (jours)",
+    "Quantity to dispense": "Quantité à délivrer",
+    "Quantity unit": "Unité de quantité",
+    "Instructions": "Mode d'emploi",
+    "Reimbursed by the CNS": "Remboursé par la CNS",
+    "Remove this medication": "Retirer ce médicament",
+    "is recorded from the call and cannot be corrected": (
+        "est enregistré lors de l'appel et ne peut pas être corrigé"
+    ),
+    "is not a field of this document": "n'est pas un champ de ce document",
     "Issue the corrected version": "Émettre la version corrigée",
     "The corrected version was signed and queued for delivery.": (
         "La version corrigée a été signée et mise en file d'envoi."

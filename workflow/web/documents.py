@@ -25,14 +25,21 @@ from konsil.web.request import (
     require_role,
 )
 from workflow.cda import codes
+from workflow.cda.prescription import MAX_LINES
 from workflow.cda.printable import narrative_pdf, narrative_sections, sick_leave_pdf
 from workflow.cda.reading import read_header, read_sick_leave
-from workflow.corrections import FLAGS, flatten, parse_sick_leave, sick_leave_fields
+from workflow.corrections import BOARD_KINDS, CORRECTABLE, FLAGS, CorrectionForm, flatten
 from workflow.models import DOC_STATUSES
 from workflow.views import Cursor, DocumentSummary, Filters, Opened, Page
 from workflow.web.keys import CORRECTIONS, VIEWS, WORKER
 
 routes = web.RouteTableDef()
+# The correction body's schema, per kind of document (workflow.corrections.CORRECTABLE).
+CORRECTION_SCHEMAS = {
+    "sick-leave": "SickLeaveCorrection",
+    "teleconsultation-report": "TeleconsultationCorrection",
+    "prescription": "PrescriptionCorrection",
+}
 API = "/api/v1"
 COPIES = ("patient", "employer")
 
@@ -183,6 +190,8 @@ async def document_page(request: web.Request) -> web.Response:
             "versions": opened.versions,
             "sections": sections,
             "is_author": opened.access == "author",
+            "correctable": CORRECTABLE,
+            "board_kinds": BOARD_KINDS,
             "corrected": request.query.get("corrected"),
         },
     )
@@ -190,32 +199,33 @@ async def document_page(request: web.Request) -> web.Response:
 
 @routes.get("/documents/{document_id}/correct", name="document_correct")
 async def correct_form(request: web.Request) -> web.Response:
-    principal = _user(request)
-    doc, cert = await request.app[CORRECTIONS].current_certificate(
-        actor_of(request), principal, request.match_info["document_id"]
+    page = await request.app[CORRECTIONS].form(
+        actor_of(request), _user(request), request.match_info["document_id"]
     )
-    return _correction_page(request, doc.id, sick_leave_fields(cert), None)
+    return _correction_page(request, page, None)
 
 
 @routes.post("/documents/{document_id}/correct")
 async def correct_submit(request: web.Request) -> web.Response:
     principal = _user(request)
     form = await read_form(request)
+    form.pop("csrf_token", None)  # checked by the middleware; not a field of the document
     document_id = request.match_info["document_id"]
+    corrections = request.app[CORRECTIONS]
     try:
-        new = await request.app[CORRECTIONS].do_correct_sick_leave(
-            actor_of(request), principal, document_id, parse_sick_leave(form)
-        )
+        new = await corrections.do_correct(actor_of(request), principal, document_id, form)
     except (ValidationError, Conflict) as exc:
-        return _correction_page(request, document_id, form, exc, status=exc.status)
+        page = await corrections.form(
+            actor_of(request), principal, document_id, submitted=form, refused=exc
+        )
+        return _correction_page(request, page, exc, status=exc.status)
     _wake(request)
     raise web.HTTPSeeOther(f"/documents/{new.id}?corrected=1")
 
 
 def _correction_page(
     request: web.Request,
-    document_id: str,
-    form: dict[str, str],
+    page: CorrectionForm,
     error: KonsilError | None,
     *,
     status: int = 200,
@@ -224,12 +234,17 @@ def _correction_page(
         request,
         "workflow/correct.html",
         {
-            "document_id": document_id,
-            "form": form,
+            "page": page,
+            "form": page.values,
             "error": error,
             "kinds": codes.SICK_LEAVE_KINDS,
             "accident_kinds": codes.ACCIDENT_KINDS,
             "flags": FLAGS,
+            "modalities": codes.TELE_MODALITIES,
+            "units": codes.UNITS,
+            "routes": codes.ROUTES,
+            "frequency_units": codes.FREQUENCY_UNITS,
+            "max_lines": MAX_LINES,
         },
         status=status,
     )
@@ -341,8 +356,8 @@ async def api_document(request: web.Request) -> web.Response:
 async def api_correct(request: web.Request) -> web.Response:
     principal = _user(request)
     body = flatten(await read_json(request))
-    new = await request.app[CORRECTIONS].do_correct_sick_leave(
-        actor_of(request), principal, request.match_info["document_id"], parse_sick_leave(body)
+    new = await request.app[CORRECTIONS].do_correct(
+        actor_of(request), principal, request.match_info["document_id"], body
     )
     _wake(request)
     opened = await request.app[VIEWS].open(actor_of(request), principal, new.id)
@@ -439,13 +454,26 @@ def openapi_paths() -> dict[str, Any]:
         f"{API}/documents/{{id}}/corrections": {
             "post": {
                 "tags": ["documents"],
-                "summary": "Author: replace a sick-leave certificate by a corrected version "
-                "(delivered to the CNS and the DSP with the replacement relation)",
+                "summary": "Author: replace a document by a corrected version, delivered where "
+                "the old one went with the replacement relation (sick-leave certificate: CNS and "
+                "DSP; teleconsultation report, prescription: DSP)",
+                "description": "The body is the whole corrected value of the document's kind "
+                "(sick-leave, teleconsultation-report, prescription): the schema is chosen by "
+                "the document, not by the body. Field names are the CDA builder's; a refusal "
+                "(problem+json, 400) names each wrong field the same way (diagnoses.0.code, "
+                "lines.1.route), and a field the kind does not have is refused, not ignored. "
+                "409: not the current final version, still being delivered, or an RCP report "
+                "(corrected through its tumour board's workflow).",
                 "parameters": [doc_id],
                 "requestBody": {
                     "content": {
                         "application/json": {
-                            "schema": {"$ref": "#/components/schemas/SickLeaveCorrection"}
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": f"#/components/schemas/{name}"}
+                                    for name in CORRECTION_SCHEMAS.values()
+                                ]
+                            }
                         }
                     }
                 },
@@ -476,6 +504,7 @@ def openapi_schemas() -> dict[str, Any]:
     s = {"type": "string"}
     date = {"type": "string", "format": "date"}
     nullable = {"type": ["string", "null"]}
+    number = {"type": ["number", "string"], "description": "decimal, e.g. 0.4"}
     return {
         "Document": {
             "type": "object",
@@ -530,6 +559,7 @@ def openapi_schemas() -> dict[str, Any]:
         "SickLeaveCorrection": {
             "type": "object",
             "required": ["kind", "start", "end"],
+            "additionalProperties": False,
             "properties": {
                 "kind": {"enum": list(codes.SICK_LEAVE_KINDS)},
                 "start": date,
@@ -549,9 +579,83 @@ def openapi_schemas() -> dict[str, Any]:
                     "properties": {"matricule": s, "given_name": s, "family_name": s},
                 },
                 "expected_delivery": date,
+                "stay_address": {
+                    "type": "object",
+                    "properties": {"street": s, "postal_code": s, "city": s, "country": s},
+                },
                 "outings_allowed": {"type": "boolean"},
                 "hospitalised": {"type": "boolean"},
                 "extension": {"type": "boolean"},
+            },
+        },
+        "TeleconsultationCorrection": {
+            "type": "object",
+            "description": "The call (start, end, modality, patient_consent, consultants) is "
+            "kept as signed and cannot be sent.",
+            "required": ["reason", "findings", "plan"],
+            "additionalProperties": False,
+            "properties": {
+                "reason": s,
+                "present_illness": s,
+                "findings": s,
+                "plan": s,
+                "diagnoses": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["code", "label"],
+                        "properties": {"code": {**s, "description": "ICD-10"}, "label": s},
+                    },
+                },
+                "follow_up": date,
+            },
+        },
+        "PrescriptionCorrection": {
+            "type": "object",
+            "required": ["start", "lines"],
+            "additionalProperties": False,
+            "properties": {
+                "start": date,
+                "note": s,
+                "lines": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_LINES,
+                    "items": {"$ref": "#/components/schemas/PrescriptionLine"},
+                },
+            },
+        },
+        "PrescriptionLine": {
+            "type": "object",
+            "required": [
+                "medication",
+                "dose",
+                "dose_unit",
+                "route",
+                "times",
+                "period_unit",
+                "duration_days",
+                "quantity",
+                "quantity_unit",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "medication": {
+                    "type": "object",
+                    "required": ["atc", "name"],
+                    "properties": {"atc": {**s, "description": "ATC, e.g. J01CA04"}, "name": s},
+                },
+                "dose": number,
+                "dose_unit": {"enum": list(codes.UNITS)},
+                "route": {"enum": list(codes.ROUTES), "description": "EDQM route"},
+                "times": {"type": "integer", "minimum": 1, "maximum": 24},
+                "per": {"type": "integer", "minimum": 1, "default": 1},
+                "period_unit": {"enum": list(codes.FREQUENCY_UNITS)},
+                "duration_days": {"type": "integer", "minimum": 1},
+                "quantity": number,
+                "quantity_unit": {"enum": list(codes.UNITS)},
+                "reimbursable": {"type": "boolean", "default": False},
+                "instructions": s,
             },
         },
     }
