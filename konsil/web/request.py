@@ -67,10 +67,17 @@ async def read_json(request: web.Request, *, max_bytes: int = 1024 * 1024) -> di
     return body
 
 
+def form_text(value: str) -> str:
+    """A submitted text with its line breaks as ``\\n``: browsers send a textarea's as CR LF
+    (HTML form submission), and a CR is a control character to the document builders."""
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
 async def read_form(request: web.Request) -> dict[str, str]:
-    """Text fields of a submitted form (the last value of a repeated field wins)."""
+    """Text fields of a submitted form (the last value of a repeated field wins), line breaks
+    normalised (``form_text``)."""
     form = await request.post()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return {k: form_text(v) for k, v in form.items() if isinstance(v, str)}
 
 
 def lang_of(request: web.Request) -> str:

@@ -12,7 +12,14 @@ from aiohttp import web
 from konsil import appkeys as K
 from konsil.errors import KonsilError, ValidationError
 from konsil.identity.specialties import SPECIALTIES
-from konsil.web.request import actor_of, file_response, read_form, render, require_role
+from konsil.web.request import (
+    actor_of,
+    file_response,
+    form_text,
+    read_form,
+    render,
+    require_role,
+)
 from rcp.domain.fiche import LATERALITIES, ORIGINS, TNM_KINDS
 from rcp.domain.lifecycle import XDW_TASK, CaseState, actions_from
 from rcp.domain.quorum import ANY_SURGERY
@@ -434,15 +441,16 @@ async def decision_submit(request: web.Request) -> web.StreamResponse:
     p, ip = caller(request)
     form = await request.post()
     kinds = [str(k) for k in form.getall("proposal", []) if isinstance(k, str)]
+    text = {k: form_text(v) for k, v in form.items() if isinstance(v, str)}
     data = {
-        "proposal": [{"kind": k, "detail": str(form.get(f"detail-{k}") or "")} for k in kinds],
-        "guideline_conform": form.get("guideline_conform"),
-        "deviation_justification": form.get("deviation_justification"),
-        "trial_proposed": form.get("trial_proposed"),
-        "trial_name": form.get("trial_name"),
-        "trial_id": form.get("trial_id"),
-        "guideline": form.get("guideline"),
-        "conclusion": form.get("conclusion"),
+        "proposal": [{"kind": k, "detail": text.get(f"detail-{k}", "")} for k in kinds],
+        "guideline_conform": text.get("guideline_conform"),
+        "deviation_justification": text.get("deviation_justification"),
+        "trial_proposed": text.get("trial_proposed"),
+        "trial_name": text.get("trial_name"),
+        "trial_id": text.get("trial_id"),
+        "guideline": text.get("guideline"),
+        "conclusion": text.get("conclusion"),
     }
     case_id = request.match_info["id"]
     version = form.get("version")

@@ -92,15 +92,24 @@ async def test_decision_form_requires_justification_of_a_deviation(world: World)
             "csrf_token": csrf,
             "proposal": "surgery",
             "guideline_conform": "0",
-            "deviation_justification": "Patient preference",
-            "conclusion": "Surgery",
+            # a browser sends a textarea's line breaks as CR LF
+            "deviation_justification": "Patient preference.\r\nDiscussed with her family.",
+            "conclusion": "Surgery\r\nthen adjuvant treatment.",
         },
         allow_redirects=False,
     )
     assert r.status == 303 and r.headers["Location"].endswith("/report")
     got = await w.call(w.chair, "GET", f"/cases/{case['id']}")
     assert got["state"] == "REPORT_DRAFT"
-    assert got["report"]["deviation_justification"] == "Patient preference"
+    assert got["report"]["deviation_justification"] == (
+        "Patient preference.\nDiscussed with her family."
+    )
+    assert got["report"]["conclusion"] == "Surgery\nthen adjuvant treatment."
+    # the report with line breaks is published as a valid CDA
+    signed = await w.call(
+        w.chair, "POST", f"/cases/{case['id']}/sign", {"password": w.chair.person.password}
+    )
+    assert signed["state"] == "PUBLISHED"
 
 
 async def test_agenda_priority_then_manual_reorder(world: World) -> None:

@@ -649,6 +649,36 @@ async def test_after_call_documents_are_rendered_before_the_transaction(
     assert pdf.status == 200 and (await pdf.read()).startswith(b"%PDF-")
 
 
+async def test_after_call_texts_keep_the_browsers_line_breaks(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    """Browsers submit a textarea's line breaks as CR LF: the report keeps them as line breaks
+    (a bare CR would be refused as a control character by the builder)."""
+    a = await _appointment(client, doctor, 9, clock)
+    patient = await aiohttp_client(client.server)
+    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
+    csrf = await web_login(client, doctor)
+    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
+    clock.advance(10 * 60)
+    form = {
+        "csrf_token": csrf,
+        "reason": "Toux depuis 3 jours.\r\nFièvre le soir.",
+        "findings": "Auscultation : RAS.\r\n\r\nGorge rouge.",
+        "plan": "Repos.\r\nRevoir si fièvre > 3 jours.",
+    }
+    ok = await client.post(f"/video/appointments/{a}/after", data=form, allow_redirects=False)
+    assert ok.status == 303, await ok.text()
+    async with client.app[K.DB].session() as s:
+        (vd,) = (await s.execute(select(VideoDocument))).scalars()
+        doc = await s.get(ClinicalDocument, vd.document_id)
+        assert doc is not None
+    report = read_teleconsultation(doc.content)
+    assert report.reason == "Toux depuis 3 jours.\nFièvre le soir."
+    assert report.findings == "Auscultation : RAS.\n\nGorge rouge."
+    assert report.plan == "Repos.\nRevoir si fièvre > 3 jours."
+    assert b"\r" not in doc.content
+
+
 async def test_after_call_documents_are_signed_stored_and_queued(
     client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
 ) -> None:
