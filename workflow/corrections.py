@@ -1,8 +1,9 @@
 """Corrections by the author: a new version of a document, or "entered in error".
 
 Three document types are corrected here: the sick-leave certificate, the teleconsultation report
-and the medication prescription (``CORRECTABLE``). The RCP report is not: a tumour board's
-report is corrected through the board's workflow, not by one author.
+and the medication prescription (``CORRECTABLE``). The RCP report is not: it records a
+tumour board's decision, which one author does not rewrite; a wrong one is marked entered in error
+and the case goes to the board again (a new case, a new discussion, a new report).
 
 A correction reads the document back from its signed CDA (``workflow.cda.reading``), lets the
 author change the values — a form, or a JSON body, whose field names are the builder's own
@@ -497,7 +498,7 @@ CORRECTABLE: dict[str, CorrectionType[Any]] = {
         lambda v, h, now: build_prescription(v, h, now=now),
     ),
 }
-BOARD_KINDS = ("rcp-report",)  # corrected through the tumour board's workflow
+BOARD_KINDS = ("rcp-report",)  # a board's decision: entered in error, then discussed again
 
 
 @dataclass(frozen=True)
@@ -653,7 +654,8 @@ def correction_type(kind: str) -> CorrectionType[Any]:
     display = codes.BY_KIND[kind].display if kind in codes.BY_KIND else kind
     if kind in BOARD_KINDS:
         raise Conflict(
-            f"a {display} is corrected through its tumour board's workflow, not by its author",
+            f"a {display} records a board's decision and is not corrected by one author: "
+            "mark it as entered in error and submit the case to the board again",
             fields={"kind": kind},
         )
     raise Conflict(f"a {display} cannot be corrected", fields={"kind": kind})

@@ -471,14 +471,14 @@ async def test_the_rcp_report_is_corrected_by_its_board(
     await web_login(world.client, dr_a)
     page = await (await world.client.get(f"/documents/{report.id}")).text()
     assert 'id="correct-by-board"' in page and 'id="correct"' not in page
-    assert "se corrige dans le circuit de sa réunion de concertation" in page  # French first
+    assert "présentez à nouveau le dossier à la RCP" in page  # French first
     world.client.session.cookie_jar.update_cookies({"konsil_lang": "en"})
     page = await (await world.client.get(f"/documents/{report.id}")).text()
-    assert "An RCP report is corrected through its tumour board&#39;s workflow" in page
+    assert "mark it as entered in error and submit the case to the board again" in page
     assert "Mark as entered in error" in page  # that stays the author's
 
     refused = await world.client.get(f"/documents/{report.id}/correct")
-    assert refused.status == 409 and "tumour board" in await refused.text()
+    assert refused.status == 409 and "the board again" in await refused.text()
     h = await token_for(world, dr_a)
     api = await world.client.post(f"/api/v1/documents/{report.id}/corrections", json={}, headers=h)
     assert api.status == 409 and (await api.json())["errors"] == {"kind": "rcp-report"}

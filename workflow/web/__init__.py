@@ -53,9 +53,11 @@ FRENCH = {
     "Correct this certificate": "Corriger ce certificat",
     "Correct this report": "Corriger ce compte rendu",
     "Correct this prescription": "Corriger cette prescription",
-    "An RCP report is corrected through its tumour board's workflow, not here by its author.": (
-        "Une fiche RCP se corrige dans le circuit de sa réunion de concertation "
-        "pluridisciplinaire, pas ici par son auteur."
+    "An RCP report records a board's decision: it is not corrected here by one author. If it "
+    "is wrong, mark it as entered in error and submit the case to the board again.": (
+        "Un compte rendu de RCP consigne la décision d'une réunion de concertation "
+        "pluridisciplinaire : son auteur ne le corrige pas ici. S'il est erroné, marquez-le "
+        "comme établi par erreur et présentez à nouveau le dossier à la RCP."
     ),
     "Mark as entered in error": "Marquer comme établi par erreur",
     "withdrawal": "retrait",

@@ -463,7 +463,7 @@ def openapi_paths() -> dict[str, Any]:
                 "(problem+json, 400) names each wrong field the same way (diagnoses.0.code, "
                 "lines.1.route), and a field the kind does not have is refused, not ignored. "
                 "409: not the current final version, still being delivered, or an RCP report "
-                "(corrected through its tumour board's workflow).",
+                "(a board's decision: marked entered in error and discussed again instead).",
                 "parameters": [doc_id],
                 "requestBody": {
                     "content": {
