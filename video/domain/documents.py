@@ -174,6 +174,17 @@ class DocumentIssuer(Protocol):
         """Each document's outgoing messages: (target, status)."""
         ...
 
+    async def versions(
+        self, s: AsyncSession, document_ids: Sequence[str]
+    ) -> dict[str, tuple[str, str]]:
+        """For each issued document, the newest version of its set: (document id, status). The
+        author may have corrected it (a new id) or withdrawn it (``entered-in-error``)."""
+        ...
+
+    async def patient_copy(self, s: AsyncSession, document_id: str) -> bytes:
+        """The patient's printable copy of one stored version (PDF), rendered off the loop."""
+        ...
+
     def wake(self) -> None: ...
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor
-from konsil.errors import ValidationError
+from konsil.errors import NotFound, ValidationError
 from konsil.identity.models import Account
 from konsil.identity.models import Organisation as OrganisationRow
 from konsil.identity.models import Patient as PatientRow
@@ -36,7 +36,7 @@ from video.domain.documents import (
 )
 from workflow.cda import codes
 from workflow.cda import prescription as rxcda
-from workflow.cda.printable import narrative_pdf, sick_leave_pdf
+from workflow.cda.printable import narrative_pdf, printable_pdf, sick_leave_pdf
 from workflow.cda.sick_leave import Accident, SickLeave, build_sick_leave
 from workflow.cda.sick_leave import Diagnosis as CdaDiagnosis
 from workflow.cda.teleconsultation import Teleconsultation, build_teleconsultation
@@ -44,7 +44,7 @@ from workflow.cda.validation import validate_cda
 from workflow.cda.values import Header, Identifier, Organisation, Patient, Practitioner
 from workflow.connectors.xds import oid_of
 from workflow.documents import DocumentStore, NewDocument
-from workflow.models import OutboxMessage, new_id
+from workflow.models import ClinicalDocument, OutboxMessage, new_id
 from workflow.outbox import Outbox
 
 SEX = {"F": "F", "M": "M", "U": "UN"}
@@ -286,6 +286,38 @@ class WorkflowIssuer:
         pdf = await asyncio.to_thread(narrative_pdf, xml)
         built = _Built(parties, "prescription", xml, ("dsp",))
         return Prepared("prescription", codes.BY_KIND["prescription"].display, pdf, built)
+
+    async def versions(
+        self, s: AsyncSession, document_ids: Sequence[str]
+    ) -> dict[str, tuple[str, str]]:
+        if not document_ids:
+            return {}
+        doc = ClinicalDocument
+        found = await s.execute(select(doc.id, doc.set_id).where(doc.id.in_(list(document_ids))))
+        set_of = {str(doc_id): str(set_id) for doc_id, set_id in found.all()}
+        newest: dict[str, tuple[int, str, str]] = {}
+        rows = await s.execute(
+            select(doc.set_id, doc.version, doc.id, doc.status).where(
+                doc.set_id.in_(set(set_of.values()))
+            )
+        )
+        for set_id, version, doc_id, status in rows.all():
+            if set_id not in newest or version > newest[set_id][0]:
+                newest[set_id] = (version, doc_id, status)
+        return {d: newest[set_of[d]][1:] for d in document_ids if d in set_of}
+
+    async def patient_copy(self, s: AsyncSession, document_id: str) -> bytes:
+        found = (
+            await s.execute(
+                select(ClinicalDocument.kind, ClinicalDocument.content).where(
+                    ClinicalDocument.id == document_id
+                )
+            )
+        ).first()
+        if found is None:
+            raise NotFound("no such document")
+        kind, content = found
+        return await asyncio.to_thread(printable_pdf, kind, content, "patient")
 
     async def delivery(
         self, s: AsyncSession, document_ids: Sequence[str]

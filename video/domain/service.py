@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -914,8 +914,28 @@ class VideoService:
         issuer.wake()
         return [doc.document_id for _kind, doc in issued]
 
+    async def _current(self, s: AsyncSession, rows: Sequence[VideoDocument]) -> dict[str, Current]:
+        """Where each issued document stands now: the doctor may have corrected it (the
+        newest version replaces it) or withdrawn it (entered in error) since the call."""
+        versions = (
+            await self.issuer.versions(s, [r.document_id for r in rows]) if self.issuer else {}
+        )
+        out = {}
+        for r in rows:
+            newest_id, status = versions.get(r.document_id, (r.document_id, "final"))
+            state: Literal["issued", "corrected", "withdrawn"]
+            if status == "entered-in-error":
+                state = "withdrawn"
+            elif newest_id != r.document_id:
+                state = "corrected"
+            else:
+                state = "issued"
+            out[r.id] = Current(newest_id, state)
+        return out
+
     async def documents(self, appointment_id: str) -> list[dict[str, Any]]:
-        """The documents issued after the call, each with its delivery (target, status)."""
+        """The documents issued after the call, each as it stands now (``state`` issued,
+        corrected or withdrawn) with the delivery (target, status) of its newest version."""
         async with self.db.session() as s:
             rows = (
                 (
@@ -928,16 +948,17 @@ class VideoService:
                 .scalars()
                 .all()
             )
-            delivery = (
-                await self.issuer.delivery(s, [r.document_id for r in rows]) if self.issuer else {}
-            )
+            current = await self._current(s, rows)
+            newest = [c.document_id for c in current.values()]
+            delivery = await self.issuer.delivery(s, newest) if self.issuer else {}
             return [
                 {
                     "id": r.id,
                     "kind": r.kind,
                     "title": r.title,
-                    "document_id": r.document_id,
-                    "delivery": delivery.get(r.document_id, []),
+                    "document_id": current[r.id].document_id,
+                    "state": current[r.id].state,
+                    "delivery": delivery.get(current[r.id].document_id, []),
                 }
                 for r in rows
             ]
@@ -945,20 +966,41 @@ class VideoService:
     async def do_document_pdf(
         self, party: Party, appointment_id: str, document_id: str
     ) -> tuple[str, bytes]:
-        """The printable copy of an issued document (file name, PDF bytes), audited."""
-        async with self.db.transaction() as s:
+        """The printable copy of an issued document (file name, PDF bytes), audited: the copy
+        made after the call, or the corrected version's if the doctor corrected it since; a
+        withdrawn document is not given out (refusal audited)."""
+        async with self.db.session() as s:
             doc = await s.get(VideoDocument, document_id)
             if doc is None or doc.appointment_id != appointment_id:
                 raise NotFound("no such document")
+            current = (await self._current(s, [doc]))[doc.id]
+            pdf = None
+            if current.state == "corrected" and self.issuer is not None:
+                pdf = await self.issuer.patient_copy(s, current.document_id)
+        withdrawn = current.state == "withdrawn"
+        async with self.db.transaction() as s:
             await self.audit.record(
                 s,
                 party.actor,
                 "video.document.download",
                 patient_id=doc.patient_id,
                 resource=f"video/{appointment_id}/document/{doc.id}",
-                details={"kind": doc.kind},
+                outcome="denied" if withdrawn else "success",
+                details={"kind": doc.kind, "state": current.state},
             )
-            return f"{doc.kind.replace('_', '-')}-{doc.id[:8]}.pdf", self.sealer.open(doc.pdf)
+        if withdrawn:
+            raise Conflict(
+                "your doctor withdrew this document: it was issued by mistake",
+                fields={"state": "withdrawn"},
+            )
+        name = f"{doc.kind.replace('_', '-')}-{doc.id[:8]}.pdf"
+        return name, pdf if pdf is not None else self.sealer.open(doc.pdf)
+
+
+@dataclass(frozen=True)
+class Current:
+    document_id: str  # the newest version of the issued document's set
+    state: Literal["issued", "corrected", "withdrawn"]
 
 
 def _num(v: Any) -> float | None:

@@ -114,6 +114,10 @@ FRENCH: dict[str, str] = {
     "Postpone": "Faire patienter",
     "Pre-call check": "Test avant l'appel",
     "Prescription": "Ordonnance",
+    "withdrawn by the doctor: issued by mistake": "retiré par le médecin : établi par erreur",
+    "corrected by the doctor since the consultation": (
+        "corrigé par le médecin depuis la consultation"
+    ),
     "QR code of the invitation link": "Code QR du lien d'invitation",
     "Quantity (packs)": "Quantité (boîtes)",
     "Reason": "Motif",

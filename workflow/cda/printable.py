@@ -17,6 +17,7 @@ from lxml import etree
 
 from . import codes
 from .builder import narrative_env
+from .reading import read_header, read_sick_leave
 from .sick_leave import SickLeave, check_sick_leave
 from .values import Header
 from .xsd import parse
@@ -148,3 +149,12 @@ def html_pdf(html: str) -> bytes:
 def narrative_pdf(xml: bytes) -> bytes:
     """The PDF of a CDA's narrative (report, prescription)."""
     return html_pdf(narrative_html(xml))
+
+
+def printable_pdf(kind: str, xml: bytes, copy: Copy = "patient") -> bytes:
+    """The printable copy of a stored document: a sick-leave certificate's patient or employer
+    copy (read back from its CDA), any other document's narrative."""
+    if kind != "sick-leave":
+        return narrative_pdf(xml)
+    read = read_header(xml)
+    return sick_leave_pdf(read_sick_leave(xml), read.header, copy=copy, now=read.effective_time)

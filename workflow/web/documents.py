@@ -26,8 +26,7 @@ from konsil.web.request import (
 )
 from workflow.cda import codes
 from workflow.cda.prescription import MAX_LINES
-from workflow.cda.printable import narrative_pdf, narrative_sections, sick_leave_pdf
-from workflow.cda.reading import read_header, read_sick_leave
+from workflow.cda.printable import narrative_sections, printable_pdf
 from workflow.corrections import BOARD_KINDS, CORRECTABLE, FLAGS, CorrectionForm, flatten
 from workflow.models import DOC_STATUSES
 from workflow.views import Cursor, DocumentSummary, Filters, Opened, Page
@@ -311,15 +310,7 @@ async def download_pdf(request: web.Request) -> web.Response:
 
 
 def _pdf(kind: str, xml: bytes, copy: str) -> bytes:
-    if kind != "sick-leave":
-        return narrative_pdf(xml)
-    read = read_header(xml)
-    return sick_leave_pdf(
-        read_sick_leave(xml),
-        read.header,
-        copy="employer" if copy == "employer" else "patient",
-        now=read.effective_time,
-    )
+    return printable_pdf(kind, xml, "employer" if copy == "employer" else "patient")
 
 
 # ---------------------------------------------------------------- JSON API
