@@ -4,7 +4,6 @@ The documents go to real DSP and CNS simulators first (a correction waits for de
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
@@ -19,15 +18,15 @@ from konsil.audit.models import AuditEvent
 from konsil.clock import FakeClock
 from konsil.config import Config, WorkflowConfig
 from tests.conftest import AiohttpClient, Client, Person, web_login
-from tests.video.test_video import _appointment, _enter, _link
+from tests.video.test_video import PRESCRIPTION_FORM, _appointment, _enter, _link
+from tests.workflow.helpers import deliver_all
 from video.models import VideoDocument
 from workflow.cda.reading import read_teleconsultation
 from workflow.cda.xsd import schema_available
 from workflow.corrections import teleconsultation_fields
-from workflow.models import ClinicalDocument, OutboxMessage
+from workflow.models import ClinicalDocument
 from workflow.simulators import cns, dsp
 from workflow.simulators.common import SimulatorSettings
-from workflow.web.keys import WORKER
 
 pytestmark = pytest.mark.skipif(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
@@ -51,23 +50,6 @@ def config(config: Config, simulators: WorkflowConfig) -> Config:
     return dataclasses.replace(config, workflow=simulators)
 
 
-async def deliver_all(client: Client) -> None:
-    for _ in range(500):
-        async with client.app[K.DB].session() as s:
-            busy = (
-                await s.execute(
-                    select(OutboxMessage.id).where(
-                        OutboxMessage.status.in_(("pending", "in_flight"))
-                    )
-                )
-            ).first()
-        if busy is None:
-            return
-        if not await client.app[WORKER].run_once():
-            await asyncio.sleep(0.02)
-    raise AssertionError("the outbox never drained")
-
-
 async def test_the_patient_gets_the_corrected_copy_and_not_a_withdrawn_one(
     client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
 ) -> None:
@@ -82,22 +64,11 @@ async def test_the_patient_gets_the_corrected_copy_and_not_a_withdrawn_one(
         "reason": "Mal de gorge.",
         "findings": "Angine.",
         "plan": "Antalgique.",
-        "prescription": "on",
-        "rx_1_name": "Paracétamol 1 g",
-        "rx_1_atc": "N02BE01",
-        "rx_1_dose": "1",
-        "rx_1_dose_unit": "{tbl}",
-        "rx_1_route": "20053000",
-        "rx_1_times": "3",
-        "rx_1_per": "1",
-        "rx_1_period_unit": "d",
-        "rx_1_days": "5",
-        "rx_1_quantity": "1",
-        "rx_1_quantity_unit": "1",
+        **PRESCRIPTION_FORM,
     }
     ok = await client.post(f"/video/appointments/{a}/after", data=form, allow_redirects=False)
     assert ok.status == 303, await ok.text()
-    await deliver_all(client)
+    await deliver_all(client.app)
     async with client.app[K.DB].session() as s:
         issued = {v.kind: v for v in (await s.execute(select(VideoDocument))).scalars()}
         report = await s.get(ClinicalDocument, issued["report"].document_id)
@@ -116,7 +87,7 @@ async def test_the_patient_gets_the_corrected_copy_and_not_a_withdrawn_one(
     rx_id = issued["prescription"].document_id
     withdrawn = await client.post(f"/documents/{rx_id}/entered-in-error", data={"csrf_token": csrf})
     assert withdrawn.status == 200, await withdrawn.text()
-    await deliver_all(client)
+    await deliver_all(client.app)
 
     room = await (await patient.get(f"/video/room/{a}")).text()
     assert 'data-kind="report" data-state="corrected"' in room

@@ -49,6 +49,22 @@ from workflow.documents import verify_document
 from workflow.models import ClinicalDocument, OutboxMessage
 
 PDF = b"%PDF-1.4\n%%EOF\n"
+# The after-call form's prescription part: one line of paracetamol.
+PRESCRIPTION_FORM = {
+    "prescription": "on",
+    "rx_1_name": "Paracétamol 1 g",
+    "rx_1_atc": "N02BE01",
+    "rx_1_dose": "1",
+    "rx_1_dose_unit": "{tbl}",
+    "rx_1_route": "20053000",
+    "rx_1_times": "3",
+    "rx_1_per": "1",
+    "rx_1_period_unit": "d",
+    "rx_1_days": "5",
+    "rx_1_quantity": "1",
+    "rx_1_quantity_unit": "1",
+    "rx_1_instructions": "si douleur",
+}
 
 
 async def _appointment(client: Client, doctor: Person, seq: int, clock: FakeClock) -> str:
@@ -708,19 +724,7 @@ async def test_after_call_documents_are_signed_stored_and_queued(
         "sl_outings": "no",
         "sl_start": day.isoformat(),
         "sl_end": (day + timedelta(days=2)).isoformat(),
-        "prescription": "on",
-        "rx_1_name": "Paracétamol 1 g",
-        "rx_1_atc": "N02BE01",
-        "rx_1_dose": "1",
-        "rx_1_dose_unit": "{tbl}",
-        "rx_1_route": "20053000",
-        "rx_1_times": "3",
-        "rx_1_per": "1",
-        "rx_1_period_unit": "d",
-        "rx_1_days": "5",
-        "rx_1_quantity": "1",
-        "rx_1_quantity_unit": "1",
-        "rx_1_instructions": "si douleur",
+        **PRESCRIPTION_FORM,
     }
     bad = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_1_days": "0"})
     assert bad.status == 400 and "between 1 and 365" in await bad.text()

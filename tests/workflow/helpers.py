@@ -6,10 +6,14 @@ CDA id is the document's OID, which is also its XDS uniqueId).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
+
+from aiohttp import web
+from sqlalchemy import select
 
 from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.auth.passwords import FAST_FOR_TESTS, PasswordHasher
@@ -214,3 +218,25 @@ def stored_documents(store_root: object) -> list[dict[str, object]]:
     root = Path(str(store_root))
     folders = [json.loads(p.read_text()) for p in sorted(root.glob("*/metadata.json"))]
     return folders + [meta for meta, _ in journal_submissions(root)]
+
+
+async def deliver_all(app: web.Application) -> None:
+    """Until no message is pending or in flight: help the app's worker (which runs in the
+    background too, so a round may find its claims taken) and yield to it."""
+    from konsil import appkeys as K
+    from workflow.web.keys import WORKER
+
+    for _ in range(500):
+        async with app[K.DB].session() as s:
+            busy = (
+                await s.execute(
+                    select(OutboxMessage.id).where(
+                        OutboxMessage.status.in_(("pending", "in_flight"))
+                    )
+                )
+            ).first()
+        if busy is None:
+            return
+        if not await app[WORKER].run_once():
+            await asyncio.sleep(0.02)
+    raise AssertionError("the outbox never drained")

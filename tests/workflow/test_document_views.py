@@ -5,7 +5,6 @@ A real app with its in-process worker delivers to real DSP (XDS.b or MHD) and CN
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import date
@@ -28,6 +27,7 @@ from tests.conftest import AiohttpClient, Client, Person, csrf_from, web_login
 from tests.workflow import samples
 from tests.workflow.helpers import (
     certificate_cda,
+    deliver_all,
     prescription_cda,
     stored_documents,
     teleconsultation_cda,
@@ -42,7 +42,7 @@ from workflow.signing import verifier_for
 from workflow.simulators import cns, dsp
 from workflow.simulators.common import FaultPlan, SimulatorSettings
 from workflow.web.documents import CORRECTION_SCHEMAS
-from workflow.web.keys import DOCUMENTS, OUTBOX, WORKER
+from workflow.web.keys import DOCUMENTS, OUTBOX
 
 pytestmark = pytest.mark.skipif(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
@@ -113,22 +113,7 @@ class World:
         return doc
 
     async def deliver_all(self) -> None:
-        """Until no message is pending or in flight: help the app's worker (which runs in the
-        background too, so a round may find its claims taken) and yield to it."""
-        for _ in range(500):
-            async with self.app[K.DB].session() as s:
-                busy = (
-                    await s.execute(
-                        select(OutboxMessage.id).where(
-                            OutboxMessage.status.in_(("pending", "in_flight"))
-                        )
-                    )
-                ).first()
-            if busy is None:
-                return
-            if not await self.app[WORKER].run_once():
-                await asyncio.sleep(0.02)
-        raise AssertionError("the outbox never drained")
+        await deliver_all(self.app)
 
     async def messages(self, document_id: str) -> dict[str, OutboxMessage]:
         """The messages carrying the document (not withdrawals of it), per target."""
