@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -266,10 +267,19 @@ def _due(now: datetime) -> ColumnElement[bool]:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    batch_size: int = 100
-    concurrency: int = 32
+    batch_size: int = 100  # rows per claim at most
+    concurrency: int = 32  # deliveries in flight at most
     lease_seconds: float = 60.0
-    poll_seconds: float = 0.25
+    poll_seconds: float = 0.25  # idle: look for due rows this often (``wake`` saves the wait)
+
+
+# ``run``: outcomes are recorded once this long after the oldest unrecorded one at the latest.
+RECORD_SECONDS = 0.05
+# ``run``: after a claim that found fewer rows than it asked for, claim again this much later
+# (or when ``wake`` is called): the rows trickle in, and an empty claim is a wasted transaction.
+REFILL_SECONDS = 0.01
+
+Outcome = tuple["Delivery", "DeliveryResult", float, datetime]
 
 
 class DeliveryWorker:
@@ -299,7 +309,8 @@ class DeliveryWorker:
         """Tell an idle worker that rows were committed (saves a poll interval)."""
         self._wake.set()
 
-    async def claim(self) -> list[Delivery]:
+    async def claim(self, limit: int | None = None) -> list[Delivery]:
+        """Lease up to ``limit`` (default ``batch_size``) due messages to this worker."""
         now = self.clock.now()
         lease = now + timedelta(seconds=self.settings.lease_seconds)
         async with self.db.transaction() as s:
@@ -307,7 +318,7 @@ class DeliveryWorker:
                 select(OutboxMessage.id)
                 .where(_due(now), OutboxMessage.target.in_(list(self.transports)))
                 .order_by(OutboxMessage.next_attempt_at)
-                .limit(self.settings.batch_size)
+                .limit(limit or self.settings.batch_size)
             )
             if not self.db.sqlite:
                 q = q.with_for_update(skip_locked=True)
@@ -356,31 +367,30 @@ class DeliveryWorker:
             return 0
         sem = asyncio.Semaphore(self.settings.concurrency)
 
-        async def one(d: Delivery) -> tuple[Delivery, DeliveryResult, float, datetime]:
+        async def one(d: Delivery) -> Outcome:
             async with sem:
-                at = self.clock.now()
-                t0 = self.clock.monotonic()
-                transport = self.transports.get(d.target)
-                if transport is None:
-                    result = DeliveryResult("retry", "", error=f"no transport for {d.target}")
-                else:
-                    try:
-                        result = await transport.deliver(d)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # every failure of one delivery is a retry
-                        result = DeliveryResult(
-                            "retry", "", error=f"{type(exc).__name__}: {exc}"[:500]
-                        )
-                return d, result, (self.clock.monotonic() - t0) * 1000, at
+                return await self._deliver(d)
 
         outcomes = await asyncio.gather(*(one(d) for d in batch))
         await self._record(outcomes)
         return len(batch)
 
-    async def _record(
-        self, outcomes: Sequence[tuple[Delivery, DeliveryResult, float, datetime]]
-    ) -> None:
+    async def _deliver(self, d: Delivery) -> Outcome:
+        at = self.clock.now()
+        t0 = self.clock.monotonic()
+        transport = self.transports.get(d.target)
+        if transport is None:
+            result = DeliveryResult("retry", "", error=f"no transport for {d.target}")
+        else:
+            try:
+                result = await transport.deliver(d)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure of one delivery is a retry
+                result = DeliveryResult("retry", "", error=f"{type(exc).__name__}: {exc}"[:500])
+        return d, result, (self.clock.monotonic() - t0) * 1000, at
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> None:
         now = self.clock.now()
         attempts: list[dict[str, Any]] = []
         changes: list[dict[str, Any]] = []
@@ -457,24 +467,92 @@ class DeliveryWorker:
                 )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; a failing round is logged and retried after a pause."""
-        while not stop.is_set():
-            try:
-                handled = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox delivery round failed")
-                handled = 0
-            if handled:
-                continue
-            self._wake.clear()
-            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
-            _done, pending = await asyncio.wait(
-                waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-            for t in pending:
+        """Deliver until ``stop`` is set, as a pipeline rather than batch by batch.
+
+        Up to ``concurrency`` deliveries are in flight; whenever a quarter of the slots is free,
+        a claim tops them up (at most ``batch_size`` rows), so no batch waits for its slowest
+        delivery and the receiver always has work. Outcomes are recorded in one transaction per
+        quarter of the slots completed (or ``RECORD_SECONDS`` after the oldest, or when nothing
+        is in flight). Idle, it claims every ``poll_seconds`` or when woken. A failing claim or
+        record is logged and followed by a pause of ``poll_seconds``; messages whose outcome
+        was not recorded are delivered again when their lease ends (receivers deduplicate on
+        the idempotency key). On ``stop`` it claims nothing more, lets the deliveries in flight
+        finish and records them."""
+        loop = asyncio.get_running_loop()
+        slots = max(1, self.settings.concurrency)
+        refill = max(1, slots // 4)
+        in_flight: set[asyncio.Task[Outcome]] = set()
+        done: list[Outcome] = []
+        oldest = 0.0  # loop time of the oldest unrecorded outcome
+        next_claim = 0.0  # loop time before which no claim is tried (unless woken)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set() or in_flight:
+                now = loop.time()
+                free = slots - len(in_flight)
+                wait_until: float | None = None
+                if not stop.is_set() and free >= refill:
+                    if now >= next_claim or self._wake.is_set():
+                        self._wake.clear()  # before the claim: a wake during it is kept
+                        try:
+                            batch = await self.claim(min(free, self.settings.batch_size))
+                        except Exception:
+                            log.exception("outbox claim failed")
+                            batch = []
+                            next_claim = loop.time() + self.settings.poll_seconds
+                        else:
+                            asked = min(free, self.settings.batch_size)
+                            if not batch:
+                                next_claim = loop.time() + self.settings.poll_seconds
+                            elif len(batch) < asked:
+                                next_claim = loop.time() + REFILL_SECONDS
+                        for d in batch:
+                            in_flight.add(asyncio.create_task(self._deliver(d)))
+                        if len(batch) >= refill and slots - len(in_flight) >= refill:
+                            continue  # more may be due: claim again at once
+                    wait_until = next_claim
+                if done and (
+                    not in_flight or len(done) >= refill or loop.time() - oldest >= RECORD_SECONDS
+                ):
+                    await self._record_logged(done)
+                    done = []
+                if done:
+                    wait_until = min(wait_until or math.inf, oldest + RECORD_SECONDS)
+                waiters: set[asyncio.Future[Any]] = set(in_flight)
+                waker = None
+                if not stop.is_set():
+                    waiters.add(stopping)
+                    if free >= refill:
+                        waker = asyncio.ensure_future(self._wake.wait())
+                        waiters.add(waker)
+                timeout = None if wait_until is None else max(0.0, wait_until - loop.time())
+                if not waiters:
+                    continue
+                finished, _ = await asyncio.wait(
+                    waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if waker is not None:
+                    waker.cancel()
+                for t in finished:
+                    if t in in_flight:
+                        in_flight.discard(t)
+                        if not done:
+                            oldest = loop.time()
+                        done.append(t.result())
+            if done:
+                await self._record_logged(done)
+        finally:
+            stopping.cancel()
+            for t in in_flight:
                 t.cancel()
+
+    async def _record_logged(self, outcomes: Sequence[Outcome]) -> None:
+        try:
+            await self._record(outcomes)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("recording %d delivery outcomes failed", len(outcomes))
 
 
 # The audit action for a delivered message of each kind (a withdrawal: workflow.withdrawal).
