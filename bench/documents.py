@@ -2,13 +2,17 @@
 
     python -m bench.documents [--database-url URL] [--n 2000] [--producers 1] [--concurrency 16]
                               [--validate] [--no-audit] [--split] [--folders] [--profile DIR]
+                              [--sim-processes 2] [--timeline]
 
 Producers issue certificates as doctors would, each in its own process (like several web workers):
 build the sick-leave CDA (and XSD + LU-validate it with ``--validate``, as the video issuer does)
 *before* the transaction, then sign, store, audit and enqueue in one transaction. A ``konsil
-worker`` process delivers them (and seals the audit chain) to a ``konsil simulate cns`` process
-(which parses, XSD + LU-validates and stores each one, by default in its append-only journal;
-``--folders``: a folder with two files per certificate, ~1.4 ms more CPU each on this machine).
+worker`` process delivers them (and seals the audit chain) to ``konsil simulate cns`` (which
+verifies each signature against the organisation's exported public key, parses, XSD +
+LU-validates and stores each one, by default in its append-only journal shared by
+``--sim-processes`` processes, 2 by default; ``--folders``: one process and a folder with two
+files per certificate, ~1.4 ms more CPU each on this machine). ``--timeline``: committed and
+acknowledged messages per half second.
 
 Reported: certificates per second from the first issue to the last acknowledgement; p50/p99 from
 a message's commit to its recorded acknowledgement; CPU milliseconds per certificate of each
@@ -46,7 +50,7 @@ from workflow.cda.validation import validate_cda
 from workflow.documents import DocumentStore, NewDocument
 from workflow.models import OutboxMessage, new_id
 from workflow.outbox import Outbox
-from workflow.signing import KeyRing
+from workflow.signing import KeyRing, public_key_pem, public_keys
 from workflow.simulators.common import journal_submissions
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -193,7 +197,7 @@ async def pg_backend_cpu(db: Database, url: str) -> float:
         return sum(cpu_seconds(int(p)) for p in pids)
 
 
-async def setup(url: str, n: int, producers: int) -> tuple[list[Job], str]:
+async def setup(url: str, n: int, producers: int, trust: Path) -> tuple[list[Job], str]:
     if url.startswith("postgresql"):
         url = await fresh_pg(url)
     await upgrade(url)
@@ -202,6 +206,9 @@ async def setup(url: str, n: int, producers: int) -> tuple[list[Job], str]:
     patients = [await wf.patient(i) for i in range(20)]
     async with db.transaction() as s:  # the organisation's signing key exists before the run
         await wf.keys.signer_for(s, wf.org.id)
+    async with db.session() as s:  # the simulator's trust list (konsil documents export-keys)
+        keys = await public_keys(s)
+    write_trust(trust, keys)
     pairs = [(p.id, p.matricule) for p in patients]
     jobs = [
         Job(url, wf.org.id, wf.author_id, pairs, list(range(k, n, producers)), 0, False, True, None)
@@ -209,6 +216,12 @@ async def setup(url: str, n: int, producers: int) -> tuple[list[Job], str]:
     ]
     await db.dispose()
     return jobs, url
+
+
+def write_trust(folder: Path, keys: list[tuple[str, str, bytes]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key_id, _org, public in keys:
+        (folder / f"{key_id}.pem").write_text(public_key_pem(public))
 
 
 def main() -> None:
@@ -226,6 +239,15 @@ def main() -> None:
         help="the simulator stores a folder per certificate (default: its append-only journal)",
     )
     ap.add_argument(
+        "--sim-processes",
+        type=int,
+        default=2,
+        help="processes serving the CNS simulator (journal store only)",
+    )
+    ap.add_argument(
+        "--timeline", action="store_true", help="print issued/delivered per 0.5 s of the run"
+    )
+    ap.add_argument(
         "--profile",
         help="folder for cProfile stats of the producers (read with pstats or snakeviz)",
     )
@@ -238,7 +260,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     admin_url = url
-    jobs, url = asyncio.run(setup(url, args.n, args.producers))
+    jobs, url = asyncio.run(setup(url, args.n, args.producers, tmp / "trust"))
     try:
         deliver(args, jobs, url, tmp)
     finally:
@@ -274,8 +296,9 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
     store = tmp / "cns"
     log = (tmp / "bench.log").open("ab")
     sim = [*konsil, "simulate", "cns", "--port", str(port), "--store", str(store)]
+    sim += ["--trust", str(tmp / "trust")]  # it verifies every signature
     if not args.folders:
-        sim.append("--journal")
+        sim += ["--journal", "--processes", str(args.sim_processes)]
     worker = [*konsil, "worker", "--database-url", url]
     ctx = mp.get_context("spawn")
     ready = ctx.Barrier(len(jobs) + 1)
@@ -301,6 +324,8 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
             cpu0[procs[-1].pid] = 0.0
             t0 = time.perf_counter()
         rows, total_s, pg_cpu, chain = asyncio.run(measure(url, args.n, t0))
+        if args.timeline:
+            print_timeline(rows)
         worker_cpu = cpu_seconds(procs[-1].pid) - cpu0[procs[-1].pid]
         sim_cpu = sum(cpu_seconds(pid) - cpu0[pid] for pid in sim_pids)
         lat = sorted((d - c).total_seconds() * 1000 for c, d in rows if d is not None)
@@ -311,7 +336,9 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         n = args.n
         per = 1000 / n
         print(
-            f"{kind} n={n} store={'folders' if args.folders else 'journal'} producers={len(jobs)}x{args.concurrency}"
+            f"{kind} n={n} store={'folders' if args.folders else 'journal'}"
+            f" simulator-processes={1 if args.folders else args.sim_processes}"
+            f" producers={len(jobs)}x{args.concurrency}"
             f" validate-at-issue={'on' if args.validate else 'off'}"
             f" audit={'on' if not args.no_audit else 'off'}"
             f"{' split' if args.split else ''}:\n"
@@ -335,6 +362,24 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         for m in makers:
             m.join(timeout=10)
         log.close()
+
+
+def print_timeline(rows: list[Any]) -> None:
+    """Messages committed and acknowledged per half second since the first commit."""
+    start = min(c for c, _ in rows)
+    made: dict[int, int] = {}
+    acked: dict[int, int] = {}
+    for c, d in rows:
+        k = int((c - start).total_seconds() * 2)
+        made[k] = made.get(k, 0) + 1
+        if d is not None:
+            k = int((d - start).total_seconds() * 2)
+            acked[k] = acked.get(k, 0) + 1
+    print("  t(s)  committed  acknowledged  backlog")
+    backlog = 0
+    for k in range(max([*made, *acked]) + 1):
+        backlog += made.get(k, 0) - acked.get(k, 0)
+        print(f"  {k / 2:4.1f}  {made.get(k, 0):9d}  {acked.get(k, 0):12d}  {backlog:7d}")
 
 
 def reference_ms() -> float:
