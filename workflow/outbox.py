@@ -274,7 +274,7 @@ class WorkerSettings:
 
 
 # ``run``: outcomes are recorded once this long after the oldest unrecorded one at the latest.
-RECORD_SECONDS = 0.05
+RECORD_SECONDS = 0.1
 # ``run``: after a claim that found fewer rows than it asked for, claim again this much later
 # (or when ``wake`` is called): the rows trickle in, and an empty claim is a wasted transaction.
 REFILL_SECONDS = 0.01
@@ -469,18 +469,18 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, as a pipeline rather than batch by batch.
 
-        Up to ``concurrency`` deliveries are in flight; whenever a quarter of the slots is free,
-        a claim tops them up (at most ``batch_size`` rows), so no batch waits for its slowest
+        Up to ``concurrency`` deliveries are in flight; whenever half of the slots is free, a
+        claim tops them up (at most ``batch_size`` rows), so no batch waits for its slowest
         delivery and the receiver always has work. Outcomes are recorded in one transaction per
-        quarter of the slots completed (or ``RECORD_SECONDS`` after the oldest, or when nothing
-        is in flight). Idle, it claims every ``poll_seconds`` or when woken. A failing claim or
+        half of the slots completed (or ``RECORD_SECONDS`` after the oldest, or when nothing is
+        in flight). Idle, it claims every ``poll_seconds`` or when woken. A failing claim or
         record is logged and followed by a pause of ``poll_seconds``; messages whose outcome
         was not recorded are delivered again when their lease ends (receivers deduplicate on
         the idempotency key). On ``stop`` it claims nothing more, lets the deliveries in flight
         finish and records them."""
         loop = asyncio.get_running_loop()
         slots = max(1, self.settings.concurrency)
-        refill = max(1, slots // 4)
+        refill = max(1, slots // 2)
         in_flight: set[asyncio.Task[Outcome]] = set()
         done: list[Outcome] = []
         oldest = 0.0  # loop time of the oldest unrecorded outcome
