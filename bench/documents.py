@@ -184,17 +184,40 @@ def producer(job: Job, ready: Barrier, results: Any) -> None:
     results.put((time.perf_counter() - t0, time.process_time() - cpu0))
 
 
-async def pg_backend_cpu(db: Database, url: str) -> float:
-    if db.sqlite:
-        return 0.0
-    name = url.rsplit("/", 1)[1]
-    async with db.session() as s:
-        pids = (
-            await s.execute(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": name}
-            )
-        ).scalars()
-        return sum(cpu_seconds(int(p)) for p in pids)
+class BackendCpu:
+    """CPU of the bench database's PostgreSQL backends, sampled while the run goes on: the
+    producers' backends end with them, so a count at the end alone would miss them."""
+
+    def __init__(self, db: Database, url: str) -> None:
+        self.db = db
+        self.name = url.rsplit("/", 1)[1]
+        self.last: dict[int, float] = {}
+
+    async def sample(self) -> None:
+        if self.db.sqlite:
+            return
+        async with self.db.session() as s:
+            pids = (
+                await s.execute(
+                    text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": self.name}
+                )
+            ).scalars()
+            for pid in pids:
+                cpu = cpu_seconds(int(pid))
+                if cpu:
+                    self.last[int(pid)] = cpu
+
+    def seconds(self, started: dict[int, float]) -> float:
+        """Since the run started (``started``: the backends alive then, and their CPU)."""
+        return sum(cpu - started.get(pid, 0.0) for pid, cpu in self.last.items())
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
 
 
 async def setup(url: str, n: int, producers: int, trust: Path) -> tuple[list[Job], str]:
@@ -314,6 +337,8 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         sim_pids = [procs[0].pid, *_children(procs[0].pid)]
         cpu0 = {p.pid: cpu_seconds(p.pid) for p in procs}
         cpu0.update({pid: cpu_seconds(pid) for pid in sim_pids})
+        pg0 = asyncio.run(backends_now(url))
+        busy0 = machine_busy()
         ready.wait()
         t0 = time.perf_counter()
         outs = [results.get() for _ in jobs]
@@ -323,7 +348,9 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
             procs.append(spawn(worker, env, log))
             cpu0[procs[-1].pid] = 0.0
             t0 = time.perf_counter()
-        rows, total_s, pg_cpu, chain = asyncio.run(measure(url, args.n, t0))
+        rows, total_s, pg_cpu, chain = asyncio.run(measure(url, args.n, t0, pg0))
+        busy1 = machine_busy()
+        busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
         if args.timeline:
             print_timeline(rows)
         worker_cpu = cpu_seconds(procs[-1].pid) - cpu0[procs[-1].pid]
@@ -352,7 +379,8 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
             f" {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per:.2f}\n"
             f"  machine speed: validate_cda {ref:.2f} ms/doc now (~0.45 quiet; ~0.7 before the"
             f" LU profile index); total CPU /"
-            f" that = {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per / ref:.1f}",
+            f" that = {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per / ref:.1f};"
+            f" CPUs busy {busy:.0%} (every process on the machine)",
             flush=True,
         )
     finally:
@@ -418,8 +446,9 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-async def wait_delivered(db: Database, n: int) -> list[Any]:
+async def wait_delivered(db: Database, n: int, backends: BackendCpu) -> list[Any]:
     while True:
+        await backends.sample()
         async with db.session() as s:
             done = (
                 await s.execute(select(func.count()).where(OutboxMessage.status == "delivered"))
@@ -439,15 +468,29 @@ async def wait_delivered(db: Database, n: int) -> list[Any]:
         )
 
 
-async def measure(url: str, n: int, t0: float) -> tuple[list[Any], float, float, str]:
+async def measure(
+    url: str, n: int, t0: float, pg0: dict[int, float]
+) -> tuple[list[Any], float, float, str]:
     """Wait for every acknowledgement; then read PostgreSQL CPU and verify the audit chain."""
     db = Database(url, pool_size=2)
     try:
-        rows = await wait_delivered(db, n)
+        backends = BackendCpu(db, url)
+        rows = await wait_delivered(db, n, backends)
         total_s = time.perf_counter() - t0
-        pg_cpu = await pg_backend_cpu(db, url)
+        await backends.sample()
         r = await verify_chain(db)
-        return rows, total_s, pg_cpu, f"{r.ok} ({r.checked} events)"
+        return rows, total_s, backends.seconds(pg0), f"{r.ok} ({r.checked} events)"
+    finally:
+        await db.dispose()
+
+
+async def backends_now(url: str) -> dict[int, float]:
+    """The bench database's backends and their CPU before the run."""
+    db = Database(url, pool_size=1)
+    try:
+        backends = BackendCpu(db, url)
+        await backends.sample()
+        return backends.last
     finally:
         await db.dispose()
 
