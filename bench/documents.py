@@ -321,7 +321,9 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
     sim = [*konsil, "simulate", "cns", "--port", str(port), "--store", str(store)]
     sim += ["--trust", str(tmp / "trust")]  # it verifies every signature
     if not args.folders:
-        sim += ["--journal", "--processes", str(args.sim_processes)]
+        sim.append("--journal")
+        if args.sim_processes > 1:
+            sim += ["--processes", str(args.sim_processes)]
     worker = [*konsil, "worker", "--database-url", url]
     ctx = mp.get_context("spawn")
     ready = ctx.Barrier(len(jobs) + 1)
