@@ -39,7 +39,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from konsil.audit.service import Actor, AuditLog, verify_chain
 from konsil.clock import SystemClock
@@ -119,10 +119,18 @@ async def drop_pg(admin_url: str, bench_url: str) -> None:
         await conn.close()
 
 
-async def issue(job: Job) -> None:
-    """One producer: build (+ validate) outside, then sign, store, audit, enqueue in one tx."""
+async def issue(job: Job) -> float:
+    """One producer: build (+ validate) outside, then sign, store, audit, enqueue in one tx.
+    Returns the CPU seconds of its PostgreSQL backends (read before they end)."""
     clock = SystemClock()
     db = Database(job.url, pool_size=job.concurrency)
+    backends: list[int] = []
+    if not db.sqlite:
+
+        @event.listens_for(db.engine.sync_engine, "connect")
+        def _connected(dbapi_conn: Any, _record: Any) -> None:
+            backends.append(dbapi_conn.driver_connection.get_server_pid())
+
     audit: AuditLog = AuditLog(clock) if job.audit else NoAudit(clock)
     documents = DocumentStore(clock, audit, KeyRing(SECRET, clock))
     outbox = Outbox(db, clock, audit, max_attempts=5)
@@ -166,6 +174,7 @@ async def issue(job: Job) -> None:
     try:
         await one(job.indexes[0])  # warm up: connections, statement caches
         await asyncio.gather(*(lane(k) for k in range(job.concurrency)))
+        return sum(cpu_seconds(pid) for pid in backends)
     finally:
         await db.dispose()
 
@@ -177,16 +186,16 @@ def producer(job: Job, ready: Barrier, results: Any) -> None:
         import cProfile
 
         with cProfile.Profile() as prof:
-            asyncio.run(issue(job))
+            backend_cpu = asyncio.run(issue(job))
         prof.dump_stats(job.profile)
     else:
-        asyncio.run(issue(job))
-    results.put((time.perf_counter() - t0, time.process_time() - cpu0))
+        backend_cpu = asyncio.run(issue(job))
+    results.put((time.perf_counter() - t0, time.process_time() - cpu0, backend_cpu))
 
 
 class BackendCpu:
-    """CPU of the bench database's PostgreSQL backends, sampled while the run goes on: the
-    producers' backends end with them, so a count at the end alone would miss them."""
+    """CPU of the bench database's PostgreSQL backends alive now (the worker's; the producers
+    count their own before their backends end)."""
 
     def __init__(self, db: Database, url: str) -> None:
         self.db = db
@@ -212,12 +221,20 @@ class BackendCpu:
         return sum(cpu - started.get(pid, 0.0) for pid, cpu in self.last.items())
 
 
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])
-    return total - idle, total
+def machine_cpu() -> list[int]:
+    """Jiffies of all CPUs since boot by kind, from /proc/stat: user, nice, system, idle,
+    iowait, irq, softirq, steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def machine_busy(before: list[int], after: list[int]) -> str:
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = max(1, sum(d))
+    busy = total - d[3] - d[4]
+    return (
+        f"CPUs busy {busy / total:.0%} (every process on the machine; user {d[0] / total:.0%},"
+        f" system {d[2] / total:.0%}, softirq {d[6] / total:.0%}, steal {d[7] / total:.0%})"
+    )
 
 
 async def setup(url: str, n: int, producers: int, trust: Path) -> tuple[list[Job], str]:
@@ -340,19 +357,20 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         cpu0 = {p.pid: cpu_seconds(p.pid) for p in procs}
         cpu0.update({pid: cpu_seconds(pid) for pid in sim_pids})
         pg0 = asyncio.run(backends_now(url))
-        busy0 = machine_busy()
+        busy0 = machine_cpu()
         ready.wait()
         t0 = time.perf_counter()
         outs = [results.get() for _ in jobs]
         produce_s = max(o[0] for o in outs)
         producer_cpu = sum(o[1] for o in outs)
+        producer_pg_cpu = sum(o[2] for o in outs)
         if args.split:  # the worker starts only now: its delivery rate alone
             procs.append(spawn(worker, env, log))
             cpu0[procs[-1].pid] = 0.0
             t0 = time.perf_counter()
-        rows, total_s, pg_cpu, chain = asyncio.run(measure(url, args.n, t0, pg0))
-        busy1 = machine_busy()
-        busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
+        rows, total_s, worker_pg_cpu, chain = asyncio.run(measure(url, args.n, t0, pg0))
+        pg_cpu = producer_pg_cpu + worker_pg_cpu
+        busy = machine_busy(busy0, machine_cpu())
         if args.timeline:
             print_timeline(rows)
         worker_cpu = cpu_seconds(procs[-1].pid) - cpu0[procs[-1].pid]
@@ -381,8 +399,8 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
             f" {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per:.2f}\n"
             f"  machine speed: validate_cda {ref:.2f} ms/doc now (~0.45 quiet; ~0.7 before the"
             f" LU profile index); total CPU /"
-            f" that = {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per / ref:.1f};"
-            f" CPUs busy {busy:.0%} (every process on the machine)",
+            f" that = {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per / ref:.1f}\n"
+            f"  {busy}",
             flush=True,
         )
     finally:
@@ -448,9 +466,8 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-async def wait_delivered(db: Database, n: int, backends: BackendCpu) -> list[Any]:
+async def wait_delivered(db: Database, n: int) -> list[Any]:
     while True:
-        await backends.sample()
         async with db.session() as s:
             done = (
                 await s.execute(select(func.count()).where(OutboxMessage.status == "delivered"))
@@ -477,7 +494,7 @@ async def measure(
     db = Database(url, pool_size=2)
     try:
         backends = BackendCpu(db, url)
-        rows = await wait_delivered(db, n, backends)
+        rows = await wait_delivered(db, n)
         total_s = time.perf_counter() - t0
         await backends.sample()
         r = await verify_chain(db)
