@@ -469,18 +469,20 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, as a pipeline rather than batch by batch.
 
-        Up to ``concurrency`` deliveries are in flight; whenever half of the slots is free, a
-        claim tops them up (at most ``batch_size`` rows), so no batch waits for its slowest
-        delivery and the receiver always has work. Outcomes are recorded in one transaction per
-        half of the slots completed (or ``RECORD_SECONDS`` after the oldest, or when nothing is
-        in flight). Idle, it claims every ``poll_seconds`` or when woken. A failing claim or
+        Up to ``concurrency`` deliveries are in flight; whenever half of the slots is free (on
+        SQLite: all of them), a claim tops them up (at most ``batch_size`` rows), so no batch
+        waits for its slowest delivery and the receiver always has work. Outcomes are recorded
+        in one transaction per half of the slots completed (SQLite: all), or ``RECORD_SECONDS``
+        after the oldest, or when nothing is in flight. Idle, it claims every ``poll_seconds`` or when woken. A failing claim or
         record is logged and followed by a pause of ``poll_seconds``; messages whose outcome
         was not recorded are delivered again when their lease ends (receivers deduplicate on
         the idempotency key). On ``stop`` it claims nothing more, lets the deliveries in flight
         finish and records them."""
         loop = asyncio.get_running_loop()
         slots = max(1, self.settings.concurrency)
-        refill = max(1, slots // 2)
+        # SQLite has one writer across processes: each claim or record stops every issuing
+        # transaction, so there the worker tops up and records only a whole round of slots.
+        refill = slots if self.db.sqlite else max(1, slots // 2)
         in_flight: set[asyncio.Task[Outcome]] = set()
         done: list[Outcome] = []
         oldest = 0.0  # loop time of the oldest unrecorded outcome
