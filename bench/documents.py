@@ -285,6 +285,9 @@ def main() -> None:
         help="processes serving the CNS simulator (journal store only)",
     )
     ap.add_argument(
+        "--worker-concurrency", type=int, default=64, help="the worker's deliveries in flight"
+    )
+    ap.add_argument(
         "--timeline", action="store_true", help="print issued/delivered per 0.5 s of the run"
     )
     ap.add_argument(
@@ -329,7 +332,7 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         **os.environ,
         "KONSIL_WORKFLOW_CNS_URL": f"http://127.0.0.1:{port}/ecit/v1/certificates",
         "KONSIL_WORKFLOW_WORKER_BATCH": "200",
-        "KONSIL_WORKFLOW_WORKER_CONCURRENCY": "64",
+        "KONSIL_WORKFLOW_WORKER_CONCURRENCY": str(args.worker_concurrency),
         "KONSIL_LOG_LEVEL": "WARNING",
     }
     konsil = [sys.executable, "-m", "konsil.cli"]
