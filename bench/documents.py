@@ -2,15 +2,15 @@
 
     python -m bench.documents [--database-url URL] [--n 2000] [--producers 1] [--concurrency 16]
                               [--validate] [--no-audit] [--split] [--folders] [--profile DIR]
-                              [--sim-processes 2] [--timeline]
+                              [--sim-processes 1] [--worker-concurrency 64] [--timeline]
 
 Producers issue certificates as doctors would, each in its own process (like several web workers):
 build the sick-leave CDA (and XSD + LU-validate it with ``--validate``, as the video issuer does)
 *before* the transaction, then sign, store, audit and enqueue in one transaction. A ``konsil
 worker`` process delivers them (and seals the audit chain) to ``konsil simulate cns`` (which
 verifies each signature against the organisation's exported public key, parses, XSD +
-LU-validates and stores each one, by default in its append-only journal shared by
-``--sim-processes`` processes, 2 by default; ``--folders``: one process and a folder with two
+LU-validates and stores each one, by default in its append-only journal, shared by
+``--sim-processes N`` processes (1 by default); ``--folders``: one process and a folder with two
 files per certificate, ~1.4 ms more CPU each on this machine). ``--timeline``: committed and
 acknowledged messages per half second.
 
@@ -281,7 +281,7 @@ def main() -> None:
     ap.add_argument(
         "--sim-processes",
         type=int,
-        default=2,
+        default=1,
         help="processes serving the CNS simulator (journal store only)",
     )
     ap.add_argument(
