@@ -303,11 +303,13 @@ class DeliveryWorker:
         self.settings = settings or WorkerSettings()
         self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._changed = asyncio.Event()  # ``run``: woken, a delivery finished, or stopping
 
     def wake(self) -> None:
         """Tell an idle worker that rows were committed (saves a poll interval)."""
-        self._wake.set()
+        self._woken = True
+        self._changed.set()
 
     async def claim(self, limit: int | None = None) -> list[Delivery]:
         """Lease up to ``limit`` (default ``batch_size``) due messages to this worker."""
@@ -487,65 +489,65 @@ class DeliveryWorker:
         done: list[Outcome] = []
         oldest = 0.0  # loop time of the oldest unrecorded outcome
         next_claim = 0.0  # loop time before which no claim is tried (unless woken)
+        changed = self._changed
+
+        def finished(task: asyncio.Task[Outcome]) -> None:
+            nonlocal oldest
+            in_flight.discard(task)
+            if not task.cancelled():
+                if not done:
+                    oldest = loop.time()
+                done.append(task.result())
+            changed.set()
+
         stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: changed.set())
         try:
-            while not stop.is_set() or in_flight:
-                now = loop.time()
-                free = slots - len(in_flight)
+            while not stop.is_set() or in_flight or done:
+                changed.clear()  # what happens from here on wakes the wait below
                 wait_until: float | None = None
+                free = slots - len(in_flight)
                 if not stop.is_set() and free >= refill:
-                    if now >= next_claim or self._wake.is_set():
-                        self._wake.clear()  # before the claim: a wake during it is kept
+                    if loop.time() >= next_claim or self._woken:
+                        self._woken = False  # before the claim: a wake during it is kept
+                        asked = min(free, self.settings.batch_size)
                         try:
-                            batch = await self.claim(min(free, self.settings.batch_size))
+                            batch = await self.claim(asked)
                         except Exception:
                             log.exception("outbox claim failed")
                             batch = []
+                        if not batch:
                             next_claim = loop.time() + self.settings.poll_seconds
-                        else:
-                            asked = min(free, self.settings.batch_size)
-                            if not batch:
-                                next_claim = loop.time() + self.settings.poll_seconds
-                            elif len(batch) < asked:
-                                next_claim = loop.time() + REFILL_SECONDS
+                        elif len(batch) < asked:
+                            next_claim = loop.time() + REFILL_SECONDS
                         for d in batch:
-                            in_flight.add(asyncio.create_task(self._deliver(d)))
-                        if len(batch) >= refill and slots - len(in_flight) >= refill:
+                            task = asyncio.create_task(self._deliver(d))
+                            in_flight.add(task)
+                            task.add_done_callback(finished)
+                        if len(batch) == asked and slots - len(in_flight) >= refill:
                             continue  # more may be due: claim again at once
                     wait_until = next_claim
                 if done and (
                     not in_flight or len(done) >= refill or loop.time() - oldest >= RECORD_SECONDS
                 ):
-                    await self._record_logged(done)
-                    done = []
+                    recorded, done[:] = list(done), []
+                    await self._record_logged(recorded)
+                    continue
                 if done:
                     wait_until = min(wait_until or math.inf, oldest + RECORD_SECONDS)
-                waiters: set[asyncio.Future[Any]] = set(in_flight)
-                waker = None
-                if not stop.is_set():
-                    waiters.add(stopping)
-                    if free >= refill:
-                        waker = asyncio.ensure_future(self._wake.wait())
-                        waiters.add(waker)
-                timeout = None if wait_until is None else max(0.0, wait_until - loop.time())
-                if not waiters:
+                if stop.is_set() and not in_flight and not done:
+                    break
+                if wait_until is None:
+                    await changed.wait()
                     continue
-                finished, _ = await asyncio.wait(
-                    waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if waker is not None:
-                    waker.cancel()
-                for t in finished:
-                    if t in in_flight:
-                        in_flight.discard(t)
-                        if not done:
-                            oldest = loop.time()
-                        done.append(t.result())
-            if done:
-                await self._record_logged(done)
+                try:
+                    async with asyncio.timeout(max(0.0, wait_until - loop.time())):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
         finally:
             stopping.cancel()
-            for t in in_flight:
+            for t in list(in_flight):
                 t.cancel()
 
     async def _record_logged(self, outcomes: Sequence[Outcome]) -> None:
