@@ -475,11 +475,11 @@ class DeliveryWorker:
         SQLite: all of them), a claim tops them up (at most ``batch_size`` rows), so no batch
         waits for its slowest delivery and the receiver always has work. Outcomes are recorded
         in one transaction per half of the slots completed (SQLite: all), or ``RECORD_SECONDS``
-        after the oldest, or when nothing is in flight. Idle, it claims every ``poll_seconds`` or when woken. A failing claim or
-        record is logged and followed by a pause of ``poll_seconds``; messages whose outcome
-        was not recorded are delivered again when their lease ends (receivers deduplicate on
-        the idempotency key). On ``stop`` it claims nothing more, lets the deliveries in flight
-        finish and records them."""
+        after the oldest, or when nothing is in flight. Idle, it claims every ``poll_seconds``
+        or when woken. A failing claim is logged and tried again after ``poll_seconds``; a
+        failing record is logged, and its messages are delivered again when their lease ends
+        (receivers deduplicate on the idempotency key). On ``stop`` it claims nothing more,
+        lets the deliveries in flight finish and records them."""
         loop = asyncio.get_running_loop()
         slots = max(1, self.settings.concurrency)
         # SQLite has one writer across processes: each claim or record stops every issuing
