@@ -2,13 +2,17 @@
 
     python -m bench.documents [--database-url URL] [--n 2000] [--producers 1] [--concurrency 16]
                               [--validate] [--no-audit] [--split] [--folders] [--profile DIR]
+                              [--sim-processes 1] [--worker-concurrency 64] [--timeline]
 
 Producers issue certificates as doctors would, each in its own process (like several web workers):
 build the sick-leave CDA (and XSD + LU-validate it with ``--validate``, as the video issuer does)
 *before* the transaction, then sign, store, audit and enqueue in one transaction. A ``konsil
-worker`` process delivers them (and seals the audit chain) to a ``konsil simulate cns`` process
-(which parses, XSD + LU-validates and stores each one, by default in its append-only journal;
-``--folders``: a folder with two files per certificate, ~1.4 ms more CPU each on this machine).
+worker`` process delivers them (and seals the audit chain) to ``konsil simulate cns`` (which
+verifies each signature against the organisation's exported public key, parses, XSD +
+LU-validates and stores each one, by default in its append-only journal, shared by
+``--sim-processes N`` processes (1 by default); ``--folders``: one process and a folder with two
+files per certificate, ~1.4 ms more CPU each on this machine). ``--timeline``: committed and
+acknowledged messages per half second.
 
 Reported: certificates per second from the first issue to the last acknowledgement; p50/p99 from
 a message's commit to its recorded acknowledgement; CPU milliseconds per certificate of each
@@ -35,7 +39,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from konsil.audit.service import Actor, AuditLog, verify_chain
 from konsil.clock import SystemClock
@@ -46,7 +50,7 @@ from workflow.cda.validation import validate_cda
 from workflow.documents import DocumentStore, NewDocument
 from workflow.models import OutboxMessage, new_id
 from workflow.outbox import Outbox
-from workflow.signing import KeyRing
+from workflow.signing import KeyRing, public_key_pem, public_keys
 from workflow.simulators.common import journal_submissions
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -115,10 +119,18 @@ async def drop_pg(admin_url: str, bench_url: str) -> None:
         await conn.close()
 
 
-async def issue(job: Job) -> None:
-    """One producer: build (+ validate) outside, then sign, store, audit, enqueue in one tx."""
+async def issue(job: Job) -> float:
+    """One producer: build (+ validate) outside, then sign, store, audit, enqueue in one tx.
+    Returns the CPU seconds of its PostgreSQL backends (read before they end)."""
     clock = SystemClock()
     db = Database(job.url, pool_size=job.concurrency)
+    backends: list[int] = []
+    if not db.sqlite:
+
+        @event.listens_for(db.engine.sync_engine, "connect")
+        def _connected(dbapi_conn: Any, _record: Any) -> None:
+            backends.append(dbapi_conn.driver_connection.get_server_pid())
+
     audit: AuditLog = AuditLog(clock) if job.audit else NoAudit(clock)
     documents = DocumentStore(clock, audit, KeyRing(SECRET, clock))
     outbox = Outbox(db, clock, audit, max_attempts=5)
@@ -162,6 +174,7 @@ async def issue(job: Job) -> None:
     try:
         await one(job.indexes[0])  # warm up: connections, statement caches
         await asyncio.gather(*(lane(k) for k in range(job.concurrency)))
+        return sum(cpu_seconds(pid) for pid in backends)
     finally:
         await db.dispose()
 
@@ -173,27 +186,58 @@ def producer(job: Job, ready: Barrier, results: Any) -> None:
         import cProfile
 
         with cProfile.Profile() as prof:
-            asyncio.run(issue(job))
+            backend_cpu = asyncio.run(issue(job))
         prof.dump_stats(job.profile)
     else:
-        asyncio.run(issue(job))
-    results.put((time.perf_counter() - t0, time.process_time() - cpu0))
+        backend_cpu = asyncio.run(issue(job))
+    results.put((time.perf_counter() - t0, time.process_time() - cpu0, backend_cpu))
 
 
-async def pg_backend_cpu(db: Database, url: str) -> float:
-    if db.sqlite:
-        return 0.0
-    name = url.rsplit("/", 1)[1]
-    async with db.session() as s:
-        pids = (
-            await s.execute(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": name}
-            )
-        ).scalars()
-        return sum(cpu_seconds(int(p)) for p in pids)
+class BackendCpu:
+    """CPU of the bench database's PostgreSQL backends alive now (the worker's; the producers
+    count their own before their backends end)."""
+
+    def __init__(self, db: Database, url: str) -> None:
+        self.db = db
+        self.name = url.rsplit("/", 1)[1]
+        self.last: dict[int, float] = {}
+
+    async def sample(self) -> None:
+        if self.db.sqlite:
+            return
+        async with self.db.session() as s:
+            pids = (
+                await s.execute(
+                    text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": self.name}
+                )
+            ).scalars()
+            for pid in pids:
+                cpu = cpu_seconds(int(pid))
+                if cpu:
+                    self.last[int(pid)] = cpu
+
+    def seconds(self, started: dict[int, float]) -> float:
+        """Since the run started (``started``: the backends alive then, and their CPU)."""
+        return sum(cpu - started.get(pid, 0.0) for pid, cpu in self.last.items())
 
 
-async def setup(url: str, n: int, producers: int) -> tuple[list[Job], str]:
+def machine_cpu() -> list[int]:
+    """Jiffies of all CPUs since boot by kind, from /proc/stat: user, nice, system, idle,
+    iowait, irq, softirq, steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def machine_busy(before: list[int], after: list[int]) -> str:
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = max(1, sum(d))
+    busy = total - d[3] - d[4]
+    return (
+        f"CPUs busy {busy / total:.0%} (every process on the machine; user {d[0] / total:.0%},"
+        f" system {d[2] / total:.0%}, softirq {d[6] / total:.0%}, steal {d[7] / total:.0%})"
+    )
+
+
+async def setup(url: str, n: int, producers: int, trust: Path) -> tuple[list[Job], str]:
     if url.startswith("postgresql"):
         url = await fresh_pg(url)
     await upgrade(url)
@@ -202,6 +246,9 @@ async def setup(url: str, n: int, producers: int) -> tuple[list[Job], str]:
     patients = [await wf.patient(i) for i in range(20)]
     async with db.transaction() as s:  # the organisation's signing key exists before the run
         await wf.keys.signer_for(s, wf.org.id)
+    async with db.session() as s:  # the simulator's trust list (konsil documents export-keys)
+        keys = await public_keys(s)
+    write_trust(trust, keys)
     pairs = [(p.id, p.matricule) for p in patients]
     jobs = [
         Job(url, wf.org.id, wf.author_id, pairs, list(range(k, n, producers)), 0, False, True, None)
@@ -209,6 +256,12 @@ async def setup(url: str, n: int, producers: int) -> tuple[list[Job], str]:
     ]
     await db.dispose()
     return jobs, url
+
+
+def write_trust(folder: Path, keys: list[tuple[str, str, bytes]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key_id, _org, public in keys:
+        (folder / f"{key_id}.pem").write_text(public_key_pem(public))
 
 
 def main() -> None:
@@ -226,6 +279,18 @@ def main() -> None:
         help="the simulator stores a folder per certificate (default: its append-only journal)",
     )
     ap.add_argument(
+        "--sim-processes",
+        type=int,
+        default=1,
+        help="processes serving the CNS simulator (journal store only)",
+    )
+    ap.add_argument(
+        "--worker-concurrency", type=int, default=64, help="the worker's deliveries in flight"
+    )
+    ap.add_argument(
+        "--timeline", action="store_true", help="print issued/delivered per 0.5 s of the run"
+    )
+    ap.add_argument(
         "--profile",
         help="folder for cProfile stats of the producers (read with pstats or snakeviz)",
     )
@@ -238,7 +303,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     admin_url = url
-    jobs, url = asyncio.run(setup(url, args.n, args.producers))
+    jobs, url = asyncio.run(setup(url, args.n, args.producers, tmp / "trust"))
     try:
         deliver(args, jobs, url, tmp)
     finally:
@@ -267,15 +332,18 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         **os.environ,
         "KONSIL_WORKFLOW_CNS_URL": f"http://127.0.0.1:{port}/ecit/v1/certificates",
         "KONSIL_WORKFLOW_WORKER_BATCH": "200",
-        "KONSIL_WORKFLOW_WORKER_CONCURRENCY": "64",
+        "KONSIL_WORKFLOW_WORKER_CONCURRENCY": str(args.worker_concurrency),
         "KONSIL_LOG_LEVEL": "WARNING",
     }
     konsil = [sys.executable, "-m", "konsil.cli"]
     store = tmp / "cns"
     log = (tmp / "bench.log").open("ab")
     sim = [*konsil, "simulate", "cns", "--port", str(port), "--store", str(store)]
+    sim += ["--trust", str(tmp / "trust")]  # it verifies every signature
     if not args.folders:
         sim.append("--journal")
+        if args.sim_processes > 1:
+            sim += ["--processes", str(args.sim_processes)]
     worker = [*konsil, "worker", "--database-url", url]
     ctx = mp.get_context("spawn")
     ready = ctx.Barrier(len(jobs) + 1)
@@ -291,16 +359,23 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         sim_pids = [procs[0].pid, *_children(procs[0].pid)]
         cpu0 = {p.pid: cpu_seconds(p.pid) for p in procs}
         cpu0.update({pid: cpu_seconds(pid) for pid in sim_pids})
+        pg0 = asyncio.run(backends_now(url))
+        busy0 = machine_cpu()
         ready.wait()
         t0 = time.perf_counter()
         outs = [results.get() for _ in jobs]
         produce_s = max(o[0] for o in outs)
         producer_cpu = sum(o[1] for o in outs)
+        producer_pg_cpu = sum(o[2] for o in outs)
         if args.split:  # the worker starts only now: its delivery rate alone
             procs.append(spawn(worker, env, log))
             cpu0[procs[-1].pid] = 0.0
             t0 = time.perf_counter()
-        rows, total_s, pg_cpu, chain = asyncio.run(measure(url, args.n, t0))
+        rows, total_s, worker_pg_cpu, chain = asyncio.run(measure(url, args.n, t0, pg0))
+        pg_cpu = producer_pg_cpu + worker_pg_cpu
+        busy = machine_busy(busy0, machine_cpu())
+        if args.timeline:
+            print_timeline(rows)
         worker_cpu = cpu_seconds(procs[-1].pid) - cpu0[procs[-1].pid]
         sim_cpu = sum(cpu_seconds(pid) - cpu0[pid] for pid in sim_pids)
         lat = sorted((d - c).total_seconds() * 1000 for c, d in rows if d is not None)
@@ -311,7 +386,9 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         n = args.n
         per = 1000 / n
         print(
-            f"{kind} n={n} store={'folders' if args.folders else 'journal'} producers={len(jobs)}x{args.concurrency}"
+            f"{kind} n={n} store={'folders' if args.folders else 'journal'}"
+            f" simulator-processes={1 if args.folders else args.sim_processes}"
+            f" producers={len(jobs)}x{args.concurrency}"
             f" validate-at-issue={'on' if args.validate else 'off'}"
             f" audit={'on' if not args.no_audit else 'off'}"
             f"{' split' if args.split else ''}:\n"
@@ -325,7 +402,8 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
             f" {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per:.2f}\n"
             f"  machine speed: validate_cda {ref:.2f} ms/doc now (~0.45 quiet; ~0.7 before the"
             f" LU profile index); total CPU /"
-            f" that = {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per / ref:.1f}",
+            f" that = {(producer_cpu + worker_cpu + sim_cpu + pg_cpu) * per / ref:.1f}\n"
+            f"  {busy}",
             flush=True,
         )
     finally:
@@ -335,6 +413,24 @@ def deliver(args: argparse.Namespace, jobs: list[Job], url: str, tmp: Path) -> N
         for m in makers:
             m.join(timeout=10)
         log.close()
+
+
+def print_timeline(rows: list[Any]) -> None:
+    """Messages committed and acknowledged per half second since the first commit."""
+    start = min(c for c, _ in rows)
+    made: dict[int, int] = {}
+    acked: dict[int, int] = {}
+    for c, d in rows:
+        k = int((c - start).total_seconds() * 2)
+        made[k] = made.get(k, 0) + 1
+        if d is not None:
+            k = int((d - start).total_seconds() * 2)
+            acked[k] = acked.get(k, 0) + 1
+    print("  t(s)  committed  acknowledged  backlog")
+    backlog = 0
+    for k in range(max([*made, *acked]) + 1):
+        backlog += made.get(k, 0) - acked.get(k, 0)
+        print(f"  {k / 2:4.1f}  {made.get(k, 0):9d}  {acked.get(k, 0):12d}  {backlog:7d}")
 
 
 def reference_ms() -> float:
@@ -394,15 +490,29 @@ async def wait_delivered(db: Database, n: int) -> list[Any]:
         )
 
 
-async def measure(url: str, n: int, t0: float) -> tuple[list[Any], float, float, str]:
+async def measure(
+    url: str, n: int, t0: float, pg0: dict[int, float]
+) -> tuple[list[Any], float, float, str]:
     """Wait for every acknowledgement; then read PostgreSQL CPU and verify the audit chain."""
     db = Database(url, pool_size=2)
     try:
+        backends = BackendCpu(db, url)
         rows = await wait_delivered(db, n)
         total_s = time.perf_counter() - t0
-        pg_cpu = await pg_backend_cpu(db, url)
+        await backends.sample()
         r = await verify_chain(db)
-        return rows, total_s, pg_cpu, f"{r.ok} ({r.checked} events)"
+        return rows, total_s, backends.seconds(pg0), f"{r.ok} ({r.checked} events)"
+    finally:
+        await db.dispose()
+
+
+async def backends_now(url: str) -> dict[int, float]:
+    """The bench database's backends and their CPU before the run."""
+    db = Database(url, pool_size=1)
+    try:
+        backends = BackendCpu(db, url)
+        await backends.sample()
+        return backends.last
     finally:
         await db.dispose()
 

@@ -11,6 +11,7 @@ import ast
 import asyncio
 import importlib.util
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, event, inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -74,12 +76,21 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else to_utc(value)
 
 
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+PING_AFTER_IDLE_SECONDS = 10.0
+_IDLE_SINCE = "konsil.idle_since"
+
+
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
 def make_engine(
-    url: str, *, pool_size: int = 10, max_connections: int | None = None
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_connections: int | None = None,
+    ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
 ) -> AsyncEngine:
     """``max_connections`` (the ``database_max_connections`` setting), when given, caps the pool
     instead of the defaults below: on SQLite each connection is a thread with its own page cache
@@ -119,10 +130,49 @@ def make_engine(
             overflow = max_connections - pool_size
         else:
             overflow = pool_size
-        return create_async_engine(
-            url, pool_size=pool_size, max_overflow=overflow, pool_pre_ping=True
-        )
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=overflow)
+        check_on_checkout(engine, idle_seconds=ping_after_idle_seconds)
+        return engine
     raise ConfigError(f"unsupported database URL scheme: {url.split('://')[0]}")
+
+
+def check_on_checkout(
+    engine: AsyncEngine, *, idle_seconds: float = PING_AFTER_IDLE_SECONDS
+) -> None:
+    """Hand out only live PostgreSQL connections, without a round trip on the busy path.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: with asyncpg that is BEGIN, ``;``,
+    ROLLBACK — three round trips before each transaction's own (~0.15 ms of client CPU per
+    transaction on this project's bench). Instead, at checkout:
+
+    * a connection the server closed (restart, ``pg_terminate_backend``, idle timeout: the
+      socket saw the end of the stream) is replaced at once, for free (asyncpg knows);
+    * a connection idle for more than ``idle_seconds`` since its last use is pinged first (a
+      peer that vanished without closing — a dropped NAT entry, a failed-over host — shows only
+      then); one in use moments ago is not.
+
+    A connection found dead is replaced (``DisconnectionError``: the pool connects anew). What
+    neither catches — the server going away within ``idle_seconds`` without the close reaching
+    this process — fails that one transaction; SQLAlchemy then invalidates the pool's other
+    connections, so the next transaction gets fresh ones."""
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(sync, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(_IDLE_SINCE, None)
+        driver = record.driver_connection
+        if driver is not None and driver.is_closed():
+            raise DisconnectionError("the server closed this connection")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # new, or used moments ago
+        try:
+            sync.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"ping failed: {exc}") from exc
 
 
 _KEEP = "konsil.keep_on_rollback"
@@ -141,10 +191,20 @@ class Database:
     """Owns the engine. ``transaction()`` for changes, ``session()`` for reads."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, max_connections: int | None = None
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_connections: int | None = None,
+        ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
     ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size, max_connections=max_connections)
+        self.engine = make_engine(
+            url,
+            pool_size=pool_size,
+            max_connections=max_connections,
+            ping_after_idle_seconds=ping_after_idle_seconds,
+        )
         self.sqlite = is_sqlite(url)
         writer_bind = (
             self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.sqlite else self.engine

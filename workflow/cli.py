@@ -80,7 +80,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{args.service} simulator on http://{args.host}:{args.port}/ storing in {args.store}",
         flush=True,
     )
-    serve(args.service, args.host, args.port, settings)
+    try:
+        serve(args.service, args.host, args.port, settings, processes=args.processes)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     return 0
 
 
@@ -194,6 +198,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--fail-rate", dest="fail_rate", type=float, default=0.0)
     p.add_argument("--latency", type=int, default=0, help="added latency in milliseconds")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="serve with N processes sharing the port and the store (cns with --journal)",
+    )
     p.add_argument(
         "--trust",
         help="folder of organisations' public keys (konsil documents export-keys): "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -269,10 +270,19 @@ def _due(now: datetime) -> ColumnElement[bool]:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    batch_size: int = 100
-    concurrency: int = 32
+    batch_size: int = 100  # rows per claim at most
+    concurrency: int = 32  # deliveries in flight at most
     lease_seconds: float = 60.0
-    poll_seconds: float = 0.25
+    poll_seconds: float = 0.25  # idle: look for due rows this often (``wake`` saves the wait)
+
+
+# ``run``: outcomes are recorded once this long after the oldest unrecorded one at the latest.
+RECORD_SECONDS = 0.1
+# ``run``: after a claim that found fewer rows than it asked for, claim again this much later
+# (or when ``wake`` is called): the rows trickle in, and an empty claim is a wasted transaction.
+REFILL_SECONDS = 0.01
+
+Outcome = tuple["Delivery", "DeliveryResult", float, datetime]
 
 
 class DeliveryWorker:
@@ -296,13 +306,16 @@ class DeliveryWorker:
         self.settings = settings or WorkerSettings()
         self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._changed = asyncio.Event()  # ``run``: woken, a delivery finished, or stopping
 
     def wake(self) -> None:
         """Tell an idle worker that rows were committed (saves a poll interval)."""
-        self._wake.set()
+        self._woken = True
+        self._changed.set()
 
-    async def claim(self) -> list[Delivery]:
+    async def claim(self, limit: int | None = None) -> list[Delivery]:
+        """Lease up to ``limit`` (default ``batch_size``) due messages to this worker."""
         now = self.clock.now()
         lease = now + timedelta(seconds=self.settings.lease_seconds)
         async with self.db.transaction() as s:
@@ -310,7 +323,7 @@ class DeliveryWorker:
                 select(OutboxMessage.id)
                 .where(_due(now), OutboxMessage.target.in_(list(self.transports)))
                 .order_by(OutboxMessage.next_attempt_at)
-                .limit(self.settings.batch_size)
+                .limit(limit or self.settings.batch_size)
             )
             if not self.db.sqlite:
                 q = q.with_for_update(skip_locked=True)
@@ -359,31 +372,30 @@ class DeliveryWorker:
             return 0
         sem = asyncio.Semaphore(self.settings.concurrency)
 
-        async def one(d: Delivery) -> tuple[Delivery, DeliveryResult, float, datetime]:
+        async def one(d: Delivery) -> Outcome:
             async with sem:
-                at = self.clock.now()
-                t0 = self.clock.monotonic()
-                transport = self.transports.get(d.target)
-                if transport is None:
-                    result = DeliveryResult("retry", "", error=f"no transport for {d.target}")
-                else:
-                    try:
-                        result = await transport.deliver(d)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # every failure of one delivery is a retry
-                        result = DeliveryResult(
-                            "retry", "", error=f"{type(exc).__name__}: {exc}"[:500]
-                        )
-                return d, result, (self.clock.monotonic() - t0) * 1000, at
+                return await self._deliver(d)
 
         outcomes = await asyncio.gather(*(one(d) for d in batch))
         await self._record(outcomes)
         return len(batch)
 
-    async def _record(
-        self, outcomes: Sequence[tuple[Delivery, DeliveryResult, float, datetime]]
-    ) -> None:
+    async def _deliver(self, d: Delivery) -> Outcome:
+        at = self.clock.now()
+        t0 = self.clock.monotonic()
+        transport = self.transports.get(d.target)
+        if transport is None:
+            result = DeliveryResult("retry", "", error=f"no transport for {d.target}")
+        else:
+            try:
+                result = await transport.deliver(d)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure of one delivery is a retry
+                result = DeliveryResult("retry", "", error=f"{type(exc).__name__}: {exc}"[:500])
+        return d, result, (self.clock.monotonic() - t0) * 1000, at
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> None:
         now = self.clock.now()
         attempts: list[dict[str, Any]] = []
         changes: list[dict[str, Any]] = []
@@ -460,24 +472,94 @@ class DeliveryWorker:
                 )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; a failing round is logged and retried after a pause."""
-        while not stop.is_set():
-            try:
-                handled = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox delivery round failed")
-                handled = 0
-            if handled:
-                continue
-            self._wake.clear()
-            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
-            _done, pending = await asyncio.wait(
-                waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-            for t in pending:
+        """Deliver until ``stop`` is set, as a pipeline rather than batch by batch.
+
+        Up to ``concurrency`` deliveries are in flight; whenever half of the slots is free (on
+        SQLite: all of them), a claim tops them up (at most ``batch_size`` rows), so no batch
+        waits for its slowest delivery and the receiver always has work. Outcomes are recorded
+        in one transaction per half of the slots completed (SQLite: all), or ``RECORD_SECONDS``
+        after the oldest, or when nothing is in flight. Idle, it claims every ``poll_seconds``
+        or when woken. A failing claim is logged and tried again after ``poll_seconds``; a
+        failing record is logged, and its messages are delivered again when their lease ends
+        (receivers deduplicate on the idempotency key). On ``stop`` it claims nothing more,
+        lets the deliveries in flight finish and records them."""
+        loop = asyncio.get_running_loop()
+        slots = max(1, self.settings.concurrency)
+        # SQLite has one writer across processes: each claim or record stops every issuing
+        # transaction, so there the worker tops up and records only a whole round of slots.
+        refill = slots if self.db.sqlite else max(1, slots // 2)
+        in_flight: set[asyncio.Task[Outcome]] = set()
+        done: list[Outcome] = []
+        oldest = 0.0  # loop time of the oldest unrecorded outcome
+        next_claim = 0.0  # loop time before which no claim is tried (unless woken)
+        changed = self._changed
+
+        def finished(task: asyncio.Task[Outcome]) -> None:
+            nonlocal oldest
+            in_flight.discard(task)
+            if not task.cancelled():
+                if not done:
+                    oldest = loop.time()
+                done.append(task.result())
+            changed.set()
+
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: changed.set())
+        try:
+            while not stop.is_set() or in_flight or done:
+                changed.clear()  # what happens from here on wakes the wait below
+                wait_until: float | None = None
+                free = slots - len(in_flight)
+                if not stop.is_set() and free >= refill:
+                    if loop.time() >= next_claim or self._woken:
+                        self._woken = False  # before the claim: a wake during it is kept
+                        asked = min(free, self.settings.batch_size)
+                        try:
+                            batch = await self.claim(asked)
+                        except Exception:
+                            log.exception("outbox claim failed")
+                            batch = []
+                        if not batch:
+                            next_claim = loop.time() + self.settings.poll_seconds
+                        elif len(batch) < asked:
+                            next_claim = loop.time() + REFILL_SECONDS
+                        for d in batch:
+                            task = asyncio.create_task(self._deliver(d))
+                            in_flight.add(task)
+                            task.add_done_callback(finished)
+                        if len(batch) == asked and slots - len(in_flight) >= refill:
+                            continue  # more may be due: claim again at once
+                    wait_until = next_claim
+                if done and (
+                    not in_flight or len(done) >= refill or loop.time() - oldest >= RECORD_SECONDS
+                ):
+                    recorded, done[:] = list(done), []
+                    await self._record_logged(recorded)
+                    continue
+                if done:
+                    wait_until = min(wait_until or math.inf, oldest + RECORD_SECONDS)
+                if stop.is_set() and not in_flight and not done:
+                    break
+                if wait_until is None:
+                    await changed.wait()
+                    continue
+                try:
+                    async with asyncio.timeout(max(0.0, wait_until - loop.time())):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            stopping.cancel()
+            for t in list(in_flight):
                 t.cancel()
+
+    async def _record_logged(self, outcomes: Sequence[Outcome]) -> None:
+        try:
+            await self._record(outcomes)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("recording %d delivery outcomes failed", len(outcomes))
 
 
 # The audit action for a delivered message of each kind (a withdrawal: workflow.withdrawal).

@@ -229,3 +229,116 @@ async def test_expired_lease_is_claimed_again(wf: Workflow, clock: FakeClock) ->
     assert await other.run_once() == 1
     msg = (await wf.outbox.messages())[0].message
     assert (msg.status, msg.attempts, msg.claimed_by) == ("delivered", 2, None)
+
+
+class GatedTransport:
+    """Holds every delivery until released; counts the most in flight at once."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.in_flight = 0
+        self.most = 0
+        self.release = asyncio.Event()
+
+    async def deliver(self, d: Delivery) -> DeliveryResult:
+        self.calls[d.idempotency_key] += 1
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await self.release.wait()
+        finally:
+            self.in_flight -= 1
+        return DeliveryResult("delivered", "memory:", 200, reference=d.idempotency_key)
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(2000):
+        if await predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def test_run_keeps_the_slots_full_and_records_everything_once(wf: Workflow) -> None:
+    n = 120
+    async with wf.db.transaction() as s:
+        for i in range(n):
+            await wf.outbox.enqueue(s, "cns", {"n": i}, f"k-{i}", kind="test")
+    transport = GatedTransport()
+    worker = DeliveryWorker(
+        wf.db,
+        wf.clock,
+        {"cns": transport},
+        worker_id="w1",
+        settings=WorkerSettings(batch_size=200, concurrency=16),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+
+        async def slots_full() -> bool:
+            return transport.in_flight == 16
+
+        await wait_for(slots_full)
+        # 16 in flight, never more, the rest still pending (claims ask for free slots only)
+        assert (await wf.outbox.counts()) == {"in_flight": 16, "pending": n - 16}
+        transport.release.set()
+
+        async def all_delivered() -> bool:
+            return (await wf.outbox.counts()) == {"delivered": n}
+
+        await wait_for(all_delivered)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert transport.most == 16
+    assert len(transport.calls) == n and set(transport.calls.values()) == {1}
+
+
+async def test_run_stopped_lets_deliveries_in_flight_finish_and_records_them(
+    wf: Workflow,
+) -> None:
+    async with wf.db.transaction() as s:
+        for i in range(5):
+            await wf.outbox.enqueue(s, "cns", {"n": i}, f"k-{i}", kind="test")
+    transport = GatedTransport()
+    worker = DeliveryWorker(wf.db, wf.clock, {"cns": transport}, worker_id="w1")
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def all_in_flight() -> bool:
+        return transport.in_flight == 5
+
+    await wait_for(all_in_flight)
+    stop.set()
+    await asyncio.sleep(0.01)
+    assert not task.done()  # waits for its deliveries
+    transport.release.set()
+    await asyncio.wait_for(task, timeout=10)
+    assert (await wf.outbox.counts()) == {"delivered": 5}
+
+
+async def test_run_claims_when_woken(wf: Workflow) -> None:
+    transport = CountingTransport()
+    worker = DeliveryWorker(
+        wf.db,
+        wf.clock,
+        {"cns": transport},
+        worker_id="w1",
+        settings=WorkerSettings(poll_seconds=3600),  # only a wake-up makes it look again
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.sleep(0.05)  # idle: its first claim found nothing
+        async with wf.db.transaction() as s:
+            await wf.outbox.enqueue(s, "cns", {}, "woken-1", kind="test")
+        worker.wake()
+
+        async def delivered() -> bool:
+            return (await wf.outbox.counts()) == {"delivered": 1}
+
+        await wait_for(delivered)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)

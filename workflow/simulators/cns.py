@@ -132,15 +132,16 @@ async def submit(request: web.Request) -> web.Response:
     if header and key and header != key:
         return rejection(400, ("IDEMPOTENCY_KEY_MISMATCH", "header and body keys differ"))
     if isinstance(key, str) and key:
-        async with store.lock(key):
+        previous = store.get(key)
+        if previous is not None:  # a repeat (seen by this process): the first answer
+            return repeated(previous, body)
+        # Validated before taking the store (other processes may validate meanwhile), decided
+        # and stored under it: a key is accepted once, whichever process gets it.
+        reasons, doc = check_envelope(body, settings.validator, settings.trusted_keys)
+        with store.exclusive():
             previous = store.get(key)
-            if previous is not None:
-                if previous["sha256"] != body.get("sha256"):
-                    return rejection(
-                        409, ("IDEMPOTENCY_KEY_REUSED", "this key was used for another document")
-                    )
-                return web.json_response(previous["acknowledgement"], status=200)
-            reasons, doc = check_envelope(body, settings.validator, settings.trusted_keys)
+            if previous is not None:  # accepted meanwhile, here or by another process
+                return repeated(previous, body)
             if reasons:
                 return rejection(422, *reasons)
             replaced, problem = check_replaces(store, body)
@@ -164,6 +165,13 @@ async def submit(request: web.Request) -> web.Response:
         return web.json_response(ack, status=201)
     reasons, _ = check_envelope(body, settings.validator, settings.trusted_keys)
     return rejection(422, *(reasons or [("MISSING_FIELD", "missing: idempotency_key")]))
+
+
+def repeated(previous: dict[str, Any], body: dict[str, Any]) -> web.Response:
+    """A key seen before: the first acknowledgement again, unless it came with another document."""
+    if previous["sha256"] != body.get("sha256"):
+        return rejection(409, ("IDEMPOTENCY_KEY_REUSED", "this key was used for another document"))
+    return web.json_response(previous["acknowledgement"], status=200)
 
 
 def create_app(settings: SimulatorSettings) -> web.Application:
@@ -233,7 +241,7 @@ async def cancel(request: web.Request) -> web.Response:
     if header and key and header != key:
         return rejection(400, ("IDEMPOTENCY_KEY_MISMATCH", "header and body keys differ"))
     document_id = request.match_info["document_id"]
-    async with store.lock(f"cancel:{document_id}"):
+    with store.exclusive():
         previous = store.get(key) if isinstance(key, str) and key else None
         if previous is not None:
             if previous.get("cancels_document_id") != document_id:

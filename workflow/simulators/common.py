@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import os
 import random
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,33 +107,64 @@ JOURNAL = "submissions.jsonl"
 
 
 class SubmissionStore:
+    """Accepted submissions by dedupe key. With a journal, several processes (``konsil simulate
+    cns --processes N``) can share one store: each holds the journal's ``flock`` while it
+    decides and appends (``exclusive()``), after reading what the others appended meanwhile,
+    so a key is accepted once and references are numbered once across all of them."""
+
     def __init__(self, root: Path, *, journal: bool = False) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._acks: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._journal: int | None = None
+        self._offset = 0  # journal bytes read (ours and the other processes')
         for meta in root.glob("*/metadata.json"):
             data = json.loads(meta.read_text())
             self._acks[data["dedupe_key"]] = data
+        self.count = len(self._acks)
         if journal:
             self._journal = self._open_journal(root / JOURNAL)
-        self.count = len(self._acks)
 
     def _open_journal(self, path: Path) -> int:
         """Replay the journal; a torn last line (a crash in mid-write) was never acknowledged and
-        is cut off."""
-        good = 0
-        if path.exists():
-            raw = path.read_bytes()
-            for line in raw.splitlines(keepends=True):
-                if not line.endswith(b"\n"):
-                    break
-                self._replay(json.loads(line))
-                good += len(line)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.truncate(fd, good)
+        is cut off (under the lock: another process may be appending already)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            self._journal = fd
+            self._catch_up()
+            os.truncate(fd, self._offset)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         return fd
+
+    def _catch_up(self) -> None:
+        """Replay the complete lines appended since we last read (by other processes)."""
+        assert self._journal is not None
+        size = os.fstat(self._journal).st_size
+        if size <= self._offset:
+            return
+        raw = os.pread(self._journal, size - self._offset, self._offset)
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break
+            self._replay(json.loads(line))
+            self._offset += len(line)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Decide and store with nobody else deciding: with a journal, its ``flock`` (other
+        processes sharing it) and the store brought up to date; no ``await`` inside."""
+        if self._journal is None:
+            yield
+            return
+        fcntl.flock(self._journal, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
+            yield
+        finally:
+            fcntl.flock(self._journal, fcntl.LOCK_UN)
 
     def _replay(self, record: dict[str, Any]) -> None:
         key = record["key"]
@@ -139,14 +172,16 @@ class SubmissionStore:
             self._acks[key] = {**self._acks[key], **record["annotate"]}
         else:
             self._acks[key] = record["metadata"]
+            self.count += 1
 
     def _append(self, record: dict[str, Any]) -> None:
         assert self._journal is not None
         line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
         # One write with O_APPEND: a record is in the file whole or (after a crash) torn at its
-        # end, where the replay stops.
+        # end, where the replay stops. Under ``exclusive()`` nobody else appends meanwhile.
         if os.write(self._journal, line) != len(line):
             raise OSError("short write to the submissions journal")
+        self._offset += len(line)
 
     def close(self) -> None:
         if self._journal is not None:
