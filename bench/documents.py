@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import event, func, select, text
+from sqlalchemy.engine import make_url
 
 from konsil.audit.service import Actor, AuditLog, verify_chain
 from konsil.clock import SystemClock
@@ -105,7 +106,7 @@ async def fresh_pg(url: str) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return url.rsplit("/", 1)[0] + f"/{name}"
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
 async def drop_pg(admin_url: str, bench_url: str) -> None:
@@ -114,7 +115,7 @@ async def drop_pg(admin_url: str, bench_url: str) -> None:
 
     conn = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{bench_url.rsplit("/", 1)[1]}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(bench_url).database}"')
     finally:
         await conn.close()
 
@@ -199,7 +200,7 @@ class BackendCpu:
 
     def __init__(self, db: Database, url: str) -> None:
         self.db = db
-        self.name = url.rsplit("/", 1)[1]
+        self.name = make_url(url).database
         self.last: dict[int, float] = {}
 
     async def sample(self) -> None:
