@@ -4,6 +4,8 @@ profiles, account data and filters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -64,11 +66,14 @@ async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
 
 TOKEN_CACHE_S = 10.0
 TOKEN_REFRESH_S = 5.0
+# entries due for a re-check are gathered this long (wall clock), then checked in one query
+TOKEN_REFRESH_GATHER_S = 0.5
+TOKEN_REFRESH_MAX = 500
 # built once (building a statement costs more than running it from the compiled cache)
-_TOKEN = (
+_TOKENS = (
     select(AccessToken, Account.is_guest, Account.is_active)
     .join(Account, Account.id == AccessToken.account_id)
-    .where(AccessToken.token_hash == bindparam("key"))
+    .where(AccessToken.token_hash.in_(bindparam("keys", expanding=True)))
 )
 
 
@@ -95,11 +100,13 @@ class DeviceService:
         self._tokens: dict[str, tuple[Requester, float]] = {}
         # Past TOKEN_REFRESH_S an entry is re-checked in the background while it still answers,
         # so that a long-polling client does not find its next (woken) /sync waiting for the
-        # query; ``_token_gen`` moves at every eviction, and a check that began before one does
-        # not store its (stale) answer.
+        # query. The entries falling due are gathered for TOKEN_REFRESH_GATHER_S and checked
+        # in one query by one task (not a session each: with a small SQLite pool those bursts
+        # held every connection while a send batch waited for one). ``_token_gen`` moves at
+        # every eviction, and a check that began before one does not store its (stale) answer.
         self._token_gen = 0
         self._refreshing: set[str] = set()
-        self._refresh_tasks: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
         self._unacked: set[tuple[str, str]] = set()  # inboxes holding delivered messages
         # one-time/fallback key counts per device, with a generation bumped after each change
         self._otk_gen: dict[tuple[str, str], int] = {}
@@ -291,37 +298,56 @@ class DeviceService:
         if hit is not None and now - hit[1] < TOKEN_CACHE_S:
             if now - hit[1] >= TOKEN_REFRESH_S and key not in self._refreshing:
                 self._refreshing.add(key)
-                task = asyncio.create_task(self._refresh(key))
-                self._refresh_tasks.add(task)
-                task.add_done_callback(self._refresh_tasks.discard)
+                if self._refresher is None or self._refresher.done():
+                    self._refresher = asyncio.create_task(self._refresh_due())
             return hit[0]
-        return await self._check_token(key)
+        req = (await self._check_tokens([key])).get(key)
+        if req is None:
+            raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")
+        return req
 
-    async def _check_token(self, key: str) -> Requester:
+    async def _check_tokens(self, keys: list[str]) -> dict[str, Requester]:
+        """The valid tokens among ``keys`` (by hash), cached; the others leave the cache."""
         gen = self._token_gen
         now = self.clock.monotonic()
         async with self.db.session() as s:
-            row = (await s.execute(_TOKEN, {"key": key})).one_or_none()
-        if row is None or not row[2]:
-            self._tokens.pop(key, None)
-            raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")
-        tok = row[0]
-        req = Requester(tok.user_id, tok.device_id, tok.account_id, bool(row[1]))
+            rows = (await s.execute(_TOKENS, {"keys": keys})).all()
+        found: dict[str, Requester] = {}
+        for tok, is_guest, is_active in rows:
+            if is_active:
+                found[tok.token_hash] = Requester(
+                    tok.user_id, tok.device_id, tok.account_id, bool(is_guest)
+                )
+        for key in keys:
+            if key not in found:
+                self._tokens.pop(key, None)
         if gen == self._token_gen:
-            if len(self._tokens) > 100_000:
+            if len(self._tokens) + len(found) > 100_000:
                 self._tokens.clear()
-            self._tokens[key] = (req, now)
-        return req
+            for key, req in found.items():
+                self._tokens[key] = (req, now)
+        return found
 
-    async def _refresh(self, key: str) -> None:
-        try:
-            await self._check_token(key)
-        except Unauthorized:
-            pass  # evicted: the next request with it is refused
-        except Exception:
-            log.warning("background access token check failed", exc_info=True)
-        finally:
-            self._refreshing.discard(key)
+    async def stop(self) -> None:
+        """Cancel the background token re-check (at shutdown)."""
+        task, self._refresher = self._refresher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _refresh_due(self) -> None:
+        """Re-check the cache entries falling due, a gathered round at a time."""
+        while self._refreshing:
+            # wall-clock pacing on purpose: a fake clock in tests must not spin this loop
+            await asyncio.sleep(TOKEN_REFRESH_GATHER_S)
+            keys = list(itertools.islice(self._refreshing, TOKEN_REFRESH_MAX))
+            try:
+                await self._check_tokens(keys)
+            except Exception:
+                log.warning("background access token check failed", exc_info=True)
+            finally:
+                self._refreshing.difference_update(keys)
 
     async def do_logout(self, req: Requester) -> None:
         await self._delete_devices(req.user_id, [req.device_id])

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from konsil import appkeys as K
+from konsil.clock import FakeClock
 from tests.conftest import Client, Person
 from tests.messaging.mx import V3, login
 
@@ -425,3 +426,45 @@ async def test_malformed_bodies_never_500(client: Client, create_user: Users) ->
                 "M_FORBIDDEN",
                 "M_NOT_FOUND",
             ), (method, path, raw, body)
+
+
+async def test_cached_tokens_are_rechecked_together_in_the_background(
+    client: Client, create_user: Users, clock: FakeClock
+) -> None:
+    """Past TOKEN_REFRESH_S a cached token still answers at once; the entries falling due are
+    re-checked in one query, and a token revoked elsewhere (another worker) is then refused."""
+    from sqlalchemy import delete, event
+
+    from messaging.devices import TOKEN_REFRESH_S
+    from messaging.models import AccessToken
+    from messaging.web import HS
+
+    sessions = [await login(client, await create_user(name)) for name in ("ann", "bob", "cyd")]
+    for s in sessions:
+        assert (await s.get("/account/whoami"))["user_id"] == s.user_id
+    db = client.app[K.DB]
+    async with db.transaction() as tx:  # as another process would: this one's cache not told
+        await tx.execute(delete(AccessToken).where(AccessToken.user_id == sessions[1].user_id))
+
+    token_queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if "FROM matrix_access_tokens" in statement:
+            token_queries.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        clock.advance(TOKEN_REFRESH_S + 1)
+        # due: every entry still answers from the cache, and is re-checked meanwhile
+        for s in sessions:
+            assert (await s.get("/account/whoami"))["user_id"] == s.user_id
+        refresher = client.app[HS].devices._refresher
+        assert refresher is not None
+        await refresher
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert len(token_queries) == 1
+    gone = await client.get(V3 + "/account/whoami", headers=sessions[1].h)
+    assert (await gone.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    for s in (sessions[0], sessions[2]):
+        assert (await s.get("/account/whoami"))["user_id"] == s.user_id
