@@ -22,12 +22,14 @@ from sqlalchemy import MetaData, event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import DateTime, TypeDecorator
 
 from konsil.clock import to_utc
@@ -212,6 +214,23 @@ class Database:
         self._writer = async_sessionmaker(writer_bind, expire_on_commit=False)
         self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.sqlite else None
+        # SQLite: one pooled connection is kept for the writer (it writes one transaction at
+        # a time, under ``_write_lock``), so a write never waits for a checkout behind reads
+        # that hold the rest of the pool; reads never wait behind writes anyway (WAL). Only
+        # when the pool has room for a reader besides it.
+        pool = self.engine.sync_engine.pool
+        self._reserve_writer = self.sqlite and isinstance(pool, QueuePool) and pool.size() >= 2
+        self._writer_conn: AsyncConnection | None = None
+
+    async def _writer_session(self) -> AsyncSession:
+        """A session on the reserved writer connection (SQLite; under ``_write_lock``)."""
+        conn = self._writer_conn
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                await conn.close()
+            conn = await self.engine.connect()
+            self._writer_conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+        return AsyncSession(bind=self._writer_conn, expire_on_commit=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -222,7 +241,12 @@ class Database:
         transaction that read what it needed to refuse)."""
         kept: list[tuple[Any, Any]] = []
         try:
-            if self._write_lock is not None:
+            if self._write_lock is not None and self._reserve_writer:
+                async with self._write_lock:
+                    async with await self._writer_session() as session, session.begin():
+                        session.info[_KEEP] = kept
+                        yield session
+            elif self._write_lock is not None:
                 async with self._write_lock, self._writer() as session, session.begin():
                     session.info[_KEEP] = kept
                     yield session
@@ -247,6 +271,9 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            await conn.close()
         await self.engine.dispose()
 
 

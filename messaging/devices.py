@@ -4,8 +4,10 @@ profiles, account data and filters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,11 +66,16 @@ async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
 
 TOKEN_CACHE_S = 10.0
 TOKEN_REFRESH_S = 5.0
+# an entry used within this is kept fresh in the background (longer than a /sync long-poll)
+TOKEN_KEEP_S = 60.0
+# the re-check runs every so often (wall clock), up to TOKEN_REFRESH_MAX tokens per query
+TOKEN_REFRESH_GATHER_S = 0.5
+TOKEN_REFRESH_MAX = 500
 # built once (building a statement costs more than running it from the compiled cache)
-_TOKEN = (
+_TOKENS = (
     select(AccessToken, Account.is_guest, Account.is_active)
     .join(Account, Account.id == AccessToken.account_id)
-    .where(AccessToken.token_hash == bindparam("key"))
+    .where(AccessToken.token_hash.in_(bindparam("keys", expanding=True)))
 )
 
 
@@ -93,13 +100,16 @@ class DeviceService:
         # deletion in this process evict at once; elsewhere (another worker, deactivation) an
         # entry lives at most TOKEN_CACHE_S.
         self._tokens: dict[str, tuple[Requester, float]] = {}
-        # Past TOKEN_REFRESH_S an entry is re-checked in the background while it still answers,
-        # so that a long-polling client does not find its next (woken) /sync waiting for the
-        # query; ``_token_gen`` moves at every eviction, and a check that began before one does
-        # not store its (stale) answer.
+        # Past TOKEN_REFRESH_S an entry used in the last TOKEN_KEEP_S is re-checked in the
+        # background while it still answers, so that a client (a long-polling /sync, a send
+        # after a quiet minute) does not wait for the query. One task checks the entries
+        # falling due, every TOKEN_REFRESH_GATHER_S, in one query (not a session each: with
+        # a small SQLite pool those bursts held every connection). ``_token_gen`` moves at
+        # every eviction, and a check that began before one does not store its (stale) answer.
         self._token_gen = 0
-        self._refreshing: set[str] = set()
-        self._refresh_tasks: set[asyncio.Task[None]] = set()
+        self._used: dict[str, float] = {}  # token hash -> last use
+        self._checked: deque[tuple[float, str]] = deque()  # (checked at, token hash), in order
+        self._refresher: asyncio.Task[None] | None = None
         self._unacked: set[tuple[str, str]] = set()  # inboxes holding delivered messages
         # one-time/fallback key counts per device, with a generation bumped after each change
         self._otk_gen: dict[tuple[str, str], int] = {}
@@ -291,39 +301,76 @@ class DeviceService:
         now = self.clock.monotonic()
         hit = self._tokens.get(key)
         if hit is not None and now - hit[1] < TOKEN_CACHE_S:
-            if now - hit[1] >= TOKEN_REFRESH_S and key not in self._refreshing:
-                self._refreshing.add(key)
-                task = asyncio.create_task(self._refresh(key))
-                self._refresh_tasks.add(task)
-                task.add_done_callback(self._refresh_tasks.discard)
-            return hit[0]
-        return await self._check_token(key)
+            req = hit[0]
+        else:
+            found = (await self._check_tokens([key])).get(key)
+            if found is None:
+                raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")
+            req = found
+        self._used[key] = now
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._keep_fresh())
+        return req
 
-    async def _check_token(self, key: str) -> Requester:
+    async def _check_tokens(self, keys: list[str]) -> dict[str, Requester]:
+        """The valid tokens among ``keys`` (by hash), cached; the others leave the cache."""
         gen = self._token_gen
         now = self.clock.monotonic()
         async with self.db.session() as s:
-            row = (await s.execute(_TOKEN, {"key": key})).one_or_none()
-        if row is None or not row[2]:
-            self._tokens.pop(key, None)
-            raise Unauthorized("unknown or expired access token", errcode="M_UNKNOWN_TOKEN")
-        tok = row[0]
-        req = Requester(tok.user_id, tok.device_id, tok.account_id, bool(row[1]))
+            rows = (await s.execute(_TOKENS, {"keys": keys})).all()
+        found: dict[str, Requester] = {}
+        for tok, is_guest, is_active in rows:
+            if is_active:
+                found[tok.token_hash] = Requester(
+                    tok.user_id, tok.device_id, tok.account_id, bool(is_guest)
+                )
+        for key in keys:
+            if key not in found:
+                self._tokens.pop(key, None)
         if gen == self._token_gen:
-            if len(self._tokens) > 100_000:
+            if len(self._tokens) + len(found) > 100_000:
                 self._tokens.clear()
-            self._tokens[key] = (req, now)
-        return req
+                self._used.clear()
+                self._checked.clear()
+            for key, req in found.items():
+                self._tokens[key] = (req, now)
+                self._checked.append((now, key))
+        return found
 
-    async def _refresh(self, key: str) -> None:
-        try:
-            await self._check_token(key)
-        except Unauthorized:
-            pass  # evicted: the next request with it is refused
-        except Exception:
-            log.warning("background access token check failed", exc_info=True)
-        finally:
-            self._refreshing.discard(key)
+    async def stop(self) -> None:
+        """Cancel the background token re-check (at shutdown)."""
+        task, self._refresher = self._refresher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def refresh_due(self) -> None:
+        """Re-check, in one query, the cache entries checked TOKEN_REFRESH_S ago or more that
+        were used within TOKEN_KEEP_S; entries idle longer are left to expire."""
+        now = self.clock.monotonic()
+        due: list[str] = []
+        checked = self._checked
+        while checked and now - checked[0][0] >= TOKEN_REFRESH_S and len(due) < TOKEN_REFRESH_MAX:
+            at, key = checked.popleft()
+            hit = self._tokens.get(key)
+            if hit is None or hit[1] != at:
+                continue  # evicted, or checked again since (a later record follows)
+            if now - self._used.get(key, -TOKEN_KEEP_S) < TOKEN_KEEP_S:
+                due.append(key)
+            else:
+                self._used.pop(key, None)
+        if due:
+            await self._check_tokens(due)
+
+    async def _keep_fresh(self) -> None:
+        while self._checked:
+            # wall-clock pacing on purpose: a fake clock in tests must not spin this loop
+            await asyncio.sleep(TOKEN_REFRESH_GATHER_S)
+            try:
+                await self.refresh_due()
+            except Exception:
+                log.warning("background access token check failed", exc_info=True)
 
     async def do_logout(self, req: Requester) -> None:
         await self._delete_devices(req.user_id, [req.device_id])
@@ -359,6 +406,7 @@ class DeviceService:
         for key, (req, _) in list(self._tokens.items()):
             if req.user_id == user_id and req.device_id in gone:
                 del self._tokens[key]
+                self._used.pop(key, None)
         self.notifier.notify(peers, pos)
 
     # ------------------------------------------------------------------ devices

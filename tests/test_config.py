@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -85,4 +86,45 @@ async def test_database_max_connections_caps_the_pool(
         assert isinstance(p, QueuePool)
         assert (p.size(), p._max_overflow) == (pool, overflow)
     finally:
+        await db.dispose()
+
+
+async def test_sqlite_writes_do_not_wait_for_connections_held_by_reads(tmp_path: Path) -> None:
+    """One connection of a SQLite pool is kept for the (single) writer: a write goes through
+    while as many reads as the pool holds are open (the last waits for a connection)."""
+    from sqlalchemy import text
+
+    from konsil.db import Database
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/w.db", max_connections=3)
+    release = asyncio.Event()
+    opened: list[int] = []
+    two_open = asyncio.Event()
+
+    async def read() -> None:
+        async with db.session() as r:
+            opened.append((await r.execute(text("SELECT count(*) FROM t"))).scalar_one())
+            if len(opened) == 2:
+                two_open.set()
+            await release.wait()
+
+    try:
+        async with db.transaction() as s:
+            await s.execute(text("CREATE TABLE t (x INTEGER)"))
+        readers = [asyncio.create_task(read()) for _ in range(3)]
+        await two_open.wait()
+
+        async def write() -> None:
+            async with db.transaction() as s:
+                await s.execute(text("INSERT INTO t VALUES (1)"))
+
+        # wait_for only turns a hang (every connection held by a reader) into a failure
+        await asyncio.wait_for(write(), 30)
+        release.set()
+        await asyncio.gather(*readers)
+        assert sorted(opened) in ([0, 0, 0], [0, 0, 1])
+        async with db.session() as r:
+            assert (await r.execute(text("SELECT count(*) FROM t"))).scalar() == 1
+    finally:
+        release.set()
         await db.dispose()

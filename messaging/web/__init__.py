@@ -716,6 +716,7 @@ def setup(app: web.Application) -> None:
             else None
         )
         yield
+        await server.devices.stop()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from konsil import appkeys as K
+from konsil.clock import FakeClock
 from tests.conftest import Client, Person
 from tests.messaging.mx import V3, login
 
@@ -425,3 +426,61 @@ async def test_malformed_bodies_never_500(client: Client, create_user: Users) ->
                 "M_FORBIDDEN",
                 "M_NOT_FOUND",
             ), (method, path, raw, body)
+
+
+async def test_cached_tokens_in_use_are_rechecked_together_in_the_background(
+    client: Client, create_user: Users, clock: FakeClock
+) -> None:
+    """Cached tokens used lately are re-checked together (one query) once TOKEN_REFRESH_S old,
+    so they keep answering without a query past TOKEN_CACHE_S; a token revoked elsewhere
+    (another worker) is then refused; an idle token is left to expire."""
+    from sqlalchemy import delete, event
+
+    from messaging.devices import TOKEN_CACHE_S, TOKEN_KEEP_S, TOKEN_REFRESH_S
+    from messaging.models import AccessToken
+    from messaging.web import HS
+
+    devices = client.app[HS].devices
+    ann, bob, cyd = [await login(client, await create_user(n)) for n in ("ann", "bob", "cyd")]
+    for s in (ann, bob, cyd):  # checked, and cached
+        assert (await s.get("/account/whoami"))["user_id"] == s.user_id
+    await devices.stop()  # the rounds are run by hand below
+    db = client.app[K.DB]
+    async with db.transaction() as tx:  # as another process would: this one's cache not told
+        await tx.execute(delete(AccessToken).where(AccessToken.user_id == bob.user_id))
+
+    token_queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if "FROM matrix_access_tokens" in statement:
+            token_queries.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for s in (ann, bob, cyd):  # from the cache: no query
+            assert (await s.get("/account/whoami"))["user_id"] == s.user_id
+        assert token_queries == []
+        await devices.stop()
+        clock.advance(TOKEN_REFRESH_S)
+        await devices.refresh_due()
+        assert len(token_queries) == 1
+        await devices.stop()
+        # past TOKEN_CACHE_S since login, the re-checked entries still answer from memory
+        clock.advance(TOKEN_CACHE_S - TOKEN_REFRESH_S + 1)
+        for s in (ann, cyd):
+            assert (await s.get("/account/whoami"))["user_id"] == s.user_id
+        assert len(token_queries) == 1
+        gone = await client.get(V3 + "/account/whoami", headers=bob.h)
+        assert (await gone.json())["errcode"] == "M_UNKNOWN_TOKEN"
+        await devices.stop()
+        # ann stays in use, cyd goes quiet: only ann is re-checked
+        for _ in range(int(TOKEN_KEEP_S / TOKEN_REFRESH_S) + 1):
+            clock.advance(TOKEN_REFRESH_S)
+            assert (await ann.get("/account/whoami"))["user_id"] == ann.user_id
+            await devices.stop()
+            await devices.refresh_due()
+        n = len(token_queries)
+        assert (await cyd.get("/account/whoami"))["user_id"] == cyd.user_id
+        assert len(token_queries) == n + 1  # expired: checked on use
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
