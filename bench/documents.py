@@ -186,7 +186,7 @@ def producer(job: Job, ready: Barrier, results: Any) -> None:
     if job.profile:
         import cProfile
 
-        with cProfile.Profile() as prof:
+        with cProfile.Profile(time.process_time) as prof:  # CPU time: waits don't count
             backend_cpu = asyncio.run(issue(job))
         prof.dump_stats(job.profile)
     else:

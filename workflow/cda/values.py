@@ -28,6 +28,8 @@ CNS_PROVIDER_RE: Final = re.compile(r"^[0-9]{6}-?[0-9]{2}$")  # 90812100 or 9081
 POSTAL_CODE_RE: Final = re.compile(r"^(L-)?[0-9]{4,5}$|^[A-Z0-9 -]{3,10}$")
 COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
 MAX_TEXT: Final = 4000
+# C0 control characters other than tab and line feed (a text field never holds them)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
 
 
 class Problems:
@@ -49,7 +51,7 @@ class Problems:
                 self.add(name, "is required")
         elif len(value) > limit:
             self.add(name, f"is longer than {limit} characters")
-        elif any(ord(c) < 32 and c not in "\n\t" for c in value):
+        elif _CONTROL.search(value):
             self.add(name, "contains control characters")
 
     def matricule(self, value: str, name: str, *, today: date | None = None) -> None:
