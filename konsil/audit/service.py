@@ -139,16 +139,14 @@ class AuditLog:
         """Append an event inside the caller's transaction. An event that is not a success (a
         refusal, a failure) is kept even when that transaction then rolls back — typically
         because the refusal is raised inside it."""
-        values = {
-            "at": self.clock.now(),
-            "actor": actor.id,
-            "action": action,
-            "patient_id": patient_id,
-            "resource": resource,
-            "outcome": outcome,
-            "ip": actor.ip,
-            "details": _details(details),
-        }
+        values = self.values(
+            actor,
+            action,
+            patient_id=patient_id,
+            resource=resource,
+            outcome=outcome,
+            details=details,
+        )
         statement = insert(_TABLE)
         await session.execute(statement, values)
         if outcome != "success":

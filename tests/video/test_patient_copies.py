@@ -17,8 +17,8 @@ from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
 from konsil.clock import FakeClock
 from konsil.config import Config, WorkflowConfig
-from tests.conftest import AiohttpClient, Client, Person, web_login
-from tests.video.test_video import PRESCRIPTION_FORM, _appointment, _enter, _link
+from tests.conftest import AiohttpClient, Client, Person
+from tests.video.test_video import PRESCRIPTION_FORM, _consulted
 from tests.workflow.helpers import deliver_all
 from video.models import VideoDocument
 from workflow.cda.reading import read_teleconsultation
@@ -53,12 +53,7 @@ def config(config: Config, simulators: WorkflowConfig) -> Config:
 async def test_the_patient_gets_the_corrected_copy_and_not_a_withdrawn_one(
     client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
 ) -> None:
-    a = await _appointment(client, doctor, 3, clock)
-    patient = await aiohttp_client(client.server)
-    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
-    csrf = await web_login(client, doctor)
-    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
-    clock.advance(10 * 60)
+    a, patient, csrf = await _consulted(client, aiohttp_client, doctor, clock, 3)
     form = {
         "csrf_token": csrf,
         "reason": "Mal de gorge.",

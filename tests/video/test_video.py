@@ -110,6 +110,20 @@ async def _enter(guest: Client, link: str, birth: str = "1975-03-10") -> aiohttp
     return (await _enter_with_token(guest, link, birth))[0]
 
 
+async def _consulted(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock, seq: int
+) -> tuple[str, Client, str]:
+    """An appointment whose patient entered and was seen for ten minutes: its id, the patient's
+    client and the doctor's CSRF token."""
+    a = await _appointment(client, doctor, seq, clock)
+    patient = await aiohttp_client(client.server)
+    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
+    csrf = await web_login(client, doctor)
+    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
+    clock.advance(10 * 60)
+    return a, patient, csrf
+
+
 async def test_link_is_single_use_bound_to_one_browser_and_expires(
     client: Client,
     aiohttp_client: AiohttpClient,
@@ -648,12 +662,7 @@ async def test_after_call_documents_are_rendered_before_the_transaction(
     assert isinstance(svc.issuer, WorkflowIssuer)
     watching = _WritesWhilePreparing(svc.issuer, client.app[K.DB], client.app[K.AUDIT])
     svc.issuer = watching
-    a = await _appointment(client, doctor, 8, clock)
-    patient = await aiohttp_client(client.server)
-    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
-    csrf = await web_login(client, doctor)
-    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
-    clock.advance(10 * 60)
+    a, _patient, csrf = await _consulted(client, aiohttp_client, doctor, clock, 8)
     form = {"csrf_token": csrf, "reason": "Toux.", "findings": "RAS.", "plan": "Repos."}
     ok = await client.post(f"/video/appointments/{a}/after", data=form, allow_redirects=False)
     assert ok.status == 303, await ok.text()
@@ -670,12 +679,7 @@ async def test_after_call_texts_keep_the_browsers_line_breaks(
 ) -> None:
     """Browsers submit a textarea's line breaks as CR LF: the report keeps them as line breaks
     (a bare CR would be refused as a control character by the builder)."""
-    a = await _appointment(client, doctor, 9, clock)
-    patient = await aiohttp_client(client.server)
-    assert (await _enter(patient, await _link(client, doctor, a))).status == 303
-    csrf = await web_login(client, doctor)
-    await client.post(f"/video/appointments/{a}/admit", data={"csrf_token": csrf})
-    clock.advance(10 * 60)
+    a, _patient, csrf = await _consulted(client, aiohttp_client, doctor, clock, 9)
     form = {
         "csrf_token": csrf,
         "reason": "Toux depuis 3 jours.\r\nFièvre le soir.",
