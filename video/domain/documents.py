@@ -181,8 +181,12 @@ class DocumentIssuer(Protocol):
         author may have corrected it (a new id) or withdrawn it (``entered-in-error``)."""
         ...
 
-    async def patient_copy(self, s: AsyncSession, document_id: str) -> bytes:
-        """The patient's printable copy of one stored version (PDF), rendered off the loop."""
+    async def stored_version(self, s: AsyncSession, document_id: str) -> tuple[str, bytes]:
+        """One stored version's kind and exact bytes (to render its copy after the session)."""
+        ...
+
+    async def patient_copy(self, kind: str, content: bytes) -> bytes:
+        """The patient's printable copy (PDF) of a stored version, rendered off the loop."""
         ...
 
     def wake(self) -> None: ...

@@ -306,7 +306,7 @@ class WorkflowIssuer:
                 newest[set_id] = (version, doc_id, status)
         return {d: newest[set_of[d]][1:] for d in document_ids if d in set_of}
 
-    async def patient_copy(self, s: AsyncSession, document_id: str) -> bytes:
+    async def stored_version(self, s: AsyncSession, document_id: str) -> tuple[str, bytes]:
         found = (
             await s.execute(
                 select(ClinicalDocument.kind, ClinicalDocument.content).where(
@@ -316,7 +316,9 @@ class WorkflowIssuer:
         ).first()
         if found is None:
             raise NotFound("no such document")
-        kind, content = found
+        return str(found[0]), bytes(found[1])
+
+    async def patient_copy(self, kind: str, content: bytes) -> bytes:
         return await asyncio.to_thread(printable_pdf, kind, content, "patient")
 
     async def delivery(

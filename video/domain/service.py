@@ -974,9 +974,11 @@ class VideoService:
             if doc is None or doc.appointment_id != appointment_id:
                 raise NotFound("no such document")
             current = (await self._current(s, [doc]))[doc.id]
-            pdf = None
+            newer = None
             if current.state == "corrected" and self.issuer is not None:
-                pdf = await self.issuer.patient_copy(s, current.document_id)
+                newer = await self.issuer.stored_version(s, current.document_id)
+        # rendered after the session: no pooled connection held while the PDF is drawn
+        pdf = await self.issuer.patient_copy(*newer) if newer and self.issuer else None
         withdrawn = current.state == "withdrawn"
         async with self.db.transaction() as s:
             await self.audit.record(
