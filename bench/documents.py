@@ -46,6 +46,7 @@ from konsil.audit.service import Actor, AuditLog, verify_chain
 from konsil.clock import SystemClock
 from konsil.db import Database, upgrade
 from konsil.identity.matricule import make_matricule
+from konsil.runtime import freeze_heap
 from tests.workflow.helpers import SECRET, certificate_cda, make_workflow
 from workflow.cda.validation import validate_cda
 from workflow.documents import DocumentStore, NewDocument
@@ -174,6 +175,7 @@ async def issue(job: Job) -> float:
 
     try:
         await one(job.indexes[0])  # warm up: connections, statement caches
+        freeze_heap()  # as `konsil serve` does once started
         await asyncio.gather(*(lane(k) for k in range(job.concurrency)))
         return sum(cpu_seconds(pid) for pid in backends)
     finally:

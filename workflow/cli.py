@@ -31,6 +31,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from konsil.clock import SystemClock
     from konsil.db import Database, check_migrated
     from konsil.logs import setup_logging
+    from konsil.runtime import freeze_heap
     from workflow.connectors.worker import run_worker
 
     config = _config(args)
@@ -44,6 +45,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await check_migrated(db)
+            freeze_heap()  # started: collections scan only what deliveries create
             # A standalone worker seals the audit rows it writes, as `konsil serve` does.
             sealer = asyncio.create_task(AuditSealer(db).run(stop))
             try:

@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from konsil.runtime import freeze_heap
 from workflow.simulators import cns, dsp
 from workflow.simulators.common import SimulatorSettings
 
@@ -16,7 +17,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def make_app(service: str, settings: SimulatorSettings) -> web.Application:
-    return dsp.create_app(settings) if service == "dsp" else cns.create_app(settings)
+    app = dsp.create_app(settings) if service == "dsp" else cns.create_app(settings)
+    app.on_startup.append(_freeze_heap)
+    return app
+
+
+async def _freeze_heap(_app: web.Application) -> None:
+    freeze_heap()  # started (schemas, trust list loaded): collections scan only requests' objects
 
 
 def serve(
