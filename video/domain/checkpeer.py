@@ -95,8 +95,6 @@ class CheckPeers:
             if pc.connectionState in ("failed", "closed"):
                 await self.close(key, pc)
 
-        loop = asyncio.get_running_loop()
-        peer.timer = loop.call_later(self.timeout_seconds, self._expire, key, pc)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             answer = await pc.createAnswer()
@@ -104,6 +102,11 @@ class CheckPeers:
         except Exception as exc:
             await self.close(key, pc)
             raise BadRequest("the SDP offer could not be used") from exc
+        # The browser's part starts now: a slow answer (ICE gathering on a busy host) must not
+        # use up its time, nor be torn down by the expiry while it is being made.
+        if self._peers.get(key) is peer:
+            loop = asyncio.get_running_loop()
+            peer.timer = loop.call_later(self.timeout_seconds, self._expire, key, pc)
         local = pc.localDescription
         return local.sdp, local.type
 
