@@ -731,13 +731,13 @@ async def test_after_call_documents_are_signed_stored_and_queued(
         **PRESCRIPTION_FORM,
     }
     bad = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_1_days": "0"})
-    assert bad.status == 400 and "between 1 and 365" in await bad.text()
+    assert bad.status == 400 and "entre 1 et 365" in await bad.text()  # French first
     # The builder refuses what the form let through: shown on the form, nothing written.
     past = (day - timedelta(days=1)).isoformat()
     refused = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_start": past})
     text = await refused.text()
     assert refused.status == 400 and 'id="e-rx_start"' in text
-    assert "cannot start in the past" in text
+    assert "une ordonnance ne peut pas commencer dans le passé" in text
     async with client.app[K.DB].session() as s:
         assert (await s.execute(select(ClinicalDocument))).first() is None
         assert (await s.execute(select(OutboxMessage))).first() is None
