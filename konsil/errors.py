@@ -7,7 +7,6 @@ Domain code raises these; exactly one middleware renders them: as Matrix ``errco
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
 
@@ -28,7 +27,7 @@ class Reason(str):
     def __new__(cls, template: str, /, **params: str | int) -> Self:
         self = super().__new__(cls, template.format(**params) if params else template)
         self.template = template
-        self.params = MappingProxyType(params)
+        self.params = params  # (a fresh dict: copies and pickles like the text)
         return self
 
 

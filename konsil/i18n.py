@@ -144,7 +144,7 @@ class Translator:
             return text
         if isinstance(text, Reason) and text.params:
             return self._fill(lang, text)
-        return self._fr.get(text.template if isinstance(text, Reason) else text, text)
+        return self._fr.get(text, text)
 
     def _fill(self, lang: str, reason: Reason) -> str:
         template = self._fr.get(reason.template)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import ast
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from konsil.i18n import Translator
 
 ROOT = Path(__file__).resolve().parent.parent
 _ERROR_DICTS = {"errors", "problems"}
@@ -70,3 +73,14 @@ def messages_in(*paths: Path) -> Found:
                     if isinstance(target, ast.Subscript) and _name(target.value) in _ERROR_DICTS:
                         _take(found, path, node.value)
     return found
+
+
+def without_french(texts: Iterable[str], translator: Translator) -> list[str]:
+    """The texts with no French, or whose French fills in a value the English does not name
+    (it would show the English instead)."""
+    return sorted(
+        text
+        for text in texts
+        if translator.missing_fr([text])
+        or not placeholders(translator.gettext("fr", text)) <= placeholders(text)
+    )

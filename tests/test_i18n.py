@@ -3,6 +3,7 @@ JSON and logs, translated on pages by its template, the values filled in after t
 
 from __future__ import annotations
 
+import copy
 import json
 
 from konsil.errors import Reason
@@ -19,6 +20,8 @@ def test_a_reason_is_its_english_text() -> None:
         {"errors": {"dx": "'flu' is not an ICD-10 code (e.g. J06.9)"}}
     )
     assert Reason("{tbl} is a UCUM unit") == "{tbl} is a UCUM unit"  # no values: not a template
+    again = copy.deepcopy(r)
+    assert (again, again.template, dict(again.params)) == (r, ICD10, {"code": "flu"})
 
 
 def test_a_page_translates_the_template_then_fills_in_the_values() -> None:
