@@ -83,7 +83,7 @@ REFUSALS_FR: dict[str, str] = {
     "a prescription cannot start in the past": "une ordonnance ne peut pas commencer dans le passé",
     "a prescription starts within 90 days": "une ordonnance commence dans les 90 jours",
     "{code!r} is not an ATC code (e.g. J01CA04)": "{code!r} n'est pas un code ATC (p. ex. J01CA04)",
-    "must be more than 0": "doit être supérieur à 0",
+    "must be more than 0": "doit dépasser 0",
     "1 to 24 administrations": "de 1 à 24 prises",
     "must be at least 1": "doit valoir au moins 1",
     "1 to {days} days": "de 1 à {days} jours",
@@ -97,7 +97,9 @@ REFUSALS_FR: dict[str, str] = {
     "the patient must consent to the teleconsultation": (
         "le patient doit consentir à la téléconsultation"
     ),
-    "the author is not also a consultant": "l'auteur ne compte pas parmi les autres participants",
+    "the author is not also a consultant": (
+        "l'auteur ne figure pas aussi parmi les autres participants"
+    ),
     # the RCP report
     "{code!r} is not a neoplasm code (C00 to D48)": (
         "{code!r} n'est pas un code de tumeur (C00 à D48)"
@@ -116,7 +118,7 @@ REFUSALS_FR: dict[str, str] = {
         "un écart aux recommandations doit être justifié"
     ),
     "only a deviation from the guidelines is justified": (
-        "seul un écart aux recommandations se justifie"
+        "une justification n'accompagne qu'un écart aux recommandations"
     ),
     "only a proposed trial has an id": "seul un essai proposé a un identifiant",
     "the participants are required": "les participants sont obligatoires",
