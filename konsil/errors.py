@@ -7,7 +7,28 @@ Domain code raises these; exactly one middleware renders them: as Matrix ``errco
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
+
+
+class Reason(str):
+    """An English message made from a fixed ``template`` and its ``params``.
+
+    It *is* the English text (what problem+json, logs and English pages show), and it remembers
+    how it was made, so that a page translates the template, not each value, and then fills in
+    the same values (``konsil.i18n.Translator.gettext``). A template is written for
+    ``str.format``: ``Reason("{code!r} is not an ICD-10 code", code="flu")`` reads
+    ``'flu' is not an ICD-10 code``. A param may itself be a Reason (translated in turn).
+    Domain code builds Reasons; only the web layer translates them.
+    """
+
+    template: str
+    params: Mapping[str, str | int]
+
+    def __new__(cls, template: str, /, **params: str | int) -> Self:
+        self = super().__new__(cls, template.format(**params) if params else template)
+        self.template = template
+        self.params = params  # (a fresh dict: copies and pickles like the text)
+        return self
 
 
 class KonsilError(Exception):

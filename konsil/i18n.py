@@ -1,12 +1,16 @@
 """UI text in French (default) and English.
 
 Templates and code write the English text; each package contributes a catalog of French
-translations. A missing translation falls back to English rather than failing.
+translations. A missing translation falls back to English rather than failing. A message made
+from a template and values (``konsil.errors.Reason``) is looked up by its template, then filled
+in with the same values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from konsil.errors import Reason
 
 LANGUAGES = ("fr", "en")
 
@@ -102,6 +106,12 @@ KERNEL_FR: dict[str, str] = {
     "impossible birth date": "date de naissance impossible",
     "wrong Luhn check digit": "chiffre de contrôle Luhn erroné",
     "wrong Verhoeff check digit": "chiffre de contrôle Verhoeff erroné",
+    "a matricule has exactly 13 digits": "un matricule comporte exactement 13 chiffres",
+    "the matricule does not start with a possible birth date": "le matricule ne commence pas par une date de naissance possible",
+    "the matricule's birth date is in the future": "la date de naissance du matricule est dans le futur",
+    "the matricule's Luhn check digit (12th digit) is wrong": "le chiffre de contrôle Luhn du matricule (12e chiffre) est erroné",
+    "the matricule's Verhoeff check digit (13th digit) is wrong": "le chiffre de contrôle Verhoeff du matricule (13e chiffre) est erroné",
+    "the birth date does not match the matricule": "la date de naissance ne correspond pas au matricule",
     "does not match the matricule": "ne correspond pas au matricule",
     "is in the future": "est dans le futur",
     "is not an e-mail address": "n'est pas une adresse électronique",
@@ -130,9 +140,25 @@ class Translator:
         self._fr.update(french)
 
     def gettext(self, lang: str, text: str) -> str:
-        if lang == "fr":
-            return self._fr.get(text, text)
-        return text
+        if lang != "fr":
+            return text
+        if isinstance(text, Reason) and text.params:
+            return self._fill(lang, text)
+        return self._fr.get(text, text)
+
+    def _fill(self, lang: str, reason: Reason) -> str:
+        template = self._fr.get(reason.template)
+        if template is None:
+            return str(reason)
+        params = {
+            k: self.gettext(lang, v) if isinstance(v, Reason) else v
+            for k, v in reason.params.items()
+        }
+        try:
+            # a translation may leave a value out (a page lists the fields on their own)
+            return template.format(**params)
+        except (KeyError, IndexError, ValueError):  # a broken translation: the English
+            return str(reason)
 
     def missing_fr(self, texts: list[str]) -> list[str]:
         return [t for t in texts if t not in self._fr]

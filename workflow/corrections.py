@@ -39,7 +39,7 @@ from konsil.audit.service import Actor
 from konsil.auth.service import Principal
 from konsil.clock import Clock
 from konsil.db import Database
-from konsil.errors import Conflict, Forbidden, KonsilError, NotFound, ValidationError
+from konsil.errors import Conflict, Forbidden, KonsilError, NotFound, Reason, ValidationError
 from workflow.cda import codes
 from workflow.cda.prescription import Medication, Prescription, PrescriptionLine, build_prescription
 from workflow.cda.reading import (
@@ -51,7 +51,7 @@ from workflow.cda.reading import (
 from workflow.cda.sick_leave import Accident, Child, Diagnosis, SickLeave, build_sick_leave
 from workflow.cda.teleconsultation import Teleconsultation, build_teleconsultation
 from workflow.cda.validation import validate_cda
-from workflow.cda.values import Address, Header, Identifier, Replacement
+from workflow.cda.values import Address, Header, Identifier, Replacement, renamed
 from workflow.documents import DocumentStore, NewDocument
 from workflow.models import ClinicalDocument, new_id
 from workflow.views import DocumentViews
@@ -233,8 +233,11 @@ class _Fields:
                 self.errors[key] = "is not a field of this document"
 
     def raise_if_any(self, what: str) -> None:
+        """``what``: the document, e.g. ``the prescription`` (a literal, translated too)."""
         if self.errors:
-            raise ValidationError(f"the {what} is not valid", fields=self.errors)
+            raise ValidationError(
+                Reason("{what} is not valid", what=Reason(what)), fields=self.errors
+            )
 
 
 @dataclass(frozen=True)
@@ -307,18 +310,14 @@ def parse_sick_leave(fields: Mapping[str, Any]) -> SickLeave:
     kind = text("kind")
     start, end = f.day("start", required=True), f.day("end", required=True)
     first_day_off, expected = f.day("first_day_off"), f.day("expected_delivery")
-    accident_date = f.day("accident.date")
-    if f.errors or start is None or end is None:
-        raise ValidationError("the sick-leave certificate is not valid", fields=f.errors)
+    accident_date = f.day("accident.date", required=bool(text("accident.kind")))
+    f.raise_if_any("the sick-leave certificate")
+    assert start is not None and end is not None  # required: refused above when missing
     diagnosis = None
     if text("diagnosis.code") or text("diagnosis.label"):
         diagnosis = Diagnosis(text("diagnosis.code"), text("diagnosis.label"))
     accident = None
-    if text("accident.kind") or accident_date:
-        if accident_date is None:
-            raise ValidationError(
-                "the sick-leave certificate is not valid", fields={"accident.date": "is required"}
-            )
+    if accident_date is not None:  # (given whenever the accident's kind is)
         accident = Accident(
             text("accident.kind"), accident_date, text("accident.reference") or None
         )
@@ -380,7 +379,7 @@ def parse_teleconsultation(
         if code or label:
             diagnoses.append(Diagnosis(code, label))
             positions.append(i)
-    f.raise_if_any("teleconsultation report")
+    f.raise_if_any("the teleconsultation report")
     value = replace(
         signed,
         reason=f.text("reason"),
@@ -451,7 +450,7 @@ def parse_prescription(fields: Mapping[str, Any], signed: Prescription) -> Parse
             )
         )
         positions.append(i)
-    f.raise_if_any("prescription")
+    f.raise_if_any("the prescription")
     assert start is not None
     value = replace(signed, lines=tuple(lines), start=start, note=f.text("note") or None)
     return Parsed(value, {"lines": tuple(positions)})
@@ -591,12 +590,7 @@ class Corrections:
         try:
             xml = ctype.build(parsed.value, header, self.clock.now())
         except ValidationError as exc:  # the builder's names → the form's rows
-            fields = {parsed.form_name(k): v for k, v in exc.fields.items()}
-            message = exc.message
-            if fields != exc.fields:  # its message lists the builder's names (Problems)
-                head = message.split(" — ", 1)[0]
-                message = f"{head} — " + "; ".join(f"{k}: {v}" for k, v in fields.items())
-            raise ValidationError(message, fields=fields) from exc
+            raise renamed(exc, parsed.form_name) from exc
         problems = validate_cda(xml)
         if problems:  # the builder's output must pass: say which rule failed, keep nothing
             raise ValidationError(

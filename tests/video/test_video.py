@@ -8,12 +8,14 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import io
 import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 import av
@@ -24,15 +26,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil import appkeys as K
+from konsil.app import create_app
 from konsil.audit.models import AuditEvent
 from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.clock import FakeClock, local
+from konsil.config import Config
 from konsil.db import Database
 from konsil.errors import RateLimited, ValidationError
 from konsil.identity.matricule import make_matricule
 from konsil.identity.models import Account
 from konsil.turn import turn_credentials
-from tests.conftest import CSRF_RE, AiohttpClient, Client, Person, web_login
+from tests.conftest import CSRF_RE, TEST_SECRET, AiohttpClient, Client, Person, web_login
+from tests.messages import ROOT, messages_in, without_french
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import read_invitation_token
 from video.domain.documents import ConsultationReport, IssueContext, Prepared, check_after_call
@@ -220,7 +225,7 @@ async def test_cancel_withdraws_the_link_and_reschedule_moves(
         f"/video/appointments/{appointment}/reschedule",
         data={"csrf_token": csrf, "starts_at": "2020-01-01T10:00"},
     )
-    assert bad.status == 400 and "is in the past" in await bad.text()
+    assert bad.status == 400 and "est dans le passé" in await bad.text()  # French first
     resp = await client.post(
         f"/video/appointments/{appointment}/cancel",
         data={"csrf_token": csrf},
@@ -731,13 +736,13 @@ async def test_after_call_documents_are_signed_stored_and_queued(
         **PRESCRIPTION_FORM,
     }
     bad = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_1_days": "0"})
-    assert bad.status == 400 and "between 1 and 365" in await bad.text()
+    assert bad.status == 400 and "entre 1 et 365" in await bad.text()  # French first
     # The builder refuses what the form let through: shown on the form, nothing written.
     past = (day - timedelta(days=1)).isoformat()
     refused = await client.post(f"/video/appointments/{a}/after", data={**form, "rx_start": past})
     text = await refused.text()
     assert refused.status == 400 and 'id="e-rx_start"' in text
-    assert "cannot start in the past" in text
+    assert "une ordonnance ne peut pas commencer dans le passé" in text
     async with client.app[K.DB].session() as s:
         assert (await s.execute(select(ClinicalDocument))).first() is None
         assert (await s.execute(select(OutboxMessage))).first() is None
@@ -820,6 +825,114 @@ async def test_after_call_documents_are_signed_stored_and_queued(
     # Once the link has expired, the copies are gone with it.
     clock.advance(80 * 3600)
     assert (await patient.get(links[0])).status == 403
+
+
+def test_every_after_call_refusal_has_french(tmp_path: Path) -> None:
+    """The after-call form's own refusals (the builders' are checked with the workflow's)."""
+    found = messages_in(
+        ROOT / "video" / "domain" / "documents.py", ROOT / "video" / "domain" / "issuer.py"
+    )
+    assert found.fstrings == [], "a refusal is a literal template with its values as params"
+    assert len(found.texts) > 15
+    app = create_app(
+        Config(database_url="sqlite+aiosqlite://", data_dir=str(tmp_path), secret_key=TEST_SECRET)
+    )
+    assert without_french(found.texts, app[K.TRANSLATOR]) == []
+
+
+FIELD_ERROR = re.compile(r'<span class="field-error" id="e-([^"]+)">([^<]*)</span>')
+ALERT = re.compile(r'<div class="alert error" role="alert">\s*<p>([^<]*)</p>')
+
+
+def _refusal(page: str) -> tuple[str, dict[str, str]]:
+    """A refused form's alert and each field's reason, as the doctor reads them."""
+    alert = ALERT.search(page)
+    assert alert, page
+    fields = {name: html.unescape(why) for name, why in FIELD_ERROR.findall(page)}
+    return html.unescape(alert.group(1)), fields
+
+
+async def test_after_call_refusals_in_the_doctors_language(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    a, _patient, csrf = await _consulted(client, aiohttp_client, doctor, clock, 10)
+    day = local(clock.now()).date()
+    path = f"/video/appointments/{a}/after"
+    typed = {
+        "csrf_token": csrf,
+        "reason": "",
+        "findings": "Angine.",
+        "plan": "Antalgique.",
+        "dx_code": "angine",
+        "sick_leave": "on",
+        "sl_kind": "flu",
+        "sl_start": day.isoformat(),
+        "sl_end": (day - timedelta(days=2)).isoformat(),
+        "sl_dx_code": "",
+        "sl_outings": "no",
+        **PRESCRIPTION_FORM,
+        "rx_1_atc": "N02BE",
+        "rx_1_dose": "beaucoup",
+        "rx_1_days": "0",
+    }
+    french = {
+        "reason": "obligatoire",
+        "dx_code": "n'est pas un code CIM-10 (p. ex. J06.9)",
+        "dx_label": "obligatoire",
+        "sl_kind": "choisissez l'une des options",
+        "sl_end": "se situe avant le début",
+        "sl_dx_code": "obligatoire",
+        "rx_1_atc": "un code ATC de 7 caractères (p. ex. N02BE01)",
+        "rx_1_dose": "un nombre est requis",
+        "rx_1_days": "entre 1 et 365",
+    }
+    english = {
+        "reason": "required",
+        "dx_code": "not an ICD-10 code (e.g. J06.9)",
+        "dx_label": "required",
+        "sl_kind": "choose one of the options",
+        "sl_end": "is before the start",
+        "sl_dx_code": "required",
+        "rx_1_atc": "an ATC code of 7 characters (e.g. N02BE01)",
+        "rx_1_dose": "a number is required",
+        "rx_1_days": "between 1 and 365",
+    }
+    # What the builders refuse once the form is complete: a prescription starting in the past.
+    complete = {
+        **typed,
+        "reason": "Mal de gorge.",
+        "dx_code": "J02.9",
+        "dx_label": "Pharyngite aiguë",
+        "sick_leave": "",
+        **PRESCRIPTION_FORM,
+        "rx_start": (day - timedelta(days=1)).isoformat(),
+    }
+    shown = {
+        "fr": (
+            ("les documents de fin de consultation sont incomplets", french),
+            (
+                "l'ordonnance n'est pas valide",
+                {"rx_start": "une ordonnance ne peut pas commencer dans le passé"},
+            ),
+        ),
+        "en": (
+            ("the after-call documents are not complete", english),
+            (
+                "the prescription is not valid — start: a prescription cannot start in the past",
+                {"rx_start": "a prescription cannot start in the past"},
+            ),
+        ),
+    }
+    for lang, (incomplete, past) in shown.items():
+        client.session.cookie_jar.update_cookies({"konsil_lang": lang})
+        refused = await client.post(path, data=typed)
+        assert refused.status == 400
+        assert _refusal(await refused.text()) == incomplete
+        refused = await client.post(path, data=complete)
+        assert refused.status == 400
+        assert _refusal(await refused.text()) == past
+    async with client.app[K.DB].session() as s:
+        assert (await s.execute(select(ClinicalDocument))).first() is None
 
 
 async def test_pages_in_french(client: Client, doctor: Person) -> None:

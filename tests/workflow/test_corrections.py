@@ -177,7 +177,8 @@ async def test_report_corrected_through_the_form(
     text = await wrong.text()
     assert wrong.status == 400
     # the builder's own checks, on the form's fields (its diagnoses.0 is the form's row 1)
-    assert 'id="e-diagnoses.1.code"' in text and "is not an ICD-10 code" in text
+    assert 'id="e-diagnoses.1.code"' in text
+    assert "&#39;anémie&#39; n&#39;est pas un code CIM-10" in text  # French first
     assert 'id="e-plan"' in text and 'value="anémie"' in text
     assert await rows(world) == before and (await world.document(report.id)).status == "final"
 
@@ -371,9 +372,12 @@ async def test_prescription_corrected_through_the_form(
     text = await wrong.text()
     assert wrong.status == 400
     # the builder's lines.1 is the form's row 2 (row 0 was removed)
-    assert 'id="e-lines.2.medication.atc"' in text and "is not an ATC code" in text
-    assert "the prescription is not valid — lines.2.medication.atc: " in text
+    assert 'id="e-lines.2.medication.atc"' in text
+    assert "&#39;B01AB5&#39; n&#39;est pas un code ATC" in text  # French first
     assert 'name="lines.0.remove" value="1" checked' in text  # the submitted form, as it was
+    world.client.session.cookie_jar.update_cookies({"konsil_lang": "en"})
+    text = await (await world.client.post(path, data=fields)).text()
+    assert "the prescription is not valid — lines.2.medication.atc: " in text  # the form's name
     assert await rows(world) == before
 
     fields[p + "medication.atc"] = "B01AB05"

@@ -458,7 +458,8 @@ async def test_correction_is_delivered_as_a_replacement(
         f"/documents/{cert.id}/correct", data={**fields, "end": "2026-11-20"}
     )
     text = await wrong.text()
-    assert wrong.status == 400 and "ends before it starts" in text and 'id="e-end"' in text
+    assert wrong.status == 400 and 'id="e-end"' in text
+    assert "l&#39;incapacité se termine avant de commencer" in text  # French first
     assert (await world.document(cert.id)).status == "final"
 
     resp = await world.client.post(

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.errors import ValidationError
+from konsil.errors import Reason, ValidationError
 
 ICD10_RE = re.compile(r"^[A-TV-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
 MAX_LEAVE_DAYS = 366
@@ -204,7 +204,7 @@ def _text(
             errors[field] = "required"
         return None
     if len(v) > limit:
-        errors[field] = f"at most {limit} characters"
+        errors[field] = Reason("at most {limit} characters", limit=limit)
     return v[:limit]
 
 
@@ -238,7 +238,7 @@ def _int(raw: str, field: str, errors: dict[str, str], lo: int, hi: int) -> int:
         errors[field] = "a whole number is required"
         return 0
     if not lo <= n <= hi:
-        errors[field] = f"between {lo} and {hi}"
+        errors[field] = Reason("between {lo} and {hi}", lo=lo, hi=hi)
     return n
 
 
@@ -292,7 +292,9 @@ def check_after_call(form: Mapping[str, str], consult_day: date) -> AfterCallDoc
             if end < start:
                 errors["sl_end"] = "is before the start"
             elif (end - start).days + 1 > MAX_LEAVE_DAYS:
-                errors["sl_end"] = f"a certificate covers at most {MAX_LEAVE_DAYS} days"
+                errors["sl_end"] = Reason(
+                    "a certificate covers at most {days} days", days=MAX_LEAVE_DAYS
+                )
             if start < consult_day - timedelta(days=3):
                 errors["sl_start"] = "at most 3 days before the consultation"
         sl_dx = _diagnosis(form, "sl_dx", errors, required=True)

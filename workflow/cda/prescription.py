@@ -68,7 +68,7 @@ def check_prescription(rx: Prescription, header: Header, *, now: datetime) -> No
     if not rx.lines:
         p.add("lines", "a prescription has at least one medication")
     elif len(rx.lines) > MAX_LINES:
-        p.add("lines", f"at most {MAX_LINES} medications per prescription")
+        p.add("lines", "at most {count} medications per prescription", count=MAX_LINES)
     if rx.start < today:
         p.add("start", "a prescription cannot start in the past")
     elif rx.start > today + timedelta(days=90):
@@ -79,7 +79,9 @@ def check_prescription(rx: Prescription, header: Header, *, now: datetime) -> No
         f = f"lines.{i}"
         if not ATC_RE.match(line.medication.atc):
             p.add(
-                f"{f}.medication.atc", f"{line.medication.atc!r} is not an ATC code (e.g. J01CA04)"
+                f"{f}.medication.atc",
+                "{code!r} is not an ATC code (e.g. J01CA04)",
+                code=line.medication.atc,
             )
         p.text(line.medication.name, f"{f}.medication.name", limit=200)
         if not line.dose.is_finite() or line.dose <= 0:
@@ -92,7 +94,7 @@ def check_prescription(rx: Prescription, header: Header, *, now: datetime) -> No
             p.add(f"{f}.per", "must be at least 1")
         check_choice(p, line.period_unit, codes.FREQUENCY_UNITS, f"{f}.period_unit")
         if not 1 <= line.duration_days <= MAX_DURATION_DAYS:
-            p.add(f"{f}.duration_days", f"1 to {MAX_DURATION_DAYS} days")
+            p.add(f"{f}.duration_days", "1 to {days} days", days=MAX_DURATION_DAYS)
         if not line.quantity.is_finite() or line.quantity <= 0:
             p.add(f"{f}.quantity", "must be more than 0")
         check_choice(p, line.quantity_unit, codes.UNITS, f"{f}.quantity_unit")

@@ -126,14 +126,20 @@ def check_rcp_report(report: RcpReport, header: Header, *, now: datetime) -> Non
     d = report.diagnosis
     check_icd10(p, d.icd10, "diagnosis.icd10")
     if "diagnosis.icd10" not in p.fields and not NEOPLASM_RE.match(d.icd10):
-        p.add("diagnosis.icd10", f"{d.icd10!r} is not a neoplasm code (C00 to D48)")
+        p.add("diagnosis.icd10", "{code!r} is not a neoplasm code (C00 to D48)", code=d.icd10)
     p.text(d.label, "diagnosis.label", limit=300)
     if not TOPOGRAPHY_RE.match(d.topography):
-        p.add("diagnosis.topography", f"{d.topography!r} is not an ICD-O-3 topography (e.g. C50.4)")
+        p.add(
+            "diagnosis.topography",
+            "{code!r} is not an ICD-O-3 topography (e.g. C50.4)",
+            code=d.topography,
+        )
     p.text(d.topography_label, "diagnosis.topography_label", limit=300)
     if not MORPHOLOGY_RE.match(d.morphology):
         p.add(
-            "diagnosis.morphology", f"{d.morphology!r} is not an ICD-O-3 morphology (e.g. 8500/3)"
+            "diagnosis.morphology",
+            "{code!r} is not an ICD-O-3 morphology (e.g. 8500/3)",
+            code=d.morphology,
         )
     p.text(d.morphology_label, "diagnosis.morphology_label", limit=300)
     check_choice(p, d.status, codes.TUMOUR_STATUS, "diagnosis.status")
@@ -145,9 +151,9 @@ def check_rcp_report(report: RcpReport, header: Header, *, now: datetime) -> Non
         ("tnm.m", report.tnm.m, M_RE),
     ):
         if not pattern.match(value):
-            p.add(name, f"unknown TNM category {value!r}")
+            p.add(name, "unknown TNM category {code!r}", code=value)
     if report.tnm.stage is not None and not STAGE_RE.match(report.tnm.stage):
-        p.add("tnm.stage", f"unknown stage group {report.tnm.stage!r}")
+        p.add("tnm.stage", "unknown stage group {code!r}", code=report.tnm.stage)
     if report.ecog not in codes.ECOG:
         p.add("ecog", "the WHO/ECOG performance status is 0 to 5")
     if not report.proposal:
@@ -179,8 +185,8 @@ def check_rcp_report(report: RcpReport, header: Header, *, now: datetime) -> Non
     if report.quorum_met and not quorum_reached(report.participants):
         p.add(
             "quorum_met",
-            f"the quorum needs at least {QUORUM_SPECIALTIES} physicians of "
-            f"{QUORUM_SPECIALTIES} different specialties",
+            "the quorum needs at least {count} physicians of {count} different specialties",
+            count=QUORUM_SPECIALTIES,
         )
     if header.authenticator.id not in {x.id for x in report.participants}:
         p.add("legal_authenticator", "the report is authenticated by a participant")

@@ -95,9 +95,13 @@ def check_sick_leave(cert: SickLeave, header: Header, *, now: datetime) -> None:
     if cert.end < cert.start:
         p.add("end", "the incapacity ends before it starts")
     elif cert.days > MAX_DAYS:
-        p.add("end", f"one certificate covers at most {MAX_DAYS} days")
+        p.add("end", "one certificate covers at most {days} days", days=MAX_DAYS)
     if cert.start < today - timedelta(days=MAX_BACKDATE_DAYS):
-        p.add("start", f"cannot start more than {MAX_BACKDATE_DAYS} days before the certificate")
+        p.add(
+            "start",
+            "cannot start more than {days} days before the certificate",
+            days=MAX_BACKDATE_DAYS,
+        )
     if cert.first_day_off is not None and cert.first_day_off > cert.start:
         p.add("first_day_off", "is after the start of the incapacity")
     needs_diagnosis = cert.kind in ("illness", "accident", "family-reason")
@@ -131,7 +135,7 @@ def check_sick_leave(cert: SickLeave, header: Header, *, now: datetime) -> None:
                 birth_date_of(cert.child.matricule) if "child.matricule" not in p.fields else None
             )
             if born is not None and born.replace(year=born.year + CHILD_MAX_AGE) <= cert.start:
-                p.add("child.matricule", f"the child is {CHILD_MAX_AGE} or older")
+                p.add("child.matricule", "the child is {age} or older", age=CHILD_MAX_AGE)
             if cert.child.matricule == header.patient.matricule:
                 p.add("child.matricule", "is the patient's own matricule")
     elif cert.child is not None:

@@ -3,19 +3,24 @@
 Every builder first runs its ``check_*``: all problems are collected and raised together as one
 ``ValidationError`` whose ``fields`` map a dotted field name to what is wrong, so a form can show
 every mistake at once and nothing half-valid is ever built, signed or stored.
+
+What is wrong is a ``Reason``: a fixed English template and the values it names (``"{code!r} is
+not an ICD-10 code (e.g. J06.9)"``, ``code=…``), so the pages translate each template once
+(``workflow.web.i18n``) while the JSON API answers the same English text as ever. A reason is
+always a literal template, never an f-string: a test lists them all and checks each has French.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from konsil.errors import ValidationError
+from konsil.errors import Reason, ValidationError
 from konsil.identity.matricule import check_matricule
 from konsil.identity.specialties import BY_CODE as SPECIALTIES
 
@@ -38,32 +43,47 @@ class Problems:
     def __init__(self) -> None:
         self.fields: dict[str, str] = {}
 
-    def add(self, name: str, reason: str) -> None:
-        self.fields.setdefault(name, reason)
-
-    def require(self, ok: bool, name: str, reason: str) -> None:
-        if not ok:
-            self.add(name, reason)
+    def add(self, name: str, reason: str, **params: str | int) -> None:
+        """``reason`` is a literal English template, ``params`` the values it names."""
+        self.fields.setdefault(name, Reason(reason, **params))
 
     def text(self, value: str, name: str, *, required: bool = True, limit: int = MAX_TEXT) -> None:
         if not value.strip():
             if required:
                 self.add(name, "is required")
         elif len(value) > limit:
-            self.add(name, f"is longer than {limit} characters")
+            self.add(name, "is longer than {limit} characters", limit=limit)
         elif _CONTROL.search(value):
             self.add(name, "contains control characters")
 
     def matricule(self, value: str, name: str, *, today: date | None = None) -> None:
         try:
             check_matricule(value, today=today)
-        except ValidationError as exc:
-            self.add(name, exc.message)
+        except ValidationError as exc:  # konsil.identity.matricule's fixed messages
+            self.fields.setdefault(name, exc.message)
 
     def raise_if_any(self, what: str) -> None:
+        """``what``: the document, e.g. ``the prescription`` (a literal, translated too)."""
         if self.fields:
-            listed = "; ".join(f"{k}: {v}" for k, v in self.fields.items())
-            raise ValidationError(f"{what} is not valid — {listed}", fields=self.fields)
+            raise refusal(Reason(what), self.fields)
+
+
+def refusal(what: Reason, fields: Mapping[str, str]) -> ValidationError:
+    """The builders' one refusal: ``what`` is not valid, then every problem by field name (a
+    page lists the fields on their own, so its translation may leave ``{problems}`` out)."""
+    listed = "; ".join(f"{k}: {v}" for k, v in fields.items())
+    message = Reason("{what} is not valid — {problems}", what=what, problems=listed)
+    return ValidationError(message, fields=fields)
+
+
+def renamed(exc: ValidationError, rename: Callable[[str], str]) -> ValidationError:
+    """A builder's refusal with its fields renamed (the builder's names → a form's), its message
+    listing the new names."""
+    fields = {rename(k): v for k, v in exc.fields.items()}
+    what = exc.message.params.get("what") if isinstance(exc.message, Reason) else None
+    if fields == exc.fields or not isinstance(what, Reason):
+        return ValidationError(exc.message, fields=fields)
+    return refusal(what, fields)
 
 
 @dataclass(frozen=True)
@@ -188,7 +208,7 @@ def check_patient(p: Problems, value: Patient, name: str, *, today: date) -> Non
     p.text(value.given_name, f"{name}.given_name", limit=100)
     p.text(value.family_name, f"{name}.family_name", limit=100)
     if value.sex not in codes.ADMIN_GENDER:
-        p.add(f"{name}.sex", f"unknown code {value.sex!r} (F, M or UN)")
+        p.add(f"{name}.sex", "unknown code {code!r} (F, M or UN)", code=value.sex)
     if value.address is not None:
         check_address(p, value.address, f"{name}.address")
 
@@ -198,7 +218,7 @@ def check_practitioner(p: Problems, value: Practitioner, name: str) -> None:
     p.text(value.given_name, f"{name}.given_name", limit=100)
     p.text(value.family_name, f"{name}.family_name", limit=100)
     if value.specialty not in SPECIALTIES:
-        p.add(f"{name}.specialty", f"unknown specialty code {value.specialty!r}")
+        p.add(f"{name}.specialty", "unknown specialty code {code!r}", code=value.specialty)
     if value.cns_code is not None and not CNS_PROVIDER_RE.match(value.cns_code):
         p.add(f"{name}.cns_code", "a CNS provider code has 8 digits (e.g. 90812100 or 908121-00)")
 
@@ -219,7 +239,7 @@ def check_header(p: Problems, h: Header, *, now: datetime) -> None:
     if h.organisation.address is not None:
         check_address(p, h.organisation.address, "organisation.address")
     if h.confidentiality not in codes.CONFIDENTIALITY:
-        p.add("confidentiality", f"unknown code {h.confidentiality!r} (N, R or V)")
+        p.add("confidentiality", "unknown code {code!r} (N, R or V)", code=h.confidentiality)
     if h.version < 1:
         p.add("version", "starts at 1")
     elif h.version == 1 and h.replaces is not None:
@@ -241,10 +261,15 @@ def check_header(p: Problems, h: Header, *, now: datetime) -> None:
 
 def check_icd10(p: Problems, code: str, name: str) -> None:
     if not ICD10_RE.match(code):
-        p.add(name, f"{code!r} is not an ICD-10 code (e.g. J06.9)")
+        p.add(name, "{code!r} is not an ICD-10 code (e.g. J06.9)", code=code)
 
 
 def check_choice(p: Problems, value: str, allowed: Iterable[str], name: str) -> None:
     options = list(allowed)
     if value not in options:
-        p.add(name, f"unknown code {value!r} (one of: {', '.join(options)})")
+        p.add(
+            name,
+            "unknown code {code!r} (one of: {options})",
+            code=value,
+            options=", ".join(options),
+        )
