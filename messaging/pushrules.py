@@ -188,9 +188,13 @@ DEFAULT_IDS = {
 # ---------------------------------------------------------------- validation (check_*)
 
 
-def check_path(scope: str, kind: str) -> None:
+def check_scope(scope: str) -> None:
     if scope != SCOPE:
         raise ValidationError("only the 'global' scope exists", fields={"scope": "unknown"})
+
+
+def check_path(scope: str, kind: str) -> None:
+    check_scope(scope)
     if kind not in KINDS:
         raise ValidationError(
             f"unknown push rule kind (one of {', '.join(KINDS)})", fields={"kind": "unknown"}
@@ -435,12 +439,13 @@ class UserPushRules:
         self.rules[kind][i][attr] = value
 
 
+def push_rules_content(user_id: str, stored: JsonDict | None) -> JsonDict:
+    """The content of ``m.push_rules`` for the user's stored changes (``GET /pushrules/``)."""
+    return {"global": UserPushRules.from_stored(stored).ruleset(user_id)}
+
+
 def push_rules_event(user_id: str, stored: JsonDict | None) -> JsonDict:
-    """The ``m.push_rules`` account-data event for the user's stored changes."""
-    return {
-        "type": PUSH_RULES,
-        "content": {"global": UserPushRules.from_stored(stored).ruleset(user_id)},
-    }
+    return {"type": PUSH_RULES, "content": push_rules_content(user_id, stored)}
 
 
 # ---------------------------------------------------------------- the service (do_*)
@@ -450,9 +455,11 @@ class PushRuleService:
     def __init__(self, devices: DeviceService) -> None:
         self.devices = devices
 
+    async def _stored(self, user_id: str) -> JsonDict | None:
+        return await self.devices.account_data_or_none(user_id, "", STORED_TYPE)
+
     async def _load(self, user_id: str) -> UserPushRules:
-        stored = await self.devices.account_data_or_none(user_id, "", STORED_TYPE)
-        return UserPushRules.from_stored(stored)
+        return UserPushRules.from_stored(await self._stored(user_id))
 
     async def _change(self, req: Requester, change: Callable[[UserPushRules], None]) -> None:
         def update(stored: JsonDict | None) -> JsonDict:
@@ -463,10 +470,10 @@ class PushRuleService:
         await self.devices.do_update_account_data(req, "", STORED_TYPE, update)
 
     async def all_rules(self, user_id: str) -> JsonDict:
-        return {"global": (await self._load(user_id)).ruleset(user_id)}
+        return push_rules_content(user_id, await self._stored(user_id))
 
     async def scope_rules(self, user_id: str, scope: str) -> JsonDict:
-        check_path(scope, KINDS[0])
+        check_scope(scope)
         return (await self._load(user_id)).ruleset(user_id)
 
     async def kind_rules(self, user_id: str, scope: str, kind: str) -> list[JsonDict]:
