@@ -855,30 +855,52 @@ class DeviceService:
     async def do_set_account_data(
         self, req: Requester, room_id: str, data_type: str, content: JsonDict
     ) -> None:
+        await self.do_update_account_data(req, room_id, data_type, lambda _old: content)
+
+    async def do_update_account_data(
+        self,
+        req: Requester,
+        room_id: str,
+        data_type: str,
+        change: Callable[[JsonDict | None], JsonDict],
+    ) -> None:
+        """Replace an entry with ``change(current content or None)``; an exception from
+        ``change`` rolls back and propagates. Read-modify-writes of one entry do not lose
+        updates: the stream position is allocated first, which holds the counter row's lock
+        until commit on PostgreSQL (SQLite writers are serialised already)."""
         async with self.db.transaction() as s:
             pos = await allocate(s)
             row = await s.get(AccountData, (req.user_id, room_id, data_type))
+            content = dumps(change(None if row is None else loads(row.content)))
             if row is None:
                 s.add(
                     AccountData(
                         user_id=req.user_id,
                         room_id=room_id,
                         type=data_type,
-                        content=dumps(content),
+                        content=content,
                         stream=pos,
                     )
                 )
             else:
-                row.content, row.stream = dumps(content), pos
+                row.content, row.stream = content, pos
             self.notifier.mark([req.user_id], pos, "account_data")
         self.notifier.notify([req.user_id], pos)
 
-    async def account_data(self, user_id: str, room_id: str, data_type: str) -> JsonDict:
+    async def account_data_or_none(
+        self, user_id: str, room_id: str, data_type: str
+    ) -> JsonDict | None:
         async with self.db.session() as s:
             row = await s.get(AccountData, (user_id, room_id, data_type))
         if row is None:
-            raise NotFound("no account data of that type")
+            return None
         content: JsonDict = loads(row.content)
+        return content
+
+    async def account_data(self, user_id: str, room_id: str, data_type: str) -> JsonDict:
+        content = await self.account_data_or_none(user_id, room_id, data_type)
+        if content is None:
+            raise NotFound("no account data of that type")
         return content
 
     async def account_data_since(

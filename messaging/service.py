@@ -22,6 +22,7 @@ from messaging.media import MediaService
 from messaging.models import Event
 from messaging.notifier import InProcessNotifier, Notifier
 from messaging.policy import InvitePolicy
+from messaging.pushrules import PushRuleService
 from messaging.retention import purge_expired
 from messaging.rooms import RoomService
 from messaging.sync import SyncService
@@ -39,6 +40,7 @@ class Homeserver:
     sync: SyncService
     ephemeral: Ephemeral
     media: MediaService
+    push_rules: PushRuleService
 
     @classmethod
     def build(
@@ -59,7 +61,8 @@ class Homeserver:
         rooms = RoomService(db, clock, notifier, name, InvitePolicy(), media, recent)
         ephemeral = Ephemeral(clock)
         sync = SyncService(db, clock, notifier, rooms, devices, ephemeral, recent)
-        return cls(db, clock, name, notifier, devices, rooms, sync, ephemeral, media)
+        push_rules = PushRuleService(devices)
+        return cls(db, clock, name, notifier, devices, rooms, sync, ephemeral, media, push_rules)
 
     # ------------------------------------------------------------------ ephemeral
 

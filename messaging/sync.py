@@ -22,6 +22,7 @@ from messaging.devices import DeviceService, room_peers
 from messaging.ephemeral import Ephemeral
 from messaging.models import DeviceListChange, Event, Membership
 from messaging.notifier import Notifier
+from messaging.pushrules import PUSH_RULES, STORED_TYPE, push_rules_event
 from messaging.rooms import RoomService, event_json
 from messaging.timeline import RecentEvents
 
@@ -288,7 +289,14 @@ class SyncService:
                 if marked("account_data")
                 else []
             )
+            push_rules: JsonDict | None = None
             for ad in new_data:
+                if ad.type in (PUSH_RULES, STORED_TYPE):
+                    # m.push_rules is built from the user's stored changes (a stored m.push_rules
+                    # is a leftover from before the server managed it)
+                    if ad.type == STORED_TYPE and ad.room_id == "":
+                        push_rules = push_rules_event(me, loads(ad.content))
+                    continue
                 item = {"type": ad.type, "content": loads(ad.content)}
                 if ad.room_id == "":
                     global_data.append(item)
@@ -301,6 +309,12 @@ class SyncService:
                         "timeline": {"events": [], "limited": False},
                         "account_data": {"events": [item]},
                     }
+
+            if push_rules is None and since is None:
+                # a first sync always has them: the server-default rules until the user changes one
+                push_rules = push_rules_event(me, None)
+            if push_rules is not None:
+                global_data.append(push_rules)
 
             # typing and receipts
             for room_id, events in self.ephemeral.for_rooms(list(joined), since).items():

@@ -464,7 +464,9 @@ async def get_account_data(request: web.Request) -> web.Response:
     mi = request.match_info
     own_user(req, mi["user_id"])
     return json_response(
-        await hs(request).devices.account_data(req.user_id, mi.get("room_id", ""), mi["data_type"])
+        await hs(request).push_rules.client_account_data(
+            req.user_id, mi.get("room_id", ""), mi["data_type"]
+        )
     )
 
 
@@ -475,7 +477,9 @@ async def put_account_data(request: web.Request) -> web.Response:
     mi = request.match_info
     own_user(req, mi["user_id"])
     body = await read_json(request)
-    await hs(request).devices.do_set_account_data(req, mi.get("room_id", ""), mi["data_type"], body)
+    await hs(request).push_rules.do_set_client_account_data(
+        req, mi.get("room_id", ""), mi["data_type"], body
+    )
     return json_response(EMPTY)
 
 
@@ -496,10 +500,99 @@ async def get_filter(request: web.Request) -> web.Response:
     )
 
 
+# ---------------------------------------------------------------- push rules
+
+PUSH_RULE = V3 + "/pushrules/{scope}/{kind}/{rule_id}"
+
+
 @routes.get(V3 + "/pushrules/")
 async def pushrules(request: web.Request) -> web.Response:
-    await requester(request)
-    return json_response({"global": {}})
+    req = await requester(request)
+    return json_response(await hs(request).push_rules.all_rules(req.user_id))
+
+
+@routes.get(V3 + "/pushrules/{scope}/")
+async def pushrules_scope(request: web.Request) -> web.Response:
+    req = await requester(request)
+    scope = request.match_info["scope"]
+    return json_response(await hs(request).push_rules.scope_rules(req.user_id, scope))
+
+
+@routes.get(V3 + "/pushrules/{scope}/{kind}/")
+async def pushrules_kind(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    return json_response(
+        await hs(request).push_rules.kind_rules(req.user_id, mi["scope"], mi["kind"])
+    )
+
+
+@routes.get(PUSH_RULE)
+async def push_rule(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    return json_response(
+        await hs(request).push_rules.rule(req.user_id, mi["scope"], mi["kind"], mi["rule_id"])
+    )
+
+
+@routes.put(PUSH_RULE)
+async def put_push_rule(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    mi, q = request.match_info, request.query
+    await hs(request).push_rules.do_put_rule(
+        req,
+        mi["scope"],
+        mi["kind"],
+        mi["rule_id"],
+        body,
+        before=q.get("before"),
+        after=q.get("after"),
+    )
+    return json_response(EMPTY)
+
+
+@routes.delete(PUSH_RULE)
+async def delete_push_rule(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    await hs(request).push_rules.do_delete_rule(req, mi["scope"], mi["kind"], mi["rule_id"])
+    return json_response(EMPTY)
+
+
+@routes.get(PUSH_RULE + "/enabled")
+async def push_rule_enabled(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    rule = await hs(request).push_rules.rule(req.user_id, mi["scope"], mi["kind"], mi["rule_id"])
+    return json_response({"enabled": rule["enabled"]})
+
+
+@routes.put(PUSH_RULE + "/enabled")
+async def set_push_rule_enabled(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    mi = request.match_info
+    await hs(request).push_rules.do_set_enabled(req, mi["scope"], mi["kind"], mi["rule_id"], body)
+    return json_response(EMPTY)
+
+
+@routes.get(PUSH_RULE + "/actions")
+async def push_rule_actions(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    rule = await hs(request).push_rules.rule(req.user_id, mi["scope"], mi["kind"], mi["rule_id"])
+    return json_response({"actions": rule["actions"]})
+
+
+@routes.put(PUSH_RULE + "/actions")
+async def set_push_rule_actions(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    mi = request.match_info
+    await hs(request).push_rules.do_set_actions(req, mi["scope"], mi["kind"], mi["rule_id"], body)
+    return json_response(EMPTY)
 
 
 @routes.get(V3 + "/voip/turnServer")

@@ -5,10 +5,10 @@
 //
 // It logs in, sets up end-to-end encryption in memory, syncs, joins ROOM_ID when invited (any
 // invite if no room is given) and prints one JSON object per line on stdout:
-//   {"event":"ready","user_id":…,"device_id":…}
+//   {"event":"ready","user_id":…,"device_id":…,"push_rules":[underride rule ids]}
 //   {"event":"joined","room_id":…}
 //   {"event":"trusted","user_id":…,"devices":[…]}     the peer's devices, marked verified
-//   {"event":"message","room_id":…,"sender":…,"body":…,"encrypted":true|false}
+//   {"event":"message","room_id":…,"sender":…,"body":…,"encrypted":true|false,"notify":…}
 //   {"event":"undecryptable","room_id":…,"sender":…,"code":…}
 //   {"event":"sent","room_id":…,"event_id":…}
 //   {"event":"error","message":…}
@@ -126,6 +126,8 @@ client.on(sdk.MatrixEventEvent.Decrypted, (event) => {
       sender: event.getSender(),
       body: event.getContent().body,
       encrypted: true,
+      // the SDK evaluates the push rules itself (as Element does), on the decrypted event
+      notify: client.getPushActionsForEvent(event, true)?.notify ?? null,
     });
   }
 });
@@ -149,7 +151,12 @@ const prepared = new Promise((resolve, reject) => {
 });
 await client.startClient({ initialSyncLimit: 20 });
 await prepared;
-emit({ event: "ready", user_id: login.user_id, device_id: login.device_id });
+emit({
+  event: "ready",
+  user_id: login.user_id,
+  device_id: login.device_id,
+  push_rules: (client.pushRules?.global?.underride ?? []).map((r) => r.rule_id),
+});
 
 // an invite that was already there at the first sync
 for (const room of client.getRooms()) {

@@ -151,7 +151,10 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
     stderr = ""
     try:
         await until(alice, js, lambda: js.seen(event="ready"), "js client ready")
-        js_device = next(line["device_id"] for line in js.lines if line["event"] == "ready")
+        ready = next(line for line in js.lines if line["event"] == "ready")
+        js_device = ready["device_id"]
+        # the SDK got the server-default push rules from its first sync
+        assert ".m.rule.room_one_to_one" in ready["push_rules"], ready
         await until(alice, js, lambda: js.seen(event="joined", room_id=room_id), "js joined")
         # the JS side marked alice's device verified; nio verifies bob's JS device
         await until(
@@ -182,6 +185,7 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
         )
         got = next(line for line in js.lines if line.get("body") == to_js)
         assert got["sender"] == alice.client.user_id and got["room_id"] == room_id
+        assert got["notify"] is True, got  # a message in a two-member room notifies
 
         # JS → nio
         to_nio = "js to nio: agree, follow-up in three months"
