@@ -129,6 +129,18 @@ KERNEL_FR: dict[str, str] = {
     "CNS provider code": "Code prestataire CNS",
     "Valid for (days)": "Validité (jours)",
     "internal error: the incident was logged": "erreur interne : l'incident a été journalisé",
+    # the titles of konsil.errors, shown on the error page
+    "Bad request": "Requête incorrecte",
+    "Invalid input": "Saisie non valide",
+    "Authentication required": "Authentification requise",
+    "Forbidden": "Accès refusé",
+    "Not found": "Introuvable",
+    "Conflict": "Conflit",
+    "Too large": "Trop volumineux",
+    "Too many requests": "Trop de requêtes",
+    "Method not allowed": "Méthode non autorisée",
+    "Internal error": "Erreur interne",
+    "Service unavailable": "Service indisponible",
 }
 
 

@@ -648,11 +648,16 @@ def correction_type(kind: str) -> CorrectionType[Any]:
     display = codes.BY_KIND[kind].display if kind in codes.BY_KIND else kind
     if kind in BOARD_KINDS:
         raise Conflict(
-            f"a {display} records a board's decision and is not corrected by one author: "
-            "mark it as entered in error and submit the case to the board again",
+            Reason(
+                "a {display} records a board's decision and is not corrected by one author: "
+                "mark it as entered in error and submit the case to the board again",
+                display=display,
+            ),
             fields={"kind": kind},
         )
-    raise Conflict(f"a {display} cannot be corrected", fields={"kind": kind})
+    raise Conflict(
+        Reason("a {display} cannot be corrected", display=display), fields={"kind": kind}
+    )
 
 
 def signed_value(ctype: CorrectionType[V], doc: ClinicalDocument) -> V:

@@ -135,4 +135,11 @@ REFUSALS_FR: dict[str, str] = {
     # the correction form's own reading of the values
     "expected a whole number": "nombre entier attendu",
     "expected a number": "nombre attendu",
+    # the corrections' whole-page refusals (workflow.corrections)
+    "no such document": "document introuvable",
+    "only the document's author can correct it": "seul l'auteur du document peut le corriger",
+    "only the current version of a final document can be corrected": "seule la version en vigueur d'un document définitif peut être corrigée",
+    "the document cannot be read back for a correction: mark it entered in error and issue a new one": "le document ne peut pas être relu pour une correction : marquez-le comme émis par erreur et émettez-en un nouveau",
+    "a {display} records a board's decision and is not corrected by one author: mark it as entered in error and submit the case to the board again": "le document « {display} » consigne la décision d'une RCP et n'est pas corrigé par un seul auteur : marquez-le comme émis par erreur et soumettez à nouveau le cas à la RCP",
+    "a {display} cannot be corrected": "le document « {display} » ne peut pas être corrigé",
 }
