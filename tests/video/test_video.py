@@ -153,7 +153,7 @@ async def test_link_is_single_use_bound_to_one_browser_and_expires(
     patient = await aiohttp_client(client.server)
     wrong = await _enter(patient, link, birth="1975-03-11")
     assert wrong.status == 400
-    assert "does not match our records" in await wrong.text()
+    assert "ne correspond pas à nos informations" in await wrong.text()  # French first
     ok = await _enter(patient, link)
     assert ok.status == 303 and ok.headers["Location"] == f"/video/room/{appointment}"
     assert (await patient.get(f"/video/room/{appointment}")).status == 200
@@ -386,10 +386,21 @@ async def test_files_are_sealed_at_rest_and_limited(
     assert row is not None and b"grippe" not in row.sealed and len(row.sealed) > len(secret_text)
     got = await client.get(f"/video/files/{a}/{info['id']}")
     assert got.status == 200 and await got.read() == secret_text
-    assert (await upload("x.exe", "application/x-msdownload", b"MZ...")).status == 400
+    refused = await upload("x.exe", "application/x-msdownload", b"MZ...")
+    problem = await refused.json()
+    assert refused.status == 400 and refused.content_type == "application/problem+json"
+    english = "only PDF, PNG, JPEG and plain-text files can be sent"
+    assert (problem["detail"], problem["errors"]) == (english, {"file": "type not allowed"})
+    # the call page shows the reason in its reader's language (the problem keeps its English)
+    assert problem["shown"] == "seuls les fichiers PDF, PNG, JPEG et texte peuvent être envoyés"
+    client.session.cookie_jar.update_cookies({"konsil_lang": "en"})
+    refused = await upload("x.exe", "application/x-msdownload", b"MZ...")
+    assert (await refused.json())["shown"] == english
     assert (await upload("fake.pdf", "application/pdf", b"<html>")).status == 400
     big = PDF + b"0" * (10 * 1024 * 1024)
-    assert (await upload("big.pdf", "application/pdf", big)).status in (400, 413)
+    too_big = await upload("big.pdf", "application/pdf", big)
+    assert too_big.status in (400, 413)
+    assert (await too_big.json())["shown"] in ("file too large", "files are limited to 10 MiB")
     patient = await aiohttp_client(client.server)
     assert (await patient.get(f"/video/files/{a}/{info['id']}")).status == 403
 
@@ -933,6 +944,148 @@ async def test_after_call_refusals_in_the_doctors_language(
         assert _refusal(await refused.text()) == past
     async with client.app[K.DB].session() as s:
         assert (await s.execute(select(ClinicalDocument))).first() is None
+
+
+def test_every_video_refusal_has_french(tmp_path: Path) -> None:
+    """What the schedule form, the patient's entry, the room, the files and the doctor's pages
+    can refuse (the domain and the handlers): every message and field reason has French."""
+    found = messages_in(*sorted((ROOT / "video").rglob("*.py")))
+    assert found.fstrings == [], "a refusal is a literal template with its values as params"
+    assert len(found.texts) > 60
+    assert {"does not match our records", "files are limited to {mib} MiB"} <= found.texts
+    app = create_app(
+        Config(database_url="sqlite+aiosqlite://", data_dir=str(tmp_path), secret_key=TEST_SECRET)
+    )
+    assert without_french(found.texts, app[K.TRANSLATOR]) == []
+
+
+async def test_a_patients_refused_entry_reads_in_their_language(
+    client: Client, aiohttp_client: AiohttpClient, doctor: Person, clock: FakeClock
+) -> None:
+    link = await _link(client, doctor, await _appointment(client, doctor, 11, clock))
+    patient = await aiohttp_client(client.server)
+    page = await patient.get(link)
+    m = CSRF_RE.search(await page.text())
+    assert m
+    wrong = {"csrf_token": m.group(1), "birth_date": "1975-03-11"}  # a day off, no consent
+    shown = {
+        "fr": (
+            "nous n'avons pas pu confirmer votre identité",
+            {
+                "birth_date": "ne correspond pas à nos informations",
+                "consent": "votre consentement est nécessaire pour une téléconsultation",
+            },
+        ),
+        "en": (
+            "we could not confirm your identity",
+            {
+                "birth_date": "does not match our records",
+                "consent": "consent is needed for a teleconsultation",
+            },
+        ),
+    }
+    for lang, (alert, fields) in shown.items():
+        patient.session.cookie_jar.update_cookies({"konsil_lang": lang})
+        refused = await patient.post(link, data=wrong)
+        assert refused.status == 400
+        assert _refusal(await refused.text()) == (alert, fields)
+        # the page's script submits the same form and shows the answer's texts
+        fetched = await patient.post(link, data=wrong, headers={"Accept": "application/json"})
+        assert fetched.status == 400
+        assert await fetched.json() == {"error": alert, "fields": fields}
+    patient.session.cookie_jar.update_cookies({"konsil_lang": "fr"})
+    nothing = await patient.post(link, data={"csrf_token": m.group(1), "consent": "yes"})
+    assert _refusal(await nothing.text())[1] == {
+        "birth_date": "saisissez votre date de naissance ou votre matricule"
+    }
+    assert (await _enter(patient, link)).status == 303  # the refusals used nothing up
+
+
+async def test_the_schedule_form_refuses_in_the_doctors_language(
+    client: Client, doctor: Person, clock: FakeClock
+) -> None:
+    csrf = await web_login(client, doctor)
+    past = local(clock.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    typed = {
+        "csrf_token": csrf,
+        "starts_at": past,
+        "duration_minutes": "300",
+        "matricule": make_matricule("19750000", 12),  # birth month and day unknown
+        "birth_date": "1975-03-10",
+        "given_name": "Marie",
+        "family_name": "Schmit",
+        "phone": "appelez-moi",
+    }
+    shown = {
+        "fr": (
+            "le rendez-vous n'est pas valide",
+            {
+                "starts_at": "est dans le passé",
+                "duration_minutes": "entre 5 et 120 minutes",
+                "phone": "n'est pas un numéro de téléphone",
+            },
+        ),
+        "en": (
+            "the appointment is not valid",
+            {
+                "starts_at": "is in the past",
+                "duration_minutes": "between 5 and 120 minutes",
+                "phone": "is not a phone number",
+            },
+        ),
+    }
+    for lang, refusal in shown.items():
+        client.session.cookie_jar.update_cookies({"konsil_lang": lang})
+        refused = await client.post("/video/appointments", data=typed)
+        assert refused.status == 400
+        assert _refusal(await refused.text()) == refusal
+    # A patient registered with this matricule and another birth date: the service refuses.
+    future = local(clock.now() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
+    fixed = {**typed, "starts_at": future, "duration_minutes": "20", "phone": ""}
+    scheduled = await client.post("/video/appointments", data=fixed, allow_redirects=False)
+    assert scheduled.status == 303
+    other_birth = {**fixed, "birth_date": "1975-03-11"}
+    conflict = {
+        "fr": (
+            "un patient avec ce matricule existe déjà avec une autre date de naissance",
+            {"matricule": "déjà enregistré"},
+        ),
+        "en": (
+            "a patient with this matricule exists with another birth date",
+            {"matricule": "already registered"},
+        ),
+    }
+    for lang, refusal in conflict.items():
+        client.session.cookie_jar.update_cookies({"konsil_lang": lang})
+        refused = await client.post("/video/appointments", data=other_birth)
+        assert refused.status == 400
+        assert _refusal(await refused.text()) == refusal
+
+
+async def test_the_doctors_refused_actions_read_in_french(
+    client: Client, doctor: Person, clock: FakeClock
+) -> None:
+    """What a page shows as a whole-page refusal: a conflict, a missing appointment."""
+    a = await _appointment(client, doctor, 13, clock)
+    csrf = await web_login(client, doctor)
+    cancel = await client.post(
+        f"/video/appointments/{a}/cancel", data={"csrf_token": csrf}, allow_redirects=False
+    )
+    assert cancel.status == 303
+    moved = await client.post(
+        f"/video/appointments/{a}/reschedule",
+        data={"csrf_token": csrf, "starts_at": "2026-01-16T10:30"},
+    )
+    assert moved.status == 409
+    assert "seul un rendez-vous planifié peut être déplacé" in html.unescape(await moved.text())
+    missing = await client.get("/video/appointments/nope")
+    assert missing.status == 404 and "rendez-vous introuvable" in await missing.text()
+    client.session.cookie_jar.update_cookies({"konsil_lang": "en"})
+    moved = await client.post(
+        f"/video/appointments/{a}/reschedule",
+        data={"csrf_token": csrf, "starts_at": "2026-01-16T10:30"},
+    )
+    assert "only a scheduled appointment can be moved" in await moved.text()
 
 
 async def test_pages_in_french(client: Client, doctor: Person) -> None:

@@ -18,7 +18,7 @@ from konsil.audit.service import SYSTEM, Actor, AuditLog
 from konsil.clock import LUXEMBOURG, Clock, to_utc
 from konsil.config import VideoConfig
 from konsil.db import Database
-from konsil.errors import Conflict, Forbidden, NotFound, TooLarge, ValidationError
+from konsil.errors import Conflict, Forbidden, NotFound, Reason, TooLarge, ValidationError
 from konsil.identity.matricule import check_matricule
 from konsil.identity.models import Patient
 from konsil.identity.service import EMAIL_RE, NewPatient, add_patient, check_new_patient
@@ -86,6 +86,10 @@ class ScheduleRequest:
 class Invitation:
     token: str
     expires_at: datetime
+
+
+def files_limited(max_bytes: int) -> Reason:
+    return Reason("files are limited to {mib} MiB", mib=max_bytes // 1024 // 1024)
 
 
 def parse_local_datetime(raw: str, field: str, errors: dict[str, str]) -> datetime | None:
@@ -748,7 +752,7 @@ class VideoService:
 
     def check_file(self, filename: str, content_type: str, data: bytes) -> tuple[str, str]:
         if len(data) > self.cfg.max_upload_bytes:
-            raise TooLarge(f"files are limited to {self.cfg.max_upload_bytes // 1024 // 1024} MiB")
+            raise TooLarge(files_limited(self.cfg.max_upload_bytes))
         if not data:
             raise ValidationError("the file is empty", fields={"file": "empty"})
         ctype = content_type.split(";")[0].strip().lower()

@@ -36,7 +36,14 @@ from video.domain import mail
 from video.domain.checkpeer import CheckPeers
 from video.domain.documents import FREQUENCY_UNITS, ROUTES, UNITS
 from video.domain.issuer import WorkflowIssuer
-from video.domain.service import ACTIVE, GuestPrincipal, Party, VideoService, check_schedule
+from video.domain.service import (
+    ACTIVE,
+    GuestPrincipal,
+    Party,
+    VideoService,
+    check_schedule,
+    files_limited,
+)
 from video.models import VideoAppointment
 from video.web.hub import Hub
 from video.web.i18n import FRENCH
@@ -478,6 +485,16 @@ async def check_done(request: web.Request) -> web.Response:
 
 @routes.post("/video/api/{appointment}/files")
 async def upload(request: web.Request) -> web.Response:
+    """A file sent during the call. A refusal is a problem document in English like every JSON
+    answer, with ``shown``: the same reason in the page's language, for the call page to show."""
+    try:
+        return await _upload(request)
+    except KonsilError as exc:
+        exc.extra["shown"] = gettext(request, exc.message)
+        raise
+
+
+async def _upload(request: web.Request) -> web.Response:
     party, appt = await _party(request, "video.file.send")
     svc = _svc(request)
     limit = request.app[K.CONFIG].video.max_upload_bytes
@@ -493,7 +510,7 @@ async def upload(request: web.Request) -> web.Response:
     while chunk := await part.read_chunk(65536):
         data.extend(chunk)
         if len(data) > limit:
-            raise BadRequest(f"files are limited to {limit // 1024 // 1024} MiB")
+            raise BadRequest(files_limited(limit))
     info = await svc.do_upload(
         party,
         appt.id,

@@ -548,7 +548,11 @@
         headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" });
       if (r.ok) { $("file-status").textContent = T.uploaded; addFile(await r.json()); input.value = ""; }
       else {
-        const text = (await r.text()).replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
+        // a refusal says why in the page's language (``shown``); anything else, as it came
+        const problem = (r.headers.get("Content-Type") || "").includes("json")
+          ? await r.json().catch(() => ({})) : null;
+        const text = problem ? String(problem.shown || problem.detail || r.status)
+          : (await r.text()).replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
         $("file-status").textContent = `${T.uploadFailed} ${text.slice(0, 200)}`;
       }
     });
