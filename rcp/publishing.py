@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor
 from konsil.clock import Clock
-from konsil.errors import ValidationError
+from konsil.errors import Reason, ValidationError
 from konsil.identity.models import Organisation
 from rcp.domain.fiche import Fiche
 from rcp.domain.report import RcpReportData, ReportPerson
@@ -74,7 +74,11 @@ def fiche_problems(f: Fiche) -> dict[str, str]:
         ("stage_group", f.stage_group, STAGE_RE, "0, I-III with A-C, IV with A-C"),
     ):
         if value and not pattern.match(value):
-            problems[name] = f"the RCP report carries {allowed}: {value!r} cannot be published"
+            problems[name] = Reason(
+                "the RCP report carries {allowed}: {value!r} cannot be published",
+                allowed=allowed,
+                value=value,
+            )
     return problems
 
 
@@ -96,7 +100,10 @@ def to_cda(report: RcpReportData) -> RcpReport:
         missing["legal_authenticator"] = "the signing chair has no specialty"
     if missing:
         listed = "; ".join(f"{k}: {v}" for k, v in missing.items())
-        raise ValidationError(f"the RCP report cannot be published — {listed}", fields=missing)
+        raise ValidationError(
+            Reason("the RCP report cannot be published — {problems}", problems=listed),
+            fields=missing,
+        )
     assert report.tnm is not None and report.ecog is not None
     tnm = report.tnm
     edition = f"UICC {tnm.edition}e édition" if tnm.edition else "UICC 8e édition"

@@ -28,14 +28,22 @@ from konsil.audit.service import Actor, AuditEntry, AuditLog
 from konsil.auth.service import AuthService, Principal
 from konsil.clock import LUXEMBOURG, Clock, to_utc
 from konsil.db import Database
-from konsil.errors import Conflict, Forbidden, KonsilError, NotFound, TooLarge, ValidationError
+from konsil.errors import (
+    Conflict,
+    Forbidden,
+    KonsilError,
+    NotFound,
+    Reason,
+    TooLarge,
+    ValidationError,
+)
 from konsil.identity.matricule import check_matricule
 from konsil.identity.models import Account, Organisation, Patient, Practitioner
 from konsil.identity.specialties import BY_CODE
 from rcp.domain import calendar as cal
-from rcp.domain.fiche import Fiche, check_fiche, fiche_from_json
+from rcp.domain.fiche import Fiche, check_fiche, fiche_from_json, fiche_refused, one_of
 from rcp.domain.lifecycle import CaseState, next_state
-from rcp.domain.quorum import Attendee, QuorumRule, QuorumStatus, check_rule, evaluate
+from rcp.domain.quorum import Attendee, QuorumRule, QuorumStatus, check_rule, evaluate, joined
 from rcp.domain.report import (
     Decision,
     ProposalItem,
@@ -222,9 +230,7 @@ def check_submittable(data: Mapping[str, Any], *, submit: bool) -> Fiche:
     listing every field)."""
     fiche = check_fiche(data, for_submission=submit)
     if submit and (problems := fiche_problems(fiche)):
-        raise ValidationError(
-            "the fiche RCP has errors: " + ", ".join(sorted(problems)), fields=problems
-        )
+        raise fiche_refused(problems)
     return fiche
 
 
@@ -293,7 +299,7 @@ class RcpService:
         if not name or len(name) > 200:
             errors["name"] = "required, at most 200 characters"
         if tumour_domain not in TUMOUR_DOMAINS:
-            errors["tumour_domain"] = f"one of {', '.join(TUMOUR_DOMAINS)}"
+            errors["tumour_domain"] = one_of(TUMOUR_DOMAINS)
         if errors:
             raise ValidationError("the board is not valid", fields=errors)
         try:
@@ -331,7 +337,8 @@ class RcpService:
                 )
         except IntegrityError:
             raise Conflict(
-                f"a board named {name!r} exists already", fields={"name": "already exists"}
+                Reason("a board named {name!r} exists already", name=name),
+                fields={"name": "already exists"},
             ) from None
         return board
 
@@ -915,8 +922,11 @@ class RcpService:
                 raise Forbidden("only the referring physician edits the fiche")
             if case.state not in (CaseState.DRAFT.value, CaseState.NEEDS_INFO.value):
                 raise Conflict(
-                    f"the fiche can only be edited as a draft or when information is requested "
-                    f"(the case is {case.state})"
+                    Reason(
+                        "the fiche can only be edited as a draft or when information is "
+                        "requested (the case is {state})",
+                        state=case.state,
+                    )
                 )
             await self._bump(s, case, expected_version, fiche=fiche.to_json())
             await self.audit.record(
@@ -945,7 +955,7 @@ class RcpService:
         if expected_version is not None and expected_version != case.version:
             raise Conflict(
                 "the case was changed by someone else meanwhile: reload it",
-                fields={"version": f"now {case.version}"},
+                fields={"version": Reason("now {version}", version=case.version)},
             )
         result = await s.execute(
             update(Case)
@@ -1196,7 +1206,7 @@ class RcpService:
                 if action == "schedule":
                     values.update(await self._check_schedule(s, case, session_id))
             elif action in ("decide", "draft_report", "sign", "publish"):
-                raise Conflict(f"{action} has its own form")
+                raise Conflict(Reason("{action} has its own form", action=action))
             else:
                 next_state(CaseState(case.state), action)  # raises for unknown actions
             await self._transition(
@@ -1451,9 +1461,12 @@ class RcpService:
             status = evaluate(bv.rule, attendees)
             if not status.met:
                 raise Conflict(
-                    "the quorum is not met (" + "; ".join(status.reasons) + "): "
-                    "the case cannot be decided, postpone it instead",
-                    fields={"quorum": "; ".join(status.reasons)},
+                    Reason(
+                        "the quorum is not met ({reasons}): the case cannot be decided, "
+                        "postpone it instead",
+                        reasons="; ".join(status.reasons),
+                    ),
+                    fields={"quorum": joined(status.reasons)},
                 )
             self._check_reportable(bv, case, attendees)
             await self._transition(
@@ -1498,7 +1511,10 @@ class RcpService:
             )
         if errors:
             raise ValidationError(
-                "the case cannot be decided — " + "; ".join(f"{k}: {v}" for k, v in errors.items()),
+                Reason(
+                    "the case cannot be decided — {problems}",
+                    problems="; ".join(f"{k}: {v}" for k, v in errors.items()),
+                ),
                 fields=errors,
             )
 
@@ -1700,7 +1716,11 @@ class RcpService:
     ) -> Attachment:
         content_type = content_type.split(";")[0].strip().lower()
         if len(data) > MAX_ATTACHMENT_BYTES:
-            raise TooLarge(f"an attachment is at most {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB")
+            raise TooLarge(
+                Reason(
+                    "an attachment is at most {mib} MiB", mib=MAX_ATTACHMENT_BYTES // (1024 * 1024)
+                )
+            )
         if not data:
             raise ValidationError("the file is empty", fields={"file": "empty"})
         if content_type not in ATTACHMENT_TYPES:
@@ -1712,7 +1732,7 @@ class RcpService:
         if data[offset : offset + len(magic)] != magic:
             raise ValidationError(
                 "the file's content does not match its type",
-                fields={"file": f"not a {content_type} file"},
+                fields={"file": Reason("not a {type} file", type=content_type)},
             )
         name = SAFE_NAME.sub("_", Path(filename or "file").name)[:200] or "file"
         async with self.db.transaction() as s:

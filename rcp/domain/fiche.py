@@ -9,11 +9,11 @@ the hospital system calling the API) can show exactly what to fix.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from konsil.errors import ValidationError
+from konsil.errors import Reason, ValidationError
 
 ICD10_C = re.compile(r"^C(?:0\d|[1-8]\d|9[0-7])(?:\.\d{1,2})?$")
 ICDO_TOPOGRAPHY = re.compile(r"^C\d\d\.\d$")
@@ -46,21 +46,22 @@ TEXT_LIMITS = {
 }
 # "patient informed" is required before scheduling, not before submission. The rest is what the
 # RCP report CDA needs (workflow.cda.rcp_report): asked at submission, so that a case cannot reach
-# publication and fail there. A draft may lack any of it.
+# publication and fail there. A draft may lack any of it. (Reasons: a page translates each one
+# inside "required to submit the case: {what}".)
 REQUIRED_FOR_SUBMISSION: dict[str, str] = {
-    "question": "the question put to the board",
-    "icd10": "the ICD-10 code of the cancer (C00-C97)",
-    "diagnosis_label": "the diagnosis in words",
-    "icdo_topography": "the ICD-O-3 topography (e.g. C50.4)",
-    "topography_label": "the topography in words",
-    "icdo_morphology": "the ICD-O-3 morphology (e.g. 8500/3)",
-    "morphology_label": "the morphology in words",
-    "origin": "primary, secondary or recurrence",
-    "tnm_t": "the T category (TX when it does not apply or cannot be assessed)",
-    "tnm_n": "the N category (NX when it does not apply or cannot be assessed)",
-    "tnm_m": "the M category (MX when it does not apply or cannot be assessed)",
-    "ecog": "the WHO/ECOG performance status (0-4)",
-    "history": "the relevant history (the report carries it)",
+    "question": Reason("the question put to the board"),
+    "icd10": Reason("the ICD-10 code of the cancer (C00-C97)"),
+    "diagnosis_label": Reason("the diagnosis in words"),
+    "icdo_topography": Reason("the ICD-O-3 topography (e.g. C50.4)"),
+    "topography_label": Reason("the topography in words"),
+    "icdo_morphology": Reason("the ICD-O-3 morphology (e.g. 8500/3)"),
+    "morphology_label": Reason("the morphology in words"),
+    "origin": Reason("primary, secondary or recurrence"),
+    "tnm_t": Reason("the T category (TX when it does not apply or cannot be assessed)"),
+    "tnm_n": Reason("the N category (NX when it does not apply or cannot be assessed)"),
+    "tnm_m": Reason("the M category (MX when it does not apply or cannot be assessed)"),
+    "ecog": Reason("the WHO/ECOG performance status (0-4)"),
+    "history": Reason("the relevant history (the report carries it)"),
 }
 
 
@@ -143,7 +144,7 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
     texts = {"question": question, "history": history, "exams": exams, **labels}
     for name, value in texts.items():
         if len(value) > TEXT_LIMITS[name]:
-            errors[name] = f"at most {TEXT_LIMITS[name]} characters"
+            errors[name] = Reason("at most {limit} characters", limit=TEXT_LIMITS[name])
 
     icd10 = _text(data, "icd10").upper()
     if icd10 and not ICD10_C.match(icd10):
@@ -161,18 +162,20 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
     if icd10 and topo and not errors.get("icd10") and not errors.get("icdo_topography"):
         # ICD-10 C00-C80 share their three-character site with the ICD-O-3 topography.
         if int(icd10[1:3]) <= 80 and icd10[:3] != topo[:3]:
-            errors["icdo_topography"] = f"does not match the ICD-10 site {icd10[:3]}"
+            errors["icdo_topography"] = Reason(
+                "does not match the ICD-10 site {site}", site=icd10[:3]
+            )
 
     origin = _text(data, "origin").lower()
     if origin and origin not in ORIGINS:
-        errors["origin"] = f"one of {', '.join(ORIGINS)}"
+        errors["origin"] = one_of(ORIGINS)
     if origin == "primary" and morpho.endswith("/6"):
         errors["icdo_morphology"] = (
             "behaviour /6 codes a metastasis, but the tumour is marked primary"
         )
     laterality = _text(data, "laterality").lower()
     if laterality and laterality not in LATERALITIES:
-        errors["laterality"] = f"one of {', '.join(LATERALITIES)}"
+        errors["laterality"] = one_of(LATERALITIES)
 
     kind = _text(data, "tnm_kind").lower()
     if kind and kind not in TNM_KINDS:
@@ -192,9 +195,9 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
     stage = stage[len("stage ") :] if stage.lower().startswith("stage ") else stage
     if stage and not STAGE.match(stage):
         errors["stage_group"] = "a stage group such as 0, IA, IIB, IIIC, IVA"
-    edition = _int(data, "tnm_edition", errors, "a TNM edition number")
+    edition = _int(data, "tnm_edition", errors, Reason("a TNM edition number"))
     if edition is not None and edition not in TNM_EDITIONS:
-        errors["tnm_edition"] = f"one of {', '.join(map(str, TNM_EDITIONS))}"
+        errors["tnm_edition"] = one_of(map(str, TNM_EDITIONS))
     tnm_given = any((t, n, m, stage))
     if tnm_given:
         if not kind and "tnm_kind" not in errors:
@@ -208,7 +211,7 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
     if m.startswith("M1") and stage and not stage.startswith("IV") and "stage_group" not in errors:
         errors["stage_group"] = "distant metastasis (M1) means stage IV"
     if stage.startswith("IV") and m == "M0" and t in ("Tis", "T0", "T1", "T1mi") and n == "N0":
-        errors["stage_group"] = f"{t} N0 M0 cannot be stage IV"
+        errors["stage_group"] = Reason("{t} N0 M0 cannot be stage IV", t=t)
     if t == "Tis" and n == "N0" and m == "M0" and stage and not stage.startswith("0"):
         errors["stage_group"] = "Tis N0 M0 is stage 0"
 
@@ -221,7 +224,7 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
     informed = _bool(data.get("patient_informed", False))
     presentation = _text(data, "presentation").lower() or "first-presentation"
     if presentation not in PRESENTATIONS:
-        errors["presentation"] = f"one of {', '.join(PRESENTATIONS)}"
+        errors["presentation"] = one_of(PRESENTATIONS)
 
     fiche = Fiche(
         question=question,
@@ -250,7 +253,7 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
                 continue
             value = getattr(fiche, name)
             if value in ("", None):
-                errors[name] = f"required to submit the case: {what}"
+                errors[name] = Reason("required to submit the case: {what}", what=what)
         for name, what in (
             ("tnm_kind", "required to submit the case: clinical (c) or pathological (p)"),
             ("tnm_edition", "required to submit the case: the TNM edition (e.g. 8)"),
@@ -258,10 +261,20 @@ def check_fiche(data: Mapping[str, Any], *, for_submission: bool) -> Fiche:
             if name not in errors and getattr(fiche, name) in ("", None):
                 errors[name] = what
     if errors:
-        raise ValidationError(
-            "the fiche RCP has errors: " + ", ".join(sorted(errors)), fields=errors
-        )
+        raise fiche_refused(errors)
     return fiche
+
+
+def one_of(choices: Iterable[str]) -> Reason:
+    return Reason("one of {choices}", choices=", ".join(choices))
+
+
+def fiche_refused(errors: Mapping[str, str]) -> ValidationError:
+    """The fiche's refusal: one message naming the fields, a reason for each."""
+    return ValidationError(
+        Reason("the fiche RCP has errors: {fields}", fields=", ".join(sorted(errors))),
+        fields=errors,
+    )
 
 
 def fiche_from_json(data: Mapping[str, Any]) -> Fiche:

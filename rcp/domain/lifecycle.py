@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from konsil.errors import Conflict
+from konsil.errors import Conflict, Reason
 
 
 class CaseState(StrEnum):
@@ -72,13 +72,21 @@ def next_state(current: CaseState, action: str) -> CaseState:
     """The state ``action`` leads to from ``current``, or Conflict saying why it is refused."""
     rule = TRANSITIONS.get(action)
     if rule is None:
-        raise Conflict(f"unknown action {action!r}", fields={"action": "unknown action"})
+        raise Conflict(
+            Reason("unknown action {action!r}", action=action), fields={"action": "unknown action"}
+        )
     sources, target = rule
     if current not in sources:
         allowed = ", ".join(sorted(s.value for s in sources))
         raise Conflict(
-            f"a case in state {current.value} cannot be {action.replace('_', ' ')}ed here: "
-            f"{action} is only possible from {allowed}",
+            Reason(
+                "a case in state {state} cannot be {done} here: {action} is only possible from "
+                "{allowed}",
+                state=current.value,
+                done=f"{action.replace('_', ' ')}ed",
+                action=action,
+                allowed=allowed,
+            ),
             fields={"state": current.value},
         )
     return target

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from konsil.errors import ValidationError
+from konsil.errors import Reason, ValidationError
 from konsil.identity.specialties import BY_CODE
 
 # A requirement is a specialty code, or this token meaning "any surgical specialty".
@@ -43,7 +43,7 @@ def check_rule(min_physicians: int, min_specialties: int, required: Iterable[str
         errors["min_specialties"] = "cannot exceed the minimum number of physicians"
     bad = [r for r in req if r != ANY_SURGERY and r not in BY_CODE]
     if bad:
-        errors["required"] = f"unknown specialty code(s): {', '.join(bad)}"
+        errors["required"] = Reason("unknown specialty code(s): {codes}", codes=", ".join(bad))
     if errors:
         raise ValidationError("the quorum rule is not valid", fields=errors)
     return QuorumRule(min_physicians, min_specialties, req)
@@ -66,6 +66,11 @@ class QuorumStatus:
     present: tuple[Attendee, ...]
     reasons: tuple[str, ...] = field(default=())
 
+    @property
+    def summary(self) -> Reason:
+        """The reasons as one text a page translates (``joined``)."""
+        return joined(self.reasons)
+
     def to_json(self) -> dict[str, object]:
         return {
             "met": self.met,
@@ -78,6 +83,13 @@ class QuorumStatus:
             ],
             "reasons": list(self.reasons),
         }
+
+
+def joined(reasons: Sequence[str]) -> Reason:
+    """The reasons as one text, ``a; b``, that a page translates reason by reason."""
+    names = [f"r{i}" for i in range(len(reasons))]
+    template = "; ".join(f"{{{n}}}" for n in names)
+    return Reason(template, **dict(zip(names, reasons, strict=True)))
 
 
 def _satisfies(requirement: str, specialty: str) -> bool:
@@ -95,11 +107,23 @@ def evaluate(rule: QuorumRule, attendees: Sequence[Attendee]) -> QuorumStatus:
     missing = tuple(r for r in rule.required if not any(_satisfies(r, s) for s in specialties))
     reasons: list[str] = []
     if len(physicians) < rule.min_physicians:
-        reasons.append(f"{len(physicians)} of {rule.min_physicians} physicians present")
+        reasons.append(
+            Reason(
+                "{physicians} of {min_physicians} physicians present",
+                physicians=len(physicians),
+                min_physicians=rule.min_physicians,
+            )
+        )
     if len(specialties) < rule.min_specialties:
-        reasons.append(f"{len(specialties)} of {rule.min_specialties} distinct specialties present")
+        reasons.append(
+            Reason(
+                "{specialties} of {min_specialties} distinct specialties present",
+                specialties=len(specialties),
+                min_specialties=rule.min_specialties,
+            )
+        )
     if missing:
-        reasons.append(f"missing: {', '.join(missing)}")
+        reasons.append(Reason("missing: {missing}", missing=", ".join(missing)))
     return QuorumStatus(
         met=not reasons,
         physicians_present=len(physicians),

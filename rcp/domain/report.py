@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from konsil.errors import ValidationError
+from konsil.errors import Reason, ValidationError
 
 # Keys are the workflow CDA builder's care-plan vocabulary (workflow.cda.codes.PROPOSAL_KINDS),
 # so the publisher adapter passes them through unchanged.
@@ -65,11 +65,15 @@ def check_decision(data: Mapping[str, Any]) -> Decision:
         if isinstance(raw, str):
             raw = {"kind": raw}
         if not isinstance(raw, Mapping) or raw.get("kind") not in PROPOSAL_KINDS:
-            errors["proposal"] = f"item {i + 1}: kind must be one of {', '.join(PROPOSAL_KINDS)}"
+            errors["proposal"] = Reason(
+                "item {item}: kind must be one of {kinds}",
+                item=i + 1,
+                kinds=", ".join(PROPOSAL_KINDS),
+            )
             continue
         detail = str(raw.get("detail") or "").strip()
         if len(detail) > 1000:
-            errors["proposal"] = f"item {i + 1}: detail at most 1000 characters"
+            errors["proposal"] = Reason("item {item}: detail at most 1000 characters", item=i + 1)
         items.append(ProposalItem(str(raw["kind"]), detail))
     if not items and "proposal" not in errors:
         errors["proposal"] = "choose at least one care-plan item"

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from konsil.auth.service import Principal
-from konsil.errors import ValidationError
+from konsil.errors import Reason, ValidationError
 from konsil.web.request import client_ip, require_role
 from rcp.domain.lifecycle import XDW_TASK, CaseState, actions_from, xdw_workflow
 from rcp.models import Board, Session
@@ -34,7 +34,7 @@ def as_int(value: Any, name: str, default: int | None = None) -> int:
         return int(str(value).strip())
     except ValueError:
         raise ValidationError(
-            f"{name} must be a whole number", fields={name: "a whole number"}
+            Reason("{name} must be a whole number", name=name), fields={name: "a whole number"}
         ) from None
 
 

@@ -122,7 +122,7 @@ async def test_rcp_from_board_creation_to_the_dsp(
     await gpp.fill("#f-ecog", "1")
     await gpp.check("#f-patient_informed")
     await gpp.click("#submit-case")
-    assert "C00 to C97" in await gpp.inner_text("#e-icd10")
+    assert "de C00 à C97" in await gpp.inner_text("#e-icd10")  # French first
     await gpp.fill("#f-icd10", "C50.4")
     await gpp.fill("#f-icdo_morphology", "8500/3")
     await gpp.fill("#f-diagnosis_label", "Tumeur maligne du sein, quadrant supéro-externe")
