@@ -3,6 +3,7 @@ real Olm accounts (vodozemac, what matrix-nio uses), canonical JSON as matrix-ni
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from nio import KeysQueryResponse
 from nio.api import Api
 
 from tests.conftest import Client, Person
-from tests.messaging.mx import Mx, login
+from tests.messaging.mx import V3, Mx, login
 
 Users = Callable[..., Awaitable[Person]]
 JsonDict = dict[str, Any]
@@ -382,3 +383,28 @@ async def test_key_changes_reach_room_peers(client: Client, create_user: Users) 
     assert answer == {"failures": {}}
     rc4 = await c.sync(rc3["next_batch"])
     assert rc4["device_lists"]["changed"] == [b.user_id]
+
+
+async def test_concurrent_first_uploads(client: Client, create_user: Users) -> None:
+    """Two devices set up cross-signing at once: one wins, the other must authenticate to
+    replace it (never a 500)."""
+    a1 = await login(client, await create_user("alice"))
+    a2 = await login(client, a1.person)
+    ids = [Identity(a1.user_id) for _ in range(4)]
+    answers = await asyncio.gather(
+        *(
+            client.post(V3 + "/keys/device_signing/upload", json=i.upload_body(), headers=mx.h)
+            for i, mx in zip(ids, (a1, a2, a1, a2), strict=True)
+        )
+    )
+    assert sorted(r.status for r in answers) == [200, 401, 401, 401]
+    winner = ids[[r.status for r in answers].index(200)]
+    assert (await query(a2, a1.user_id))["master_keys"][a1.user_id] == winner.master.body()
+
+    dev = OlmDevice(a1)
+    await dev.upload()
+    signed = {a1.user_id: {a1.device_id: winner.ssk.sign(dev.keys)}}
+    both = await asyncio.gather(
+        a1.post("/keys/signatures/upload", signed), a2.post("/keys/signatures/upload", signed)
+    )
+    assert list(both) == [{"failures": {}}, {"failures": {}}]
