@@ -243,8 +243,11 @@ class CrossSigningService:
             )
             if any(new[u].public_key in device_ids for u in changed):
                 raise Forbidden("a cross-signing key has the id of one of your devices")
-            # keys replaced now, and subkeys that a new master key has not signed (dropped)
-            replaced = [old[u] for u in changed if u in old]
+            # keys replaced by other keys (not just re-uploaded with other signatures), and
+            # subkeys that a new master key has not signed (dropped)
+            replaced = [
+                old[u] for u in changed if u in old and old[u].public_key != new[u].public_key
+            ]
             dropped = [
                 old[u]
                 for u in (SELF_SIGNING, USER_SIGNING)
@@ -335,13 +338,14 @@ class CrossSigningService:
                             new.append(self._check_other(me, mine, user_id, theirs, key_id, obj))
                     except SignatureRefused as e:
                         failures.setdefault(user_id, {})[key_id] = _failure(e.errcode, e.error)
-            if not new:
-                return {"failures": failures}
+            targets: set[str] = set()  # users with a signature that was not stored yet
             for sig in new:
                 row = await s.get(
                     CrossSigningSignature,
                     (me, sig.origin_key_id, sig.target_user_id, sig.target_key_id),
                 )
+                if row is None or row.signature != sig.signature:
+                    targets.add(sig.target_user_id)
                 if row is None:
                     s.add(
                         CrossSigningSignature(
@@ -355,10 +359,10 @@ class CrossSigningService:
                 else:
                     row.signature = sig.signature
             wake: list[tuple[int, set[str]]] = []
-            if any(sig.target_user_id == me for sig in new):
+            if me in targets:
                 wake.append(await self._changed(s, me))
             # a user-signing signature is seen by its author only: only they re-query
-            for other in sorted({sig.target_user_id for sig in new} - {me}):
+            for other in sorted(targets - {me}):
                 pos = await allocate(s)
                 s.add(DeviceListChange(stream=pos, user_id=other, audience=me))
                 self.notifier.mark([me], pos, "device_list")

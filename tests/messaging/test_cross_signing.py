@@ -383,6 +383,13 @@ async def test_key_changes_reach_room_peers(client: Client, create_user: Users) 
     assert answer == {"failures": {}}
     rc4 = await c.sync(rc3["next_batch"])
     assert rc4["device_lists"]["changed"] == [b.user_id]
+    # the same signature again (Ed25519 is deterministic) changes nothing: nobody is told
+    again = await b.post(
+        "/keys/signatures/upload", {b.user_id: {b.device_id: bob.ssk.sign(dev.keys)}}
+    )
+    assert again == {"failures": {}}
+    rc5 = await c.sync(rc4["next_batch"])
+    assert rc5["device_lists"]["changed"] == []
 
 
 async def test_concurrent_first_uploads(client: Client, create_user: Users) -> None:
@@ -408,3 +415,28 @@ async def test_concurrent_first_uploads(client: Client, create_user: Users) -> N
         a1.post("/keys/signatures/upload", signed), a2.post("/keys/signatures/upload", signed)
     )
     assert list(both) == [{"failures": {}}, {"failures": {}}]
+
+
+async def test_reuploading_the_same_keys_keeps_their_signatures(
+    client: Client, create_user: Users
+) -> None:
+    a = await login(client, await create_user("alice"))
+    alice, phone = Identity(a.user_id), OlmDevice(a)
+    await phone.upload()
+    await a.post("/keys/device_signing/upload", alice.upload_body())
+    signed = {
+        alice.master.pub: phone.sign(alice.master.body()),
+        a.device_id: alice.ssk.sign(phone.keys),
+    }
+    assert await a.post("/keys/signatures/upload", {a.user_id: signed}) == {"failures": {}}
+
+    # the same master key, now self-signed: another object (so UIA), the same key
+    body = {"master_key": alice.master.sign(alice.master.body())}
+    session = (await a.post("/keys/device_signing/upload", body, status=401))["session"]
+    assert await a.post("/keys/device_signing/upload", {**body, "auth": auth(a, session)}) == {}
+    seen = await query(a, a.user_id)
+    master_sigs = seen["master_keys"][a.user_id]["signatures"][a.user_id]
+    assert set(master_sigs) == {alice.master.key_id, f"ed25519:{a.device_id}"}
+    device_sigs = seen["device_keys"][a.user_id][a.device_id]["signatures"][a.user_id]
+    assert alice.ssk.key_id in device_sigs
+    assert alice_key(seen, "self_signing_keys", a) == alice.ssk.pub
