@@ -440,3 +440,54 @@ async def test_reuploading_the_same_keys_keeps_their_signatures(
     device_sigs = seen["device_keys"][a.user_id][a.device_id]["signatures"][a.user_id]
     assert alice.ssk.key_id in device_sigs
     assert alice_key(seen, "self_signing_keys", a) == alice.ssk.pub
+
+
+async def test_malformed_cross_signing_bodies_never_500(client: Client, create_user: Users) -> None:
+    a = await login(client, await create_user("alice"))
+    alice = Identity(a.user_id)
+    good = alice.master.body()
+    keys: list[Any] = [
+        None,
+        5,
+        "s",
+        [],
+        {},
+        {**good, "keys": []},
+        {**good, "keys": {"ed25519:x": 5}},
+        {**good, "keys": {alice.master.key_id: 5}},
+        {**good, "usage": "master"},
+        {**good, "usage": [5]},
+        {**good, "user_id": 5},
+        {**good, "signatures": []},
+        {**good, "signatures": {a.user_id: []}},
+        {**good, "signatures": {a.user_id: {alice.master.key_id: 5}}},
+        {**good, "keys": {"ed25519:!!": "!!"}},
+    ]
+    for key in keys:
+        for field in ("master_key", "self_signing_key", "user_signing_key"):
+            r = await client.post(
+                V3 + "/keys/device_signing/upload", json={field: key}, headers=a.h
+            )
+            assert r.status < 500, (field, key, r.status)
+            answer = await r.json()
+            assert answer == {} or answer["errcode"] in (
+                "M_BAD_JSON",
+                "M_INVALID_PARAM",
+                "M_MISSING_PARAM",
+                "M_INVALID_SIGNATURE",
+            ), (field, key, answer)
+    await a.post("/keys/device_signing/upload", alice.upload_body())
+    bodies: list[JsonDict] = [
+        {a.user_id: []},
+        {a.user_id: {"X": 5}},
+        {a.user_id: {"X": {}}, "@b:localhost": {"Y": {}}},
+        {a.user_id: {alice.master.pub: {**good, "signatures": 5}}},
+        {a.user_id: {alice.master.pub: {**good, "signatures": {a.user_id: {"ed25519:D": 5}}}}},
+        {a.user_id: {alice.master.pub: {**good, "signatures": {a.user_id: []}}}},
+        {a.user_id: {"D": {"signatures": {a.user_id: {alice.ssk.key_id: "!!"}}}}},
+    ]
+    for body in bodies:
+        r = await client.post(V3 + "/keys/signatures/upload", json=body, headers=a.h)
+        assert r.status < 500, (body, r.status)
+        answer = await r.json()
+        assert "failures" in answer or answer["errcode"] == "M_BAD_JSON", (body, answer)
