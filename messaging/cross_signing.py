@@ -276,6 +276,7 @@ class CrossSigningService:
                 s,
                 Actor(req.account_id, ip),
                 "matrix.cross_signing.keys",
+                resource=f"account/{req.account_id}",
                 details={"device": req.device_id, "changed": changed},
             )
             pos, peers = await self._changed(s, me)

@@ -13,7 +13,10 @@ import nacl.signing
 import vodozemac
 from nio import KeysQueryResponse
 from nio.api import Api
+from sqlalchemy import select
 
+from konsil import appkeys as K
+from konsil.audit.models import AuditEvent
 from tests.conftest import Client, Person
 from tests.messaging.mx import V3, Mx, login
 
@@ -174,6 +177,19 @@ async def test_replacing_keys_needs_user_interactive_auth(
     ssk_only["auth"] = auth(a, challenge["session"])
     assert await a.post("/keys/device_signing/upload", ssk_only) == {}
     assert alice_key(await query(a, a.user_id), "self_signing_keys", a) == third.ssk.pub
+    # each change is in the audit log, with what changed (never the keys)
+    async with client.app[K.DB].session() as s:
+        rows = (
+            await s.execute(
+                select(AuditEvent).where(
+                    AuditEvent.action == "matrix.cross_signing.keys",
+                    AuditEvent.resource == f"account/{a.person.account_id}",
+                )
+            )
+        ).scalars()
+        logged = [str(e.details) for e in rows]
+    assert len(logged) == 4
+    assert not any(third.master.pub in d or second.master.pub in d for d in logged)
 
 
 def alice_key(answer: JsonDict, field: str, mx: Mx) -> str:
