@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, literal, select, union_all
+from sqlalchemy import and_, bindparam, delete, func, literal, or_, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +35,7 @@ from messaging.common import (
 from messaging.models import (
     AccessToken,
     AccountData,
+    CrossSigningSignature,
     Device,
     DeviceKeys,
     DeviceListChange,
@@ -396,6 +397,19 @@ class DeviceService:
                         model.device_id.in_(device_ids),
                     )
                 )
+            # cross-signing signatures of these devices, and theirs of the master key
+            await s.execute(
+                delete(CrossSigningSignature).where(
+                    CrossSigningSignature.target_user_id == user_id,
+                    CrossSigningSignature.target_key_id.in_(device_ids),
+                )
+            )
+            await s.execute(
+                delete(CrossSigningSignature).where(
+                    CrossSigningSignature.origin_user_id == user_id,
+                    CrossSigningSignature.origin_key_id.in_([f"ed25519:{d}" for d in device_ids]),
+                )
+            )
             s.add(DeviceListChange(stream=pos, user_id=user_id))
             peers = await room_peers(s, user_id)
             self.notifier.mark(peers, pos, "device_list")
@@ -631,28 +645,26 @@ class DeviceService:
             self.notifier.notify(peers, changed_pos)
         return {"one_time_key_counts": counts}
 
-    async def query_keys(self, req: Requester, body: JsonDict) -> JsonDict:
-        wanted = body.get("device_keys")
-        if not isinstance(wanted, dict):
-            raise BadRequest("device_keys must be an object", errcode="M_BAD_JSON")
-        result: dict[str, dict[str, Any]] = {}
-        async with self.db.session() as s:
-            users = [u for u in wanted if isinstance(u, str)]
-            rows = (
-                await s.execute(
-                    select(DeviceKeys, Device.display_name)
-                    .join(
-                        Device,
-                        and_(
-                            Device.user_id == DeviceKeys.user_id,
-                            Device.device_id == DeviceKeys.device_id,
-                        ),
-                    )
-                    .where(DeviceKeys.user_id.in_(users))
+    @staticmethod
+    async def device_keys_for(s: AsyncSession, wanted: JsonDict) -> dict[str, dict[str, Any]]:
+        """``keys/query``'s ``device_keys``: user id -> device id -> keys, for the users of
+        ``wanted`` (all their devices, or the listed ones). Cross-signing adds to it
+        (``messaging.cross_signing``)."""
+        users = [u for u in wanted if isinstance(u, str)]
+        rows = (
+            await s.execute(
+                select(DeviceKeys, Device.display_name)
+                .join(
+                    Device,
+                    and_(
+                        Device.user_id == DeviceKeys.user_id,
+                        Device.device_id == DeviceKeys.device_id,
+                    ),
                 )
-            ).all()
-        for u in users:
-            result[u] = {}
+                .where(DeviceKeys.user_id.in_(users))
+            )
+        ).all()
+        result: dict[str, dict[str, Any]] = {u: {} for u in users}
         for dk, display_name in rows:
             devs = wanted.get(dk.user_id)
             if isinstance(devs, list) and devs and dk.device_id not in devs:
@@ -663,7 +675,7 @@ class DeviceService:
                 unsigned["device_display_name"] = display_name
             keys["unsigned"] = unsigned
             result[dk.user_id][dk.device_id] = keys
-        return {"device_keys": result, "failures": {}}
+        return result
 
     async def do_claim_keys(self, req: Requester, body: JsonDict) -> JsonDict:
         wanted = body.get("one_time_keys")
@@ -720,7 +732,13 @@ class DeviceService:
                 .where(
                     DeviceListChange.stream > from_pos,
                     DeviceListChange.stream <= to_pos,
-                    DeviceListChange.user_id.in_(peers),
+                    or_(
+                        and_(
+                            DeviceListChange.audience.is_(None),
+                            DeviceListChange.user_id.in_(peers),
+                        ),
+                        DeviceListChange.audience == req.user_id,
+                    ),
                 )
                 .distinct()
             )

@@ -137,10 +137,45 @@ class FallbackKey(Base):
 
 
 class DeviceListChange(Base):
+    """The devices or cross-signing keys of ``user_id`` changed at ``stream``: users who share a
+    room with them re-query their keys. A change with an ``audience`` (a user-signing signature
+    of ``user_id`` made by the audience) concerns only that user."""
+
     __tablename__ = "matrix_device_list_changes"
 
     stream: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
     user_id: Mapped[str] = mapped_column(String(255), index=True)
+    audience: Mapped[str | None] = mapped_column(String(255))
+
+
+class CrossSigningKey(Base):
+    """A user's current cross-signing key of one usage (master, self_signing, user_signing):
+    ``key_id`` is its unpadded-base64 Ed25519 public key, ``key_json`` the object as uploaded."""
+
+    __tablename__ = "matrix_cross_signing_keys"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    usage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(128))
+    key_json: Mapped[str] = mapped_column(Text())
+
+
+class CrossSigningSignature(Base):
+    """A signature uploaded through ``keys/signatures/upload``, made by ``origin_user_id``'s
+    key ``origin_key_id`` (``ed25519:<key>``) over ``target_user_id``'s device (``target_key_id``
+    a device id) or master key (``target_key_id`` its public key)."""
+
+    __tablename__ = "matrix_cross_signing_signatures"
+
+    origin_user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    origin_key_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    target_user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    target_key_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    signature: Mapped[str] = mapped_column(Text())
+
+    __table_args__ = (
+        Index("ix_matrix_cross_signing_signatures_target", "target_user_id", "target_key_id"),
+    )
 
 
 class ToDevice(Base):

@@ -16,6 +16,7 @@ from konsil.db import Database
 from konsil.errors import BadRequest, Forbidden
 from konsil.identity.models import SERVICE, Account
 from messaging.common import JsonDict, Requester
+from messaging.cross_signing import CrossSigningService
 from messaging.devices import DeviceService
 from messaging.ephemeral import Ephemeral
 from messaging.media import MediaService
@@ -36,6 +37,7 @@ class Homeserver:
     server_name: str
     notifier: Notifier
     devices: DeviceService
+    cross_signing: CrossSigningService
     rooms: RoomService
     sync: SyncService
     ephemeral: Ephemeral
@@ -55,6 +57,7 @@ class Homeserver:
         notifier = notifier or InProcessNotifier()
         name = config.server_name
         devices = DeviceService(db, clock, auth, audit, notifier, name)
+        cross_signing = CrossSigningService(db, audit, notifier, devices)
         media = MediaService(db, clock, Path(config.data_dir), name, config.matrix.max_upload_bytes)
         # the recent-events cache is complete above the position the notifier starts from
         recent = RecentEvents(start=notifier.head())
@@ -62,7 +65,19 @@ class Homeserver:
         ephemeral = Ephemeral(clock)
         sync = SyncService(db, clock, notifier, rooms, devices, ephemeral, recent)
         push_rules = PushRuleService(devices)
-        return cls(db, clock, name, notifier, devices, rooms, sync, ephemeral, media, push_rules)
+        return cls(
+            db,
+            clock,
+            name,
+            notifier,
+            devices,
+            cross_signing,
+            rooms,
+            sync,
+            ephemeral,
+            media,
+            push_rules,
+        )
 
     # ------------------------------------------------------------------ ephemeral
 

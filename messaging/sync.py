@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select
 
 from konsil.clock import Clock, ms
 from konsil.db import Database
@@ -362,19 +362,20 @@ class SyncService:
     ) -> tuple[set[str], set[str]]:
         """Users whose devices changed (or who newly share a room with me), and users who no
         longer share any room with me. Cheap when nothing changed: one query."""
-        changed_devices = (
-            set(
-                (
-                    await (await ls.get()).execute(
-                        select(DeviceListChange.user_id)
-                        .where(DeviceListChange.stream > since, DeviceListChange.stream <= upto)
-                        .distinct()
-                    )
-                ).scalars()
+        changed_devices: set[str] = set()
+        signed_by_me: set[str] = set()  # whose master key I signed (nobody else is told)
+        if devices_marked:
+            rows = await (await ls.get()).execute(
+                select(DeviceListChange.user_id, DeviceListChange.audience)
+                .where(
+                    DeviceListChange.stream > since,
+                    DeviceListChange.stream <= upto,
+                    or_(DeviceListChange.audience.is_(None), DeviceListChange.audience == me),
+                )
+                .distinct()
             )
-            if devices_marked
-            else set()
-        )
+            for user_id, audience in rows.all():
+                (changed_devices if audience is None else signed_by_me).add(user_id)
         joined_now: set[str] = set()
         departed: set[str] = set()
         for room_id, entry in join.items():
@@ -402,8 +403,8 @@ class SyncService:
         joined_now.discard(me)
         departed.discard(me)
         if not changed_devices and not departed:
-            return joined_now, set()
+            return joined_now | signed_by_me, set()
         peers = await room_peers(await ls.get(), me)
-        changed = (changed_devices & peers) | joined_now
+        changed = (changed_devices & peers) | joined_now | signed_by_me
         left = {u for u in departed if u not in peers}
         return changed, left

@@ -692,8 +692,33 @@ def _keys_endpoint(
 
 
 _keys_endpoint("/keys/upload", DeviceService.do_upload_keys)
-_keys_endpoint("/keys/query", DeviceService.query_keys)
 _keys_endpoint("/keys/claim", DeviceService.do_claim_keys)
+
+
+@routes.post(V3 + "/keys/query")
+async def keys_query(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    return json_response(await hs(request).cross_signing.query_keys(req, body))
+
+
+@routes.post(V3 + "/keys/device_signing/upload")
+async def upload_signing_keys(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    challenge = await hs(request).cross_signing.do_upload_signing_keys(
+        req, body, ip=client_ip(request)
+    )
+    if challenge is not None:
+        return json_response(challenge, status=401)
+    return json_response(EMPTY)
+
+
+@routes.post(V3 + "/keys/signatures/upload")
+async def upload_signatures(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    return json_response(await hs(request).cross_signing.do_upload_signatures(req, body))
 
 
 @routes.get(V3 + "/keys/changes")

@@ -11,10 +11,13 @@
 //   {"event":"message","room_id":…,"sender":…,"body":…,"encrypted":true|false,"notify":…}
 //   {"event":"undecryptable","room_id":…,"sender":…,"code":…}
 //   {"event":"sent","room_id":…,"event_id":…}
+//   {"event":"cross_signing","ready":…,"master":…,"password_asked":…,"device_cross_signed":…}
 //   {"event":"error","message":…}
 // Commands, one JSON object per line on stdin:
 //   {"cmd":"trust","user_id":…}          download USER_ID's devices and mark them all verified
 //   {"cmd":"send","room_id":…,"body":…}  send an m.text (encrypted when the room is)
+//   {"cmd":"bootstrap","reset":false}    set up cross-signing (reset: new keys even if some
+//                                        exist); the password is given only if the server asks
 //   {"cmd":"stop"}
 // The SDK's own logging goes to stderr, so stdout holds only these lines.
 import { createInterface } from "node:readline";
@@ -70,6 +73,73 @@ async function trust(client, userId) {
   }
 }
 
+// /keys/query requests in flight, and when the last one ended. A reset of cross-signing first
+// waits for a quiet moment: an answer to a query sent before the reset (the old keys) would
+// make the SDK drop the new private keys it just made.
+let keyQueries = 0;
+let lastKeyQuery = 0;
+async function fetchFn(url, init) {
+  const isQuery = String(url).includes("/keys/query");
+  if (isQuery) keyQueries += 1;
+  try {
+    return await fetch(url, init);
+  } finally {
+    if (isQuery) {
+      keyQueries -= 1;
+      lastKeyQuery = Date.now();
+    }
+  }
+}
+
+async function keyQueriesSettled() {
+  for (let i = 0; i < 100 && (keyQueries > 0 || Date.now() - lastKeyQuery < 1000); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+async function bootstrap(client, reset) {
+  const crypto = client.getCrypto();
+  if (reset) await keyQueriesSettled();
+  let asked = 0;
+  await crypto.bootstrapCrossSigning({
+    setupNewCrossSigning: reset,
+    // try without auth first (a first upload needs none), then answer the password stage
+    authUploadDeviceSigningKeys: async (makeRequest) => {
+      try {
+        return await makeRequest(null);
+      } catch (err) {
+        if (err?.httpStatus !== 401 || !err.data?.flows) throw err;
+        asked += 1;
+        return await makeRequest({
+          type: "m.login.password",
+          identifier: { type: "m.id.user", user: opts.user },
+          password: opts.password,
+          session: err.data.session,
+        });
+      }
+    },
+  });
+  // After a reset the SDK trusts the new keys once it has downloaded them again (the server
+  // lists us in device_lists.changed): wait for that, a bounded number of syncs.
+  for (let i = 0; i < 50 && !(await crypto.isCrossSigningReady()); i++) {
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 500);
+      client.once(sdk.ClientEvent.Sync, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+  const own = await crypto.getDeviceVerificationStatus(client.getUserId(), client.getDeviceId());
+  emit({
+    event: "cross_signing",
+    ready: await crypto.isCrossSigningReady(),
+    master: await crypto.getCrossSigningKeyId(),
+    password_asked: asked,
+    device_cross_signed: own?.crossSigningVerified ?? false,
+  });
+}
+
 const anon = sdk.createClient({ baseUrl: opts.url });
 const login = await anon.loginRequest({
   type: "m.login.password",
@@ -84,6 +154,7 @@ const client = sdk.createClient({
   userId: login.user_id,
   deviceId: login.device_id,
   accessToken: login.access_token,
+  fetchFn,
 });
 // In-memory crypto store: no IndexedDB in Node.
 await client.initRustCrypto({ useIndexedDB: false });
@@ -180,6 +251,8 @@ lines.on("line", async (line) => {
       await stop(0);
     } else if (cmd.cmd === "trust") {
       await trust(client, cmd.user_id);
+    } else if (cmd.cmd === "bootstrap") {
+      await bootstrap(client, cmd.reset === true);
     } else if (cmd.cmd === "send") {
       const res = await client.sendMessage(cmd.room_id, { msgtype: "m.text", body: cmd.body });
       emit({ event: "sent", room_id: cmd.room_id, event_id: res.event_id });

@@ -8,6 +8,7 @@ takes commands as JSON lines on stdin.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -223,3 +224,101 @@ async def test_no_key_backup_is_not_found(
     assert got["errcode"] == "M_NOT_FOUND"
     resp = await client.get("/_matrix/client/v3/room_keys/version")
     assert resp.status == 401
+
+
+async def wait_js(js: JsClient, cond: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + DEADLINE_S
+    while not cond():
+        assert time.monotonic() < end, f"not reached: {what}; js said {js.lines}"
+        assert js.proc.returncode is None, f"js client exited; it said {js.lines}"
+        assert not js.seen(event="error"), js.lines
+        js.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(js.changed.wait(), 0.5)
+
+
+def signed_by(obj: dict[str, Any], user_id: str, public_key: str) -> bool:
+    """``obj`` carries a valid signature of ``user_id``'s Ed25519 key ``public_key`` (checked
+    here with PyNaCl over matrix-nio's canonical JSON, not with the server's code)."""
+    import nacl.exceptions
+    import nacl.signing
+
+    from tests.messaging.test_cross_signing import signable
+
+    sig = obj.get("signatures", {}).get(user_id, {}).get(f"ed25519:{public_key}")
+    if sig is None:
+        return False
+    try:
+        nacl.signing.VerifyKey(base64.b64decode(public_key + "==")).verify(
+            signable(obj), base64.b64decode(sig + "==")
+        )
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
+
+
+async def test_js_sdk_bootstraps_cross_signing(
+    client: Client, create_user: Callable[..., Awaitable[Person]], node: str
+) -> None:
+    """matrix-js-sdk sets up cross-signing (keys/device_signing/upload, then its device signed
+    through keys/signatures/upload), then resets it, which takes the password."""
+    base = str(client.make_url("")).rstrip("/")
+    bob_p = await create_user("bob")
+    alice = await login(client, await create_user("alice"))
+    bob_id = alice.user_id.replace("@alice:", "@bob:")
+    await alice.create_room(invite=[bob_id])
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(SCRIPT),
+        "--url",
+        base,
+        "--user",
+        bob_p.username,
+        "--password",
+        bob_p.password,
+        cwd=JS_DIR,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    js = JsClient(proc)
+
+    def outcomes() -> list[dict[str, Any]]:
+        return [line for line in js.lines if line["event"] == "cross_signing"]
+
+    stderr = ""
+    try:
+        await wait_js(js, lambda: js.seen(event="joined"), "js joined")
+        js_device = next(line["device_id"] for line in js.lines if line["event"] == "ready")
+        before = await alice.sync()
+
+        await js.command(cmd="bootstrap")
+        await wait_js(js, lambda: len(outcomes()) == 1, "cross-signing set up")
+        first = outcomes()[0]
+        assert first["ready"] and first["device_cross_signed"], first
+        assert first["password_asked"] == 0  # a first upload needs no password
+        seen = await alice.post("/keys/query", {"device_keys": {bob_id: []}})
+        master = seen["master_keys"][bob_id]
+        assert master["keys"] == {f"ed25519:{first['master']}": first["master"]}
+        ssk = seen["self_signing_keys"][bob_id]
+        assert signed_by(ssk, bob_id, first["master"])
+        ((ssk_pub,),) = [ssk["keys"].values()]
+        assert signed_by(seen["device_keys"][bob_id][js_device], bob_id, ssk_pub)
+        assert seen["user_signing_keys"] == {}
+        after = await alice.sync(before["next_batch"])
+        assert bob_id in after["device_lists"]["changed"]
+
+        await js.command(cmd="bootstrap", reset=True)
+        await wait_js(js, lambda: len(outcomes()) == 2, "cross-signing reset")
+        second = outcomes()[1]
+        assert second["ready"] and second["password_asked"] == 1, second
+        assert second["master"] != first["master"]
+        seen = await alice.post("/keys/query", {"device_keys": {bob_id: []}})
+        assert first["master"] not in json.dumps(seen)
+        assert seen["master_keys"][bob_id]["keys"] == {
+            f"ed25519:{second['master']}": second["master"]
+        }
+    finally:
+        stderr = await js.close()
+    assert js.proc.returncode == 0, stderr[-4000:]
+    assert "M_UNRECOGNIZED" not in stderr, stderr[-4000:]
