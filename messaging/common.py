@@ -5,17 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.db import Database
-from konsil.errors import BadRequest, ValidationError
+from konsil.errors import BadRequest, Conflict, ValidationError
 from messaging.models import StreamCounter
 
 JsonDict = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -137,3 +140,16 @@ async def allocate(s: AsyncSession, n: int = 1) -> int:
         await s.flush()
         end = n
     return int(end) - n + 1
+
+
+async def retry_on_conflict(
+    write: Callable[[], Awaitable[T]], what: str = "the keys changed concurrently"
+) -> T:
+    """Run a write transaction again when a concurrent one inserted the same row first (two
+    first uploads at once on PostgreSQL): the next run reads what the winner stored."""
+    for _ in range(3):
+        try:
+            return await write()
+        except IntegrityError:
+            continue
+    raise Conflict(f"{what}: try again")

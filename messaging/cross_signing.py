@@ -12,20 +12,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import nacl.exceptions
 import nacl.signing
 from sqlalchemy import delete, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from konsil.audit.service import Actor, AuditLog
 from konsil.db import Database
-from konsil.errors import BadRequest, Conflict, Forbidden
-from messaging.common import JsonDict, Requester, allocate, dumps, loads
+from konsil.errors import BadRequest, Forbidden
+from messaging.common import JsonDict, Requester, allocate, dumps, loads, retry_on_conflict
 from messaging.devices import DeviceService, room_peers
 from messaging.models import (
     CrossSigningKey,
@@ -133,20 +132,6 @@ def check_key(obj: Any, usage: str, user_id: str) -> SigningKey:
     return SigningKey(usage, public_key, obj)
 
 
-T = TypeVar("T")
-
-
-async def _retry_on_conflict(write: Callable[[], Awaitable[T]]) -> T:
-    """Run a write transaction again when a concurrent one inserted the same row first (two
-    first uploads at once on PostgreSQL): the next run reads what the winner stored."""
-    for _ in range(3):
-        try:
-            return await write()
-        except IntegrityError:
-            continue
-    raise Conflict("the keys changed concurrently: try again")
-
-
 def _failure(errcode: str, error: str) -> JsonDict:
     return {"errcode": errcode, "error": error}
 
@@ -204,12 +189,12 @@ class CrossSigningService:
         async def store(authenticated: bool) -> bool:
             return await self._store_signing_keys(req, new, authenticated=authenticated, ip=ip)
 
-        if await _retry_on_conflict(lambda: store(False)):
+        if await retry_on_conflict(lambda: store(False)):
             return None
         challenge = await self.devices.check_uia(req, body, ip=ip)
         if challenge is not None:
             return challenge
-        await _retry_on_conflict(lambda: store(True))
+        await retry_on_conflict(lambda: store(True))
         return None
 
     async def _store_signing_keys(
@@ -321,7 +306,7 @@ class CrossSigningService:
                 raise BadRequest(
                     "the body maps user ids to key ids to signed objects", errcode="M_BAD_JSON"
                 )
-        return await _retry_on_conflict(lambda: self._store_signatures(req, body))
+        return await retry_on_conflict(lambda: self._store_signatures(req, body))
 
     async def _store_signatures(self, req: Requester, body: JsonDict) -> JsonDict:
         me = req.user_id

@@ -178,6 +178,41 @@ class CrossSigningSignature(Base):
     )
 
 
+class RoomKeyBackup(Base):
+    """One version of a user's server-side key backup (``room_keys/version``). A deleted
+    version keeps its row (``deleted``, its keys gone) so that its number is never handed out
+    again and deleting it twice succeeds, as the spec asks. ``etag`` counts the changes of its
+    keys and ``key_count`` counts them (both kept in the transactions that change the keys,
+    under this row's lock); ``auth_data`` is the JSON the client sent (the backup's public key
+    and signatures)."""
+
+    __tablename__ = "matrix_room_key_backups"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    algorithm: Mapped[str] = mapped_column(String(255))
+    auth_data: Mapped[str] = mapped_column(Text())
+    etag: Mapped[int] = mapped_column(BigInteger())
+    key_count: Mapped[int] = mapped_column(BigInteger())
+    deleted: Mapped[bool] = mapped_column(Boolean())
+
+
+class RoomKeyBackupKey(Base):
+    """One Megolm session's key in a backup version. ``session_data`` is the JSON the client
+    sent, encrypted by the client to the backup's public key: the server never reads it."""
+
+    __tablename__ = "matrix_room_key_backup_keys"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    room_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    first_message_index: Mapped[int] = mapped_column(BigInteger())
+    forwarded_count: Mapped[int] = mapped_column(BigInteger())
+    is_verified: Mapped[bool] = mapped_column(Boolean())
+    session_data: Mapped[str] = mapped_column(Text())
+
+
 class ToDevice(Base):
     __tablename__ = "matrix_to_device"
 

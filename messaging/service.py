@@ -19,6 +19,7 @@ from messaging.common import JsonDict, Requester
 from messaging.cross_signing import CrossSigningService
 from messaging.devices import DeviceService
 from messaging.ephemeral import Ephemeral
+from messaging.key_backup import KeyBackupService
 from messaging.media import MediaService
 from messaging.models import Event
 from messaging.notifier import InProcessNotifier, Notifier
@@ -43,6 +44,7 @@ class Homeserver:
     ephemeral: Ephemeral
     media: MediaService
     push_rules: PushRuleService
+    key_backup: KeyBackupService
 
     @classmethod
     def build(
@@ -65,6 +67,7 @@ class Homeserver:
         ephemeral = Ephemeral(clock)
         sync = SyncService(db, clock, notifier, rooms, devices, ephemeral, recent)
         push_rules = PushRuleService(devices)
+        key_backup = KeyBackupService(db, audit)
         return cls(
             db,
             clock,
@@ -77,6 +80,7 @@ class Homeserver:
             ephemeral,
             media,
             push_rules,
+            key_backup,
         )
 
     # ------------------------------------------------------------------ ephemeral

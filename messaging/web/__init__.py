@@ -17,8 +17,8 @@ from konsil.ratelimit import RateLimiter
 from konsil.web.request import client_ip, json_response, read_json
 from messaging.common import JsonDict, Requester, parse_token
 from messaging.devices import DeviceService
+from messaging.key_backup import require_version
 from messaging.notifier import InProcessNotifier
-from messaging.pushrules import PushRuleService
 from messaging.service import Homeserver
 from messaging.sync import SyncParams, current_stream
 
@@ -562,34 +562,38 @@ async def delete_push_rule(request: web.Request) -> web.Response:
     return json_response(EMPTY)
 
 
-def _push_rule_attribute(
-    name: str,
-    setter: Callable[[PushRuleService, Requester, str, str, str, JsonDict], Awaitable[None]],
-) -> None:
-    """``GET``/``PUT`` of one attribute (``enabled``, ``actions``) of a push rule."""
-    path = f"{PUSH_RULE}/{name}"
-
-    async def get(request: web.Request) -> web.Response:
-        req = await requester(request)
-        mi = request.match_info
-        rule = await hs(request).push_rules.rule(
-            req.user_id, mi["scope"], mi["kind"], mi["rule_id"]
-        )
-        return json_response({name: rule[name]})
-
-    async def put(request: web.Request) -> web.Response:
-        req = await requester(request)
-        body = await read_json(request)
-        mi = request.match_info
-        await setter(hs(request).push_rules, req, mi["scope"], mi["kind"], mi["rule_id"], body)
-        return json_response(EMPTY)
-
-    routes.get(path)(get)
-    routes.put(path)(put)
+@routes.get(PUSH_RULE + "/enabled")
+async def push_rule_enabled(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    rule = await hs(request).push_rules.rule(req.user_id, mi["scope"], mi["kind"], mi["rule_id"])
+    return json_response({"enabled": rule["enabled"]})
 
 
-_push_rule_attribute("enabled", PushRuleService.do_set_enabled)
-_push_rule_attribute("actions", PushRuleService.do_set_actions)
+@routes.put(PUSH_RULE + "/enabled")
+async def set_push_rule_enabled(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    mi = request.match_info
+    await hs(request).push_rules.do_set_enabled(req, mi["scope"], mi["kind"], mi["rule_id"], body)
+    return json_response(EMPTY)
+
+
+@routes.get(PUSH_RULE + "/actions")
+async def push_rule_actions(request: web.Request) -> web.Response:
+    req = await requester(request)
+    mi = request.match_info
+    rule = await hs(request).push_rules.rule(req.user_id, mi["scope"], mi["kind"], mi["rule_id"])
+    return json_response({"actions": rule["actions"]})
+
+
+@routes.put(PUSH_RULE + "/actions")
+async def set_push_rule_actions(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    mi = request.match_info
+    await hs(request).push_rules.do_set_actions(req, mi["scope"], mi["kind"], mi["rule_id"], body)
+    return json_response(EMPTY)
 
 
 @routes.get(V3 + "/voip/turnServer")
@@ -615,14 +619,79 @@ async def turn_server(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(V3 + "/room_keys/version")
-async def room_keys_version(request: web.Request) -> web.Response:
-    """Server-side key backup is not offered: say "no backup" the way clients expect (404
-    M_NOT_FOUND), not "unknown endpoint" (matrix-js-sdk asks for it at start)."""
-    from konsil.errors import NotFound
+# ---------------------------------------------------------------- server-side key backups
 
-    await requester(request)
-    raise NotFound("no current backup version")
+ROOM_KEYS = V3 + "/room_keys/keys"
+ROOM_KEYS_PATHS = (ROOM_KEYS, ROOM_KEYS + "/{room_id}", ROOM_KEYS + "/{room_id}/{session_id}")
+MAX_ROOM_KEYS_BODY = 8 * 1024 * 1024  # a batch of keys (clients upload a few hundred at once)
+
+
+@routes.post(V3 + "/room_keys/version")
+async def room_keys_create_version(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    answer = await hs(request).key_backup.do_create_version(req, body, ip=client_ip(request))
+    return json_response(answer)
+
+
+@routes.get(V3 + "/room_keys/version")
+@routes.get(V3 + "/room_keys/version/{version}")
+async def room_keys_version(request: web.Request) -> web.Response:
+    """No backup is 404 M_NOT_FOUND, which matrix-js-sdk asks about at start."""
+    req = await requester(request)
+    version = request.match_info.get("version")
+    return json_response(await hs(request).key_backup.version_info(req, version))
+
+
+@routes.put(V3 + "/room_keys/version/{version}")
+async def room_keys_update_version(request: web.Request) -> web.Response:
+    req = await requester(request)
+    body = await read_json(request)
+    await hs(request).key_backup.do_update_version(
+        req, request.match_info["version"], body, ip=client_ip(request)
+    )
+    return json_response(EMPTY)
+
+
+@routes.delete(V3 + "/room_keys/version/{version}")
+async def room_keys_delete_version(request: web.Request) -> web.Response:
+    req = await requester(request)
+    await hs(request).key_backup.do_delete_version(
+        req, request.match_info["version"], ip=client_ip(request)
+    )
+    return json_response(EMPTY)
+
+
+def _room_keys_args(request: web.Request) -> tuple[str, str | None, str | None]:
+    mi = request.match_info
+    return require_version(request.query.get("version")), mi.get("room_id"), mi.get("session_id")
+
+
+async def room_keys_put(request: web.Request) -> web.Response:
+    req = await requester(request)
+    version, room_id, session_id = _room_keys_args(request)
+    body = await read_json(request, max_bytes=MAX_ROOM_KEYS_BODY)
+    answer = await hs(request).key_backup.do_put_keys(req, version, body, room_id, session_id)
+    return json_response(answer)
+
+
+async def room_keys_get(request: web.Request) -> web.Response:
+    req = await requester(request)
+    version, room_id, session_id = _room_keys_args(request)
+    return json_response(await hs(request).key_backup.get_keys(req, version, room_id, session_id))
+
+
+async def room_keys_delete(request: web.Request) -> web.Response:
+    req = await requester(request)
+    version, room_id, session_id = _room_keys_args(request)
+    answer = await hs(request).key_backup.do_delete_keys(req, version, room_id, session_id)
+    return json_response(answer)
+
+
+for _path in ROOM_KEYS_PATHS:
+    routes.put(_path)(room_keys_put)
+    routes.get(_path)(room_keys_get)
+    routes.delete(_path)(room_keys_delete)
 
 
 # ---------------------------------------------------------------- sync
