@@ -12,12 +12,16 @@
 //   {"event":"undecryptable","room_id":…,"sender":…,"code":…}
 //   {"event":"sent","room_id":…,"event_id":…}
 //   {"event":"cross_signing","ready":…,"master":…,"password_asked":…,"device_cross_signed":…}
+//   {"event":"backup","version":…}                   a new key backup, enabled: its keys upload
+//   {"event":"restored","total":…,"imported":…}      keys read back from the server's backup
 //   {"event":"error","message":…}
 // Commands, one JSON object per line on stdin:
 //   {"cmd":"trust","user_id":…}          download USER_ID's devices and mark them all verified
 //   {"cmd":"send","room_id":…,"body":…}  send an m.text (encrypted when the room is)
 //   {"cmd":"bootstrap","reset":false}    set up cross-signing (reset: new keys even if some
 //                                        exist); the password is given only if the server asks
+//   {"cmd":"backup"}                     create a key backup (resetKeyBackup) and enable it
+//   {"cmd":"restore"}                    download and decrypt the backup's keys
 //   {"cmd":"stop"}
 // The SDK's own logging goes to stderr, so stdout holds only these lines.
 import { createInterface } from "node:readline";
@@ -140,6 +144,23 @@ async function bootstrap(client, reset) {
   });
 }
 
+async function backup(client) {
+  const crypto = client.getCrypto();
+  // creates the version (auth_data signed by this device), then enables it in the background;
+  // the SDK's backup loop then uploads the room keys it holds
+  await crypto.resetKeyBackup();
+  let version = null;
+  for (let i = 0; i < 100 && !(version = await crypto.getActiveSessionBackupVersion()); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  emit({ event: "backup", version });
+}
+
+async function restore(client) {
+  const { total, imported } = await client.getCrypto().restoreKeyBackup();
+  emit({ event: "restored", total, imported });
+}
+
 const anon = sdk.createClient({ baseUrl: opts.url });
 const login = await anon.loginRequest({
   type: "m.login.password",
@@ -253,6 +274,10 @@ lines.on("line", async (line) => {
       await trust(client, cmd.user_id);
     } else if (cmd.cmd === "bootstrap") {
       await bootstrap(client, cmd.reset === true);
+    } else if (cmd.cmd === "backup") {
+      await backup(client);
+    } else if (cmd.cmd === "restore") {
+      await restore(client);
     } else if (cmd.cmd === "send") {
       const res = await client.sendMessage(cmd.room_id, { msgtype: "m.text", body: cmd.body });
       emit({ event: "sent", room_id: cmd.room_id, event_id: res.event_id });

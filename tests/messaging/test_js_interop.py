@@ -207,6 +207,32 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
         stored = "\n".join(f"{t} {c}" for t, c in rows)
         assert to_js not in stored and to_nio not in stored
         assert sum(1 for t, _ in rows if t == "m.room.encrypted") >= 2
+
+        # the SDK backs its room keys up on the server (its Megolm session and alice's) and
+        # reads them back: what it uploaded is what it gets, decryptable by it alone
+        await js.command(cmd="backup")
+        await until(alice, js, lambda: js.seen(event="backup"), "js created a key backup")
+        version = next(line for line in js.lines if line["event"] == "backup")["version"]
+        assert version is not None, js.lines
+        bob = await login(client, bob_p)
+        info = await bob.get("/room_keys/version")
+        assert info["version"] == version and info["algorithm"].endswith("curve25519-aes-sha2")
+        assert f"ed25519:{js_device}" in info["auth_data"]["signatures"][bob_id]
+        end = time.monotonic() + DEADLINE_S
+        while (await bob.get("/room_keys/version"))["count"] < 2:
+            assert time.monotonic() < end, "the SDK did not upload its room keys"
+            await alice.step()
+        backed_up = await bob.get(f"/room_keys/keys?version={version}")
+        sessions = backed_up["rooms"][room_id]["sessions"]
+        assert len(sessions) >= 2 and list(backed_up["rooms"]) == [room_id]
+        assert all(
+            set(k["session_data"]) == {"ephemeral", "ciphertext", "mac"} for k in sessions.values()
+        )
+        count = (await bob.get("/room_keys/version"))["count"]
+        await js.command(cmd="restore")
+        await until(alice, js, lambda: js.seen(event="restored"), "js restored its keys")
+        restored = next(line for line in js.lines if line["event"] == "restored")
+        assert restored["total"] == count, restored
     finally:
         stderr = await js.close()
         await alice.close()
