@@ -19,6 +19,7 @@ from messaging.common import JsonDict, Requester, parse_token
 from messaging.devices import DeviceService
 from messaging.key_backup import require_version
 from messaging.notifier import InProcessNotifier
+from messaging.pushrules import PushRuleService
 from messaging.service import Homeserver
 from messaging.sync import SyncParams, current_stream
 
@@ -562,38 +563,34 @@ async def delete_push_rule(request: web.Request) -> web.Response:
     return json_response(EMPTY)
 
 
-@routes.get(PUSH_RULE + "/enabled")
-async def push_rule_enabled(request: web.Request) -> web.Response:
-    req = await requester(request)
-    mi = request.match_info
-    rule = await hs(request).push_rules.rule(req.user_id, mi["scope"], mi["kind"], mi["rule_id"])
-    return json_response({"enabled": rule["enabled"]})
+def _push_rule_attribute(
+    name: str,
+    setter: Callable[[PushRuleService, Requester, str, str, str, JsonDict], Awaitable[None]],
+) -> None:
+    """``GET``/``PUT`` of one attribute (``enabled``, ``actions``) of a push rule."""
+    path = f"{PUSH_RULE}/{name}"
+
+    async def get(request: web.Request) -> web.Response:
+        req = await requester(request)
+        mi = request.match_info
+        rule = await hs(request).push_rules.rule(
+            req.user_id, mi["scope"], mi["kind"], mi["rule_id"]
+        )
+        return json_response({name: rule[name]})
+
+    async def put(request: web.Request) -> web.Response:
+        req = await requester(request)
+        body = await read_json(request)
+        mi = request.match_info
+        await setter(hs(request).push_rules, req, mi["scope"], mi["kind"], mi["rule_id"], body)
+        return json_response(EMPTY)
+
+    routes.get(path)(get)
+    routes.put(path)(put)
 
 
-@routes.put(PUSH_RULE + "/enabled")
-async def set_push_rule_enabled(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    mi = request.match_info
-    await hs(request).push_rules.do_set_enabled(req, mi["scope"], mi["kind"], mi["rule_id"], body)
-    return json_response(EMPTY)
-
-
-@routes.get(PUSH_RULE + "/actions")
-async def push_rule_actions(request: web.Request) -> web.Response:
-    req = await requester(request)
-    mi = request.match_info
-    rule = await hs(request).push_rules.rule(req.user_id, mi["scope"], mi["kind"], mi["rule_id"])
-    return json_response({"actions": rule["actions"]})
-
-
-@routes.put(PUSH_RULE + "/actions")
-async def set_push_rule_actions(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    mi = request.match_info
-    await hs(request).push_rules.do_set_actions(req, mi["scope"], mi["kind"], mi["rule_id"], body)
-    return json_response(EMPTY)
+_push_rule_attribute("enabled", PushRuleService.do_set_enabled)
+_push_rule_attribute("actions", PushRuleService.do_set_actions)
 
 
 @routes.get(V3 + "/voip/turnServer")
