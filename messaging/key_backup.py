@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from konsil.audit.service import Actor, AuditLog
 from konsil.db import Database
@@ -447,13 +448,8 @@ class KeyBackupService:
         async with self.db.session() as s:
             row = await self._version(s, req.user_id, version)
             q = select(RoomKeyBackupKey).where(
-                RoomKeyBackupKey.user_id == req.user_id,
-                RoomKeyBackupKey.version == row.version,
+                *_selected(req.user_id, row.version, room_id, session_id)
             )
-            if room_id is not None:
-                q = q.where(RoomKeyBackupKey.room_id == room_id)
-            if session_id is not None:
-                q = q.where(RoomKeyBackupKey.session_id == session_id)
             keys = (await s.execute(q)).scalars().all()
         if session_id is not None:
             if not keys:
@@ -478,15 +474,22 @@ class KeyBackupService:
         async with self.db.transaction() as s:
             row = await self._version(s, req.user_id, version, lock=True)
             q = delete(RoomKeyBackupKey).where(
-                RoomKeyBackupKey.user_id == req.user_id,
-                RoomKeyBackupKey.version == row.version,
+                *_selected(req.user_id, row.version, room_id, session_id)
             )
-            if room_id is not None:
-                q = q.where(RoomKeyBackupKey.room_id == room_id)
-            if session_id is not None:
-                q = q.where(RoomKeyBackupKey.session_id == session_id)
             gone = (await s.execute(q)).rowcount  # type: ignore[attr-defined]
             if gone:
                 row.key_count -= gone
                 row.etag += 1
             return _update_answer(row)
+
+
+def _selected(
+    user_id: str, version: int, room_id: str | None, session_id: str | None
+) -> list[ColumnElement[bool]]:
+    """The keys of one backup version: all of them, one room's or one session's."""
+    where = [RoomKeyBackupKey.user_id == user_id, RoomKeyBackupKey.version == version]
+    if room_id is not None:
+        where.append(RoomKeyBackupKey.room_id == room_id)
+    if session_id is not None:
+        where.append(RoomKeyBackupKey.session_id == session_id)
+    return where
