@@ -80,10 +80,9 @@ def next_state(current: CaseState, action: str) -> CaseState:
         allowed = ", ".join(sorted(s.value for s in sources))
         raise Conflict(
             Reason(
-                "a case in state {state} cannot be {done} here: {action} is only possible from "
+                "a case in state {state} does not allow {action}: it is only possible from "
                 "{allowed}",
                 state=current.value,
-                done=f"{action.replace('_', ' ')}ed",
                 action=action,
                 allowed=allowed,
             ),

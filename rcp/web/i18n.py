@@ -290,7 +290,7 @@ REFUSALS_FR: dict[str, str] = {
     "{action} has its own form": "« {action} » a son propre formulaire",
     "unknown action {action!r}": "action inconnue {action!r}",
     "unknown action": "action inconnue",
-    "a case in state {state} cannot be {done} here: {action} is only possible from {allowed}": "un cas à l'état {state} ne le permet pas : « {action} » n'est possible que depuis {allowed}",
+    "a case in state {state} does not allow {action}: it is only possible from {allowed}": "un cas à l'état {state} ne le permet pas : « {action} » n'est possible que depuis {allowed}",
     "the patient must be informed that the case is presented before it is scheduled": "le patient doit être informé de la présentation de son cas avant qu'il soit inscrit",
     "choose a session of this board": "choisissez une séance de cette RCP",
     "the session is cancelled": "la séance est annulée",
