@@ -191,10 +191,11 @@ class CrossSigningService:
 
         if await retry_on_conflict(lambda: store(False)):
             return None
-        challenge = await self.devices.check_uia(req, body, ip=ip)
-        if challenge is not None:
-            return challenge
+        uia = await self.devices.check_uia(req, body, operation="keys/device_signing/upload", ip=ip)
+        if uia.challenge is not None:
+            return uia.challenge
         await retry_on_conflict(lambda: store(True))
+        self.devices.uia.finish(uia.session)
         return None
 
     async def _store_signing_keys(

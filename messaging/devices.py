@@ -20,7 +20,7 @@ from konsil.auth.passwords import check_password_strength
 from konsil.auth.service import AuthService, token_hash
 from konsil.clock import Clock, ms
 from konsil.db import Database
-from konsil.errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationError
+from konsil.errors import BadRequest, NotFound, Unauthorized, ValidationError
 from konsil.identity.models import EXTERNAL, RESERVED_USERNAMES, Account
 from konsil.identity.service import USERNAME_RE, NewAccount, add_account
 from messaging.common import (
@@ -48,8 +48,14 @@ from messaging.models import (
     ToDeviceTxn,
 )
 from messaging.notifier import Notifier
+from messaging.uia import UiaResult, UiaSessions, challenge, operation_key
 
 log = logging.getLogger("konsil.messaging")
+
+LOGIN_PW_STAGE = "m.login.password"
+DUMMY_STAGE = "m.login.dummy"
+PASSWORD_FLOWS: list[JsonDict] = [{"stages": [LOGIN_PW_STAGE]}]
+DUMMY_FLOWS: list[JsonDict] = [{"stages": [DUMMY_STAGE]}]
 
 
 async def room_peers(s: AsyncSession, user_id: str) -> set[str]:
@@ -96,7 +102,8 @@ class DeviceService:
         self.audit = audit
         self.notifier = notifier
         self.server_name = server_name
-        self._uia_sessions: set[str] = set()
+        # user-interactive auth sessions: in this process (see messaging.uia)
+        self.uia = UiaSessions(clock)
         # token hash -> (requester, checked at): saves a query per request. Logout and device
         # deletion in this process evict at once; elsewhere (another worker, deactivation) an
         # entry lives at most TOKEN_CACHE_S.
@@ -267,14 +274,9 @@ class DeviceService:
             raise BadRequest("inhibit_login must be a boolean", errcode="M_BAD_JSON")
         if await self._taken(username):
             raise BadRequest("this user name is taken", errcode="M_USER_IN_USE")
-        auth = body.get("auth")
-        flows: JsonDict = {"flows": [{"stages": ["m.login.dummy"]}], "params": {}}
-        if not isinstance(auth, dict) or auth.get("type") != "m.login.dummy":
-            session = secrets.token_urlsafe(16)
-            challenge = {**flows, "session": session}
-            if isinstance(auth, dict):
-                challenge |= {"errcode": "M_UNRECOGNIZED", "error": "unsupported auth stage"}
-            return 401, challenge
+        uia = self._check_dummy_uia(body)
+        if uia.challenge is not None:
+            return 401, uia.challenge
         pw_hash = await self.auth.hasher.hash(password)
         new = NewAccount(username=username, password=password, role=EXTERNAL)
         try:
@@ -295,7 +297,51 @@ class DeviceService:
                 )
         except IntegrityError:  # registered concurrently under the same name
             raise BadRequest("this user name is taken", errcode="M_USER_IN_USE") from None
+        self.uia.finish(uia.session)
         return 200, answer
+
+    def _check_dummy_uia(self, body: JsonDict) -> UiaResult:
+        """Registration's one stage, ``m.login.dummy``, in a session tied to the user name asked
+        for (the body carries the password: it is not kept, even as a digest)."""
+        operation = operation_key("register", {"username": body.get("username")})
+        auth = body.get("auth")
+        if auth is None:
+            return UiaResult(challenge(DUMMY_FLOWS, self.uia.open(None, operation), []), "")
+        if not isinstance(auth, dict):
+            raise BadRequest("auth must be an object", errcode="M_BAD_JSON")
+        sid = auth.get("session")
+        if sid is None:  # no first round trip: a session of its own
+            sid = self.uia.open(None, operation)
+        completed = self.uia.get(sid, None, operation)
+        if completed is None:
+            return UiaResult(self._stale_session(DUMMY_FLOWS, None, operation), "")
+        if DUMMY_STAGE not in completed:
+            if auth.get("type") != DUMMY_STAGE:
+                return UiaResult(self._unrecognized(DUMMY_FLOWS, sid, completed, auth), sid)
+            self.uia.complete(sid, DUMMY_STAGE)
+        return UiaResult(None, sid)
+
+    def _stale_session(
+        self, flows: list[JsonDict], user_id: str | None, operation: str
+    ) -> JsonDict:
+        return challenge(
+            flows,
+            self.uia.open(user_id, operation),
+            [],
+            errcode="M_UNKNOWN",
+            error="unknown or expired session, or one issued for another request: "
+            "authenticate again in the new session",
+        )
+
+    @staticmethod
+    def _unrecognized(
+        flows: list[JsonDict], sid: str, completed: list[str], auth: JsonDict
+    ) -> JsonDict:
+        if "type" not in auth:  # only the session: where it stands
+            return challenge(flows, sid, completed)
+        return challenge(
+            flows, sid, completed, errcode="M_UNRECOGNIZED", error="unsupported auth stage"
+        )
 
     async def requester(self, token: str) -> Requester:
         key = token_hash(token)
@@ -460,21 +506,61 @@ class DeviceService:
                 raise NotFound("no such device")
             d.display_name = name
 
-    async def check_uia(self, req: Requester, body: JsonDict, *, ip: str | None) -> JsonDict | None:
-        """User-interactive auth with a password: None when passed, else the 401 body to send."""
+    async def check_uia(
+        self, req: Requester, body: JsonDict, *, operation: str, ip: str | None
+    ) -> UiaResult:
+        """User-interactive auth with the password, in a session tied to ``req``'s user and to
+        ``operation`` with this body. The caller runs the operation when ``challenge`` is None,
+        then ends the session with ``self.uia.finish(result.session)``. Password attempts go
+        through the login's checks (lockout with back-off, audit)."""
+        op = operation_key(operation, body)
         auth = body.get("auth")
-        if not isinstance(auth, dict) or "type" not in auth:
-            session = secrets.token_urlsafe(16)
-            self._uia_sessions.add(session)
-            return {"flows": [{"stages": ["m.login.password"]}], "params": {}, "session": session}
-        _, principal = await self.check_password_auth(auth, ip=ip)
+        if auth is None:
+            return UiaResult(challenge(PASSWORD_FLOWS, self.uia.open(req.user_id, op), []), "")
+        if not isinstance(auth, dict):
+            raise BadRequest("auth must be an object", errcode="M_BAD_JSON")
+        sid = auth.get("session")
+        if sid is None:  # no first round trip: a session of its own
+            sid = self.uia.open(req.user_id, op)
+        completed = self.uia.get(sid, req.user_id, op)
+        if completed is None:
+            return UiaResult(self._stale_session(PASSWORD_FLOWS, req.user_id, op), "")
+        if LOGIN_PW_STAGE in completed:
+            return UiaResult(None, sid)
+        if auth.get("type") != LOGIN_PW_STAGE:
+            return UiaResult(self._unrecognized(PASSWORD_FLOWS, sid, completed, auth), sid)
+        try:
+            _, principal = await self.check_password_auth(auth, ip=ip)
+        except Unauthorized as e:  # a wrong password: the client may try again in the session
+            return UiaResult(
+                challenge(PASSWORD_FLOWS, sid, completed, errcode=e.matrix_errcode, error=str(e)),
+                sid,
+            )
         if principal.account_id != req.account_id:
-            raise Forbidden("you can only authenticate as yourself")
-        self._uia_sessions.discard(str(auth.get("session")))
-        return None
+            return UiaResult(
+                challenge(
+                    PASSWORD_FLOWS,
+                    sid,
+                    completed,
+                    errcode="M_FORBIDDEN",
+                    error="you can only authenticate as yourself",
+                ),
+                sid,
+            )
+        self.uia.complete(sid, LOGIN_PW_STAGE)
+        return UiaResult(None, sid)
 
-    async def do_delete_devices(self, req: Requester, device_ids: list[str]) -> None:
+    async def do_delete_devices(
+        self, req: Requester, device_ids: list[str], body: JsonDict, *, ip: str | None
+    ) -> JsonDict | None:
+        """Delete devices after user-interactive auth: None when done, else the 401 body."""
+        operation = "delete_devices " + dumps(sorted(set(device_ids)))
+        uia = await self.check_uia(req, body, operation=operation, ip=ip)
+        if uia.challenge is not None:
+            return uia.challenge
         await self._delete_devices(req.user_id, device_ids)
+        self.uia.finish(uia.session)
+        return None
 
     # ------------------------------------------------------------------ keys
 

@@ -195,12 +195,19 @@ async def rename_device(request: web.Request) -> web.Response:
     return json_response(EMPTY)
 
 
-async def _delete_devices(request: web.Request, req: Requester, ids: list[str]) -> web.Response:
-    body = await read_json(request)
-    challenge = await hs(request).devices.check_uia(req, body, ip=client_ip(request))
+def limit_password_attempt(request: web.Request, body: JsonDict) -> None:
+    """A user-interactive auth answer is limited like a login (per IP, then per account)."""
+    if body.get("auth") is not None:
+        limit(request, "login", client_ip(request) or "unknown")
+
+
+async def _delete_devices(
+    request: web.Request, req: Requester, ids: list[str], body: JsonDict
+) -> web.Response:
+    limit_password_attempt(request, body)
+    challenge = await hs(request).devices.do_delete_devices(req, ids, body, ip=client_ip(request))
     if challenge is not None:
         return json_response(challenge, status=401)
-    await hs(request).devices.do_delete_devices(req, ids)
     return json_response(EMPTY)
 
 
@@ -209,7 +216,7 @@ async def delete_device(request: web.Request) -> web.Response:
     req = await requester(request)
     device_id = request.match_info["device_id"]
     await hs(request).devices.device(req, device_id)  # 404 before asking for a password
-    return await _delete_devices(request, req, [device_id])
+    return await _delete_devices(request, req, [device_id], await read_json(request))
 
 
 @routes.post(V3 + "/delete_devices")
@@ -223,11 +230,7 @@ async def delete_devices(request: web.Request) -> web.Response:
     ids = body.get("devices") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
         raise BadRequest("devices must be a list of device ids", errcode="M_BAD_JSON")
-    challenge = await hs(request).devices.check_uia(req, body, ip=client_ip(request))
-    if challenge is not None:
-        return json_response(challenge, status=401)
-    await hs(request).devices.do_delete_devices(req, ids)
-    return json_response(EMPTY)
+    return await _delete_devices(request, req, ids, body)
 
 
 # ---------------------------------------------------------------- profile
@@ -769,6 +772,7 @@ async def keys_query(request: web.Request) -> web.Response:
 async def upload_signing_keys(request: web.Request) -> web.Response:
     req = await requester(request)
     body = await read_json(request)
+    limit_password_attempt(request, body)
     challenge = await hs(request).cross_signing.do_upload_signing_keys(
         req, body, ip=client_ip(request)
     )

@@ -92,7 +92,12 @@ async def test_devices_with_user_interactive_auth(client: Client, create_user: U
     await a2.get("/account/whoami", status=401)
 
     a3 = await login(client, alice)
-    assert await a1.post("/delete_devices", {"devices": [a3.device_id], "auth": auth}) == {}
+    # the session was for that deletion, and is spent: another one asks again
+    body = {"devices": [a3.device_id], "auth": auth}
+    again = await a1.post("/delete_devices", body, status=401)
+    assert again["session"] != challenge["session"]
+    body["auth"] = dict(auth, session=again["session"])
+    assert await a1.post("/delete_devices", body) == {}
     a4 = await login(client, alice)
     assert await a4.post("/logout/all") == {}
     await a1.get("/account/whoami", status=401)

@@ -166,15 +166,21 @@ async def test_replacing_keys_needs_user_interactive_auth(
 
     # a new master key alone: the subkeys it has not signed are gone
     third = Identity(a.user_id)
-    only_master = {"master_key": third.master.body(), "auth": auth(a, challenge["session"])}
+    only_master: JsonDict = {"master_key": third.master.body()}
+    # the first session is spent once the keys are stored
+    replay = {**only_master, "auth": auth(a, challenge["session"])}
+    spent = await a.post("/keys/device_signing/upload", replay, status=401)
+    assert spent["errcode"] == "M_UNKNOWN" and spent["session"] != challenge["session"]
+    session = (await a.post("/keys/device_signing/upload", only_master, status=401))["session"]
+    only_master["auth"] = auth(a, session)
     assert await a.post("/keys/device_signing/upload", only_master) == {}
     now = await query(a, a.user_id)
     assert now["master_keys"][a.user_id] == third.master.body()
     assert now["self_signing_keys"] == {} and now["user_signing_keys"] == {}
     # a subkey signed by the current master key needs auth too, and then is accepted
     ssk_only = {"self_signing_key": third.master.sign(third.ssk.body())}
-    await a.post("/keys/device_signing/upload", ssk_only, status=401)
-    ssk_only["auth"] = auth(a, challenge["session"])
+    session = (await a.post("/keys/device_signing/upload", ssk_only, status=401))["session"]
+    ssk_only["auth"] = auth(a, session)
     assert await a.post("/keys/device_signing/upload", ssk_only) == {}
     assert alice_key(await query(a, a.user_id), "self_signing_keys", a) == third.ssk.pub
     # each change is in the audit log, with what changed (never the keys)
@@ -507,3 +513,36 @@ async def test_malformed_cross_signing_bodies_never_500(client: Client, create_u
         assert r.status < 500, (body, r.status)
         answer = await r.json()
         assert "failures" in answer or answer["errcode"] == "M_BAD_JSON", (body, answer)
+
+
+async def test_completed_password_stage_survives_a_failed_replacement(
+    client: Client, create_user: Users
+) -> None:
+    """The password was right but the keys were refused: the stage stays completed in the
+    session (the spec: completed stages cannot be retried), and the session is not spent."""
+    a = await login(client, await create_user("alice"))
+    first, second = Identity(a.user_id), Identity(a.user_id)
+    await a.post("/keys/device_signing/upload", first.upload_body())
+    # the new self-signing key signed by the old master key, not the new one
+    bad = {
+        "master_key": second.master.body(),
+        "self_signing_key": first.master.sign(second.ssk.body()),
+    }
+    sid = (await a.post("/keys/device_signing/upload", bad, status=401))["session"]
+    refused = await a.post("/keys/device_signing/upload", {**bad, "auth": auth(a, sid)}, status=400)
+    assert refused["errcode"] == "M_INVALID_SIGNATURE"
+    # the same request with the session only: authenticated already, refused for its keys again
+    again = await a.post(
+        "/keys/device_signing/upload", {**bad, "auth": {"session": sid}}, status=400
+    )
+    assert again["errcode"] == "M_INVALID_SIGNATURE"
+    # a corrected body is another request: it asks for the password in a new session
+    good = second.upload_body()
+    fresh = await a.post(
+        "/keys/device_signing/upload", {**good, "auth": {"session": sid}}, status=401
+    )
+    assert fresh["errcode"] == "M_UNKNOWN" and fresh["session"] != sid
+    assert fresh["completed"] == []
+    ok = {**good, "auth": auth(a, fresh["session"])}
+    assert await a.post("/keys/device_signing/upload", ok) == {}
+    assert (await query(a, a.user_id))["master_keys"][a.user_id] == second.master.body()

@@ -84,6 +84,13 @@ async def test_bad_registrations_are_refused_before_anything_is_written(
         c, {"username": "bob", "password": PASSWORD, "auth": {"type": "m.login.foo"}}, 401
     )
     assert wrong["errcode"] == "M_UNRECOGNIZED"
+    # the session is tied to the user name asked for; a forged one is refused alike
+    dummy_in = {"type": "m.login.dummy", "session": challenge["session"]}
+    other = await _register(c, {"username": "carol", "password": PASSWORD, "auth": dummy_in}, 401)
+    assert other["errcode"] == "M_UNKNOWN" and other["session"] != challenge["session"]
+    forged = {"type": "m.login.dummy", "session": "made-up"}
+    refused = await _register(c, {"username": "bob", "password": PASSWORD, "auth": forged}, 401)
+    assert refused["errcode"] == "M_UNKNOWN" and refused["flows"] == [{"stages": ["m.login.dummy"]}]
     async with c.app[K.DB].session() as s:
         names = set((await s.execute(select(Account.username))).scalars())
     assert names == {"alice"}
