@@ -12,7 +12,7 @@ from nio import (
     DeleteDevicesAuthResponse,
     DeleteDevicesResponse,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from konsil import appkeys as K
 from konsil.audit.models import AuditEvent
@@ -131,9 +131,16 @@ async def test_forged_and_foreign_sessions_are_refused(client: Client, create_us
     # nor does someone else's password complete alice's session
     by_bob = password(a1, mine)
     by_bob["identifier"]["user"], by_bob["password"] = "bob", bob.password
+    async with client.app[K.DB].session() as s:
+        bob_logins = select(func.count()).where(
+            AuditEvent.action == "login", AuditEvent.actor == bob.account_id
+        )
+        before = (await s.execute(bob_logins)).scalar_one()
     wrong_user = await a1.call("DELETE", path, {"auth": by_bob}, status=401)
     assert wrong_user["errcode"] == "M_FORBIDDEN" and wrong_user["session"] == mine
     assert await device_ids(a1) == {a1.device_id, a2.device_id}
+    async with client.app[K.DB].session() as s:  # bob's password was never checked for alice
+        assert (await s.execute(bob_logins)).scalar_one() == before
 
     # an answer without a session (no first round trip) gets a session of its own
     assert await a1.call("DELETE", path, {"auth": password(a1, None)}) == {}
