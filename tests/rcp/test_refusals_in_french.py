@@ -4,7 +4,6 @@ by field; the JSON API keeps its English messages. Every refusal an RCP page can
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
 from konsil import appkeys as K
@@ -16,7 +15,6 @@ from tests.conftest import TEST_SECRET, Client, web_login
 from tests.error_summary import read
 from tests.messages import ROOT, messages_in, without_french
 from tests.rcp.conftest import World
-
 
 # The modules whose refusals reach the RCP pages: the service, the domain, publishing, notices
 # and the pages' own helpers (the JSON API's reading of its body and the Matrix hooks are not
