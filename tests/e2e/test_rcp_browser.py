@@ -93,7 +93,7 @@ async def test_rcp_from_board_creation_to_the_dsp(
     await cp.goto(f"{base}/rcp")
     await cp.fill("#f-name", "RCP Sein")
     await cp.select_option("#f-tumour_domain", "breast")
-    await cp.select_option("#f-host", host.id)
+    await cp.select_option("#f-host_organisation_id", host.id)
     await cp.click("form[action='/rcp/boards'] button[type=submit]")
     await cp.wait_for_url(f"{base}/rcp/boards/*")
     board_url = cp.url.split("#")[0]
@@ -173,7 +173,7 @@ async def test_rcp_from_board_creation_to_the_dsp(
     await cp.check("#p-surgery")
     await cp.check("#p-radiotherapy")
     await cp.check("#g-yes")
-    await cp.fill("#d-conclusion", "Tumorectomie puis radiothérapie.")
+    await cp.fill("#f-conclusion", "Tumorectomie puis radiothérapie.")
     await cp.click("#decide")
     await cp.wait_for_url("**/report")
     assert await cp.inner_text("#case-state") == "REPORT_DRAFT"
@@ -181,7 +181,7 @@ async def test_rcp_from_board_creation_to_the_dsp(
 
     # The chair signs with their password; the report is published through the seam
     await chp.goto(case_url + "/report")
-    await chp.fill("#sign-password", chair.password)
+    await chp.fill("#f-password", chair.password)
     await chp.click("#sign")
     await chp.wait_for_load_state()
     assert await chp.inner_text("#case-state") == "PUBLISHED", await chp.inner_text("main")

@@ -4,7 +4,6 @@ by field; the JSON API keeps its English messages. Every refusal an RCP page can
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
 from konsil import appkeys as K
@@ -13,12 +12,9 @@ from konsil.config import Config
 from konsil.errors import Reason
 from rcp.domain.quorum import QuorumRule, evaluate, joined
 from tests.conftest import TEST_SECRET, Client, web_login
+from tests.error_summary import read
 from tests.messages import ROOT, messages_in, without_french
 from tests.rcp.conftest import World
-
-FIELD_ERROR = re.compile(r'<span class="field-error" id="e-([^"]+)">([^<]*)</span>')
-ALERT = re.compile(r'<div class="alert error" role="alert">\s*<p>([^<]*)</p>')
-LISTED = re.compile(r"<li><strong>([^<]+)</strong>: ([^<]*)</li>")
 
 # The modules whose refusals reach the RCP pages: the service, the domain, publishing, notices
 # and the pages' own helpers (the JSON API's reading of its body and the Matrix hooks are not
@@ -48,12 +44,11 @@ def test_every_rcp_refusal_has_french(tmp_path: Path) -> None:
 
 
 def shown(page: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """A refused form's alert, each field's reason beside it, and the alert's list."""
-    alert = ALERT.search(page)
-    assert alert, page
-    fields = {name: html.unescape(why) for name, why in FIELD_ERROR.findall(page)}
-    listed = {name: html.unescape(why) for name, why in LISTED.findall(page)}
-    return html.unescape(alert.group(1)), fields, listed
+    """A refused form's alert, each field's reason beside it, and the alert's summary: each
+    reason as a link to its field (by the field's name), never under its raw key."""
+    refused = read(page)
+    refused.assert_no_keys(refused.beside)
+    return refused.message, refused.beside, refused.linked
 
 
 def speak(client: Client, lang: str) -> None:
@@ -138,11 +133,14 @@ async def test_the_case_form_is_refused_field_by_field_in_french_and_english(
     assert refused.status == 400
     alert, fields, listed = shown(await refused.text())
     assert alert == "la fiche RCP comporte des erreurs"
-    assert fields == listed == FICHE_FR  # beside each field, and in the alert's list
+    assert fields == listed == FICHE_FR  # beside each field, and a link to it in the summary
+    assert "diagnosis_label" not in read(await refused.text()).summary_text
 
     speak(w.client, "en")
     refused = await w.client.post("/rcp/cases", data=form)
-    assert shown(await refused.text()) == (FICHE_ALERT_EN, FICHE_EN, FICHE_EN)
+    page = await refused.text()
+    assert shown(page) == (FICHE_ALERT_EN, FICHE_EN, FICHE_EN)
+    assert "diagnosis_label" not in read(page).summary_text
 
     # The JSON API answers the same English whatever the browser's language.
     speak(w.client, "fr")
@@ -176,13 +174,17 @@ async def test_the_decision_form_refuses_in_french(world: World) -> None:
     refused = await w.client.post(path, data=decision)
     assert refused.status == 409
     text = html.unescape(await refused.text())
-    alert, _fields, listed = shown(text)
-    assert alert == "le quorum n'est pas atteint : le cas ne peut pas être décidé, reportez-le"
+    summary = read(text)
+    assert summary.message == (
+        "le quorum n'est pas atteint : le cas ne peut pas être décidé, reportez-le"
+    )
     reasons = (
         "0 médecin(s) présent(s) sur 3 ; 0 spécialité(s) distincte(s) présente(s) sur 3 ; "
         "manque : surgical, medical-oncology, radiation-oncology"
     )
-    assert listed == {"quorum": reasons}
+    # the quorum is no field of the form: its reason stands alone, without a link or a key
+    assert (summary.linked, summary.unlinked) == ({}, [reasons])
+    assert "quorum" not in summary.summary_text
     assert f"Quorum non atteint: {reasons}</p>" in text  # the board saw it before deciding
 
     await w.check_in(w.chair, w.medonc, w.radonc)  # at the meeting, days later: sign in again

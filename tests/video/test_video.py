@@ -37,6 +37,7 @@ from konsil.identity.matricule import make_matricule
 from konsil.identity.models import Account
 from konsil.turn import turn_credentials
 from tests.conftest import CSRF_RE, TEST_SECRET, AiohttpClient, Client, Person, web_login
+from tests.error_summary import read
 from tests.messages import ROOT, messages_in, without_french
 from video.domain.checkpeer import CheckPeers
 from video.domain.crypto import read_invitation_token
@@ -851,16 +852,13 @@ def test_every_after_call_refusal_has_french(tmp_path: Path) -> None:
     assert without_french(found.texts, app[K.TRANSLATOR]) == []
 
 
-FIELD_ERROR = re.compile(r'<span class="field-error" id="e-([^"]+)">([^<]*)</span>')
-ALERT = re.compile(r'<div class="alert error" role="alert">\s*<p>([^<]*)</p>')
-
-
 def _refusal(page: str) -> tuple[str, dict[str, str]]:
-    """A refused form's alert and each field's reason, as the doctor reads them."""
-    alert = ALERT.search(page)
-    assert alert, page
-    fields = {name: html.unescape(why) for name, why in FIELD_ERROR.findall(page)}
-    return html.unescape(alert.group(1)), fields
+    """A refused form's alert and each field's reason, as the doctor reads them: beside the
+    field, and again in the alert's summary as a link to it (never under its raw key)."""
+    refused = read(page)
+    assert refused.linked == refused.beside
+    refused.assert_no_keys(refused.beside)
+    return refused.message, refused.beside
 
 
 async def test_after_call_refusals_in_the_doctors_language(
@@ -938,7 +936,10 @@ async def test_after_call_refusals_in_the_doctors_language(
         client.session.cookie_jar.update_cookies({"konsil_lang": lang})
         refused = await client.post(path, data=typed)
         assert refused.status == 400
-        assert _refusal(await refused.text()) == incomplete
+        page = await refused.text()
+        assert _refusal(page) == incomplete
+        assert "rx_1_dose" not in read(page).summary_text  # a link to #f-rx_1_dose instead
+        assert read(page).linked["rx_1_dose"] == incomplete[1]["rx_1_dose"]
         refused = await client.post(path, data=complete)
         assert refused.status == 400
         assert _refusal(await refused.text()) == past

@@ -3,8 +3,6 @@ field; the JSON API keeps its English messages. Every refusal a page can show ha
 
 from __future__ import annotations
 
-import html
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from konsil.app import create_app
 from konsil.config import Config
 from konsil.identity.matricule import make_matricule
 from tests.conftest import TEST_SECRET, AiohttpClient, Client, Person, web_login
+from tests.error_summary import read
 from tests.messages import ROOT, messages_in, without_french
 from tests.workflow import helpers
 from tests.workflow.test_document_views import World, make_world, token_for
@@ -24,8 +23,6 @@ from workflow.cda.xsd import schema_available
 from workflow.corrections import prescription_fields
 
 CreateUser = Callable[..., Awaitable[Person]]
-FIELD_ERROR = re.compile(r'<span class="field-error" id="e-([^"]+)">([^<]*)</span>')
-ALERT = re.compile(r'<div class="alert error" role="alert">\s*<p>([^<]*)</p>')
 
 # The modules whose refusals reach the after-call form and the correction pages: the builders
 # (every one, present and future), the correction form, and the matricule check the builders run.
@@ -50,11 +47,12 @@ def test_every_refusal_of_the_builders_and_corrections_has_french(tmp_path: Path
 
 
 def shown(page: str) -> tuple[str, dict[str, str]]:
-    """A refused form's alert and each field's reason, as the reader sees them."""
-    alert = ALERT.search(page)
-    assert alert, page
-    fields = {name: html.unescape(why) for name, why in FIELD_ERROR.findall(page)}
-    return html.unescape(alert.group(1)), fields
+    """A refused form's alert and each field's reason, as the reader sees them: beside the
+    field, and again in the alert's summary as a link to it (never under its raw key)."""
+    refused = read(page)
+    assert refused.linked == refused.beside
+    refused.assert_no_keys(refused.beside)
+    return refused.message, refused.beside
 
 
 needs_schema = pytest.mark.skipif(
@@ -139,13 +137,13 @@ async def test_sick_leave_correction_refused_in_french_and_english(
     assert api.status == 400 and api.content_type == "application/problem+json"
     assert (problem["detail"], problem["errors"]) == (detail, english)
 
-    # A certificate for an illness names its diagnosis: said on the refusal's list (the form
-    # has the code and label, not the diagnosis as a whole).
+    # A certificate for an illness names its diagnosis: said in the refusal's summary, with no
+    # link (the form has the code and label, not the diagnosis as a whole) and no key.
     no_diagnosis = {"kind": "illness", "start": "2026-11-27", "end": "2026-11-30"}
     refused = await world.client.post(path, data={"csrf_token": csrf, **no_diagnosis})
-    text = html.unescape(await refused.text())
     assert refused.status == 400
-    assert "<strong>diagnosis</strong>: un diagnostic (CIM-10) est obligatoire" in text
+    summary = read(await refused.text())
+    assert (summary.linked, summary.unlinked) == ({}, ["un diagnostic (CIM-10) est obligatoire"])
     assert (await world.document(cert.id)).status == "final"
 
 
