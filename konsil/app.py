@@ -26,6 +26,7 @@ from konsil.logs import silence_aiohttp_access_log
 from konsil.metrics import Metrics
 from konsil.templating import Templates
 from konsil.web import admin_pages, api, auth_pages, ops
+from konsil.web.labels import label_for
 from konsil.web.middleware import (
     error_middleware,
     metrics_middleware,
@@ -109,6 +110,7 @@ def make_jinja() -> jinja2.Environment:
     env.filters["specialty"] = lambda code, lang="fr": (
         getattr(BY_CODE[code], lang) if code in BY_CODE else (code or "")
     )
+    env.filters["label_for"] = label_for
     return env
 
 

@@ -101,6 +101,8 @@ KERNEL_FR: dict[str, str] = {
     "never": "jamais",
     "Revoke": "Révoquer",
     "Save": "Enregistrer",
+    # an error summary's link: the field's label, then its reason
+    "{label}: {reason}": "{label} : {reason}",
     "required": "obligatoire",
     "must be 13 digits": "doit comporter 13 chiffres",
     "impossible birth date": "date de naissance impossible",
@@ -145,21 +147,33 @@ KERNEL_FR: dict[str, str] = {
 
 
 class Translator:
+    """French for every text; English for the few whose page text differs from the JSON text
+    (``add_english``: a refusal whose English lists the refused fields' keys, which a page shows
+    on their own, by label)."""
+
     def __init__(self) -> None:
         self._fr: dict[str, str] = dict(KERNEL_FR)
+        self._en: dict[str, str] = {}
 
     def add(self, french: Mapping[str, str]) -> None:
         self._fr.update(french)
 
+    def add_english(self, english: Mapping[str, str]) -> None:
+        """Page-only English for templates (``{what} is not valid — {problems}`` →
+        ``{what} is not valid``); JSON answers keep the Reason's own text."""
+        self._en.update(english)
+
     def gettext(self, lang: str, text: str) -> str:
         if lang != "fr":
+            if isinstance(text, Reason) and text.params and text.template in self._en:
+                return self._fill(lang, text)
             return text
         if isinstance(text, Reason) and text.params:
             return self._fill(lang, text)
         return self._fr.get(text, text)
 
     def _fill(self, lang: str, reason: Reason) -> str:
-        template = self._fr.get(reason.template)
+        template = (self._fr if lang == "fr" else self._en).get(reason.template)
         if template is None:
             return str(reason)
         params = {

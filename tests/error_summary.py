@@ -3,7 +3,9 @@ reason, a link to its input where the form has one) and each field's reason besi
 
 ``read`` also checks what a screen-reader user relies on: every link of the summary points at an
 element of the page, and an input refused for ``NAME`` is ``aria-invalid`` and described by its
-reason (``e-NAME``). It does not check that the summary shows no raw field key: a test names the
+reason (``e-NAME``), and that each link reads "LABEL : reason" (French) or "LABEL: reason"
+(English), LABEL the page's ``<label for="f-NAME">`` (the reason alone where it has none; the
+asterisk of a required field aside). It does not check that the summary shows no raw field key: a test names the
 keys it refused, so ``assert_no_keys`` takes them.
 """
 
@@ -28,6 +30,8 @@ class _Page(HTMLParser):
         self.alerts: list[_Alert] = []
         self.elements: dict[str, tuple[str, dict[str, str]]] = {}  # id → (tag, attributes)
         self.reasons: dict[str, str] = {}  # e-NAME's text, by NAME
+        self.labels: dict[str, str] = {}  # <label for="f-NAME">'s text, by NAME
+        self._label: str = ""
         self._in: str | None = None  # "message", "item" or "reason"
         self._href: str | None = None
         self._reason: str = ""
@@ -55,6 +59,9 @@ class _Page(HTMLParser):
         ):
             self.alerts.append(_Alert())
             self._alert_depth = 1
+        elif tag == "label" and a.get("for", "").startswith("f-") and not self._in:
+            self._label = a["for"].removeprefix("f-")
+            self._start("label")
         elif tag == "span" and a.get("class") == "field-error":
             self._reason = a["id"].removeprefix("e-")
             self._start("reason")
@@ -70,6 +77,8 @@ class _Page(HTMLParser):
             self._href = None
         elif self._in == "reason" and tag == "span":
             self.reasons[self._reason] = text
+        elif self._in == "label" and tag == "label":
+            self.labels[self._label] = " ".join(text.removesuffix("*").split())
         else:
             return
         self._in = None
@@ -87,6 +96,7 @@ class _Page(HTMLParser):
 class Refused:
     message: str  # the alert's own message
     linked: dict[str, str]  # the summary's links: the field's NAME (its input is f-NAME) → reason
+    link_texts: dict[str, str]  # each link's whole text ("Date de fin : obligatoire"), by NAME
     unlinked: list[str]  # the summary's reasons that have no input on the page
     beside: dict[str, str]  # each reason shown beside its input, by NAME
     summary_text: str  # everything the summary's list shows, as text
@@ -107,6 +117,7 @@ def read(page: str) -> Refused:
     assert len(alerts) == 1, page
     alert = alerts[0]
     linked: dict[str, str] = {}
+    link_texts: dict[str, str] = {}
     unlinked: list[str] = []
     for href, text in alert.items:
         if href is None:
@@ -120,11 +131,17 @@ def read(page: str) -> Refused:
         assert tag in _FIELDS, (href, tag)
         assert attributes.get("aria-describedby") == f"e-{name}", (href, attributes)
         assert tag == "fieldset" or attributes.get("aria-invalid") == "true", (href, attributes)
-        assert parsed.reasons.get(name) == text, (href, text, parsed.reasons.get(name))
-        linked[name] = text
+        reason = parsed.reasons.get(name)
+        label = parsed.labels.get(name)
+        assert reason is not None, (href, text)
+        expected = {f"{label} : {reason}", f"{label}: {reason}"} if label else {reason}
+        assert text in expected, (href, text, expected)
+        linked[name] = reason
+        link_texts[name] = text
     return Refused(
         message=alert.message,
         linked=linked,
+        link_texts=link_texts,
         unlinked=unlinked,
         beside=parsed.reasons,
         summary_text=" ".join(text for _, text in alert.items),

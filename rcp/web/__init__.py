@@ -23,7 +23,7 @@ from rcp.notices import NoticeDispatcher
 from rcp.publishing import WorkflowReportPublisher
 from rcp.service import RcpService
 from rcp.web import api, pages
-from rcp.web.i18n import FR, REFUSALS_FR
+from rcp.web.i18n import FR, PAGES_EN, REFUSALS_FR
 from rcp.web.keys import NOTICES, PUBLISHER, RCP
 from rcp.web.live import LIVE, setup_live
 from workflow.documents import DocumentStore
@@ -57,6 +57,7 @@ def setup(app: web.Application) -> None:
     queued for the DSP through the workflow feature (``WorkflowReportPublisher``)."""
     app[K.TRANSLATOR].add(FR)
     app[K.TRANSLATOR].add(REFUSALS_FR)
+    app[K.TRANSLATOR].add_english(PAGES_EN)
     app.router.add_routes(pages.routes)
     app.router.add_routes(api.routes)
     setup_live(app)

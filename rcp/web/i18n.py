@@ -227,6 +227,12 @@ FR: dict[str, str] = {
 # pages show: the fiche RCP, decision, board, member, session and schedule forms, and the
 # whole-page conflicts and refusals. A template's values are filled in after translation
 # (konsil.errors.Reason); a translation may leave a value out when the page lists it.
+# The English a page shows where the JSON's lists the refused fields' keys: the page's error
+# summary lists them, by label (konsil.i18n.Translator.add_english).
+PAGES_EN: dict[str, str] = {
+    "the fiche RCP has errors: {fields}": "the fiche RCP has errors",
+}
+
 REFUSALS_FR: dict[str, str] = {
     # the fiche RCP
     "the fiche RCP has errors: {fields}": "la fiche RCP comporte des erreurs",

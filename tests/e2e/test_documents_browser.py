@@ -55,9 +55,10 @@ async def test_author_corrects_a_certificate_in_the_browser(
     await page.fill("#f-end", "2026-11-20")
     await page.click("#correction button[type=submit]")
     assert await page.locator("#e-end").count() == 1  # the builder's own check, on the field
-    # The alert's summary says it again as a link that takes the doctor to the field.
+    # The alert's summary says it again, after the field's label, as a link that takes the
+    # doctor to the field.
     link = page.locator("[role=alert] .error-summary a")
-    assert await link.all_inner_texts() == ["l'incapacité se termine avant de commencer"]
+    assert await link.all_inner_texts() == ["Fin : l'incapacité se termine avant de commencer"]
     await link.click()
     assert await page.evaluate("document.querySelector(':target').id") == "f-end"
     assert await page.get_attribute("#f-end", "aria-describedby") == "e-end"

@@ -45,9 +45,11 @@ def test_every_rcp_refusal_has_french(tmp_path: Path) -> None:
 
 def shown(page: str) -> tuple[str, dict[str, str], dict[str, str]]:
     """A refused form's alert, each field's reason beside it, and the alert's summary: each
-    reason as a link to its field (by the field's name), never under its raw key."""
+    reason as a link to its field (by the field's name), never under its raw key, neither in the
+    summary nor in the alert's message."""
     refused = read(page)
     refused.assert_no_keys(refused.beside)
+    assert [k for k in refused.beside if "_" in k and k in refused.message] == [], refused.message
     return refused.message, refused.beside, refused.linked
 
 
@@ -104,7 +106,7 @@ FICHE_EN = {
     "ecog": "a WHO/ECOG performance status from 0 to 4",
     "history": "required to submit the case: the relevant history (the report carries it)",
 }
-FICHE_ALERT_EN = (
+FICHE_ALERT_EN = (  # the JSON's: the page leaves the keys out, like its French
     "the fiche RCP has errors: diagnosis_label, ecog, history, icdo_morphology, icdo_topography, "
     "morphology_label, origin, question, tnm_kind, tnm_t, topography_label"
 )
@@ -133,14 +135,20 @@ async def test_the_case_form_is_refused_field_by_field_in_french_and_english(
     assert refused.status == 400
     alert, fields, listed = shown(await refused.text())
     assert alert == "la fiche RCP comporte des erreurs"
+    links = read(await refused.text()).link_texts  # each link names its field by its label
+    assert links["question"] == f"Question posée à la RCP : {FICHE_FR['question']}"
+    assert links["tnm_t"] == f"T : {FICHE_FR['tnm_t']}"
     assert fields == listed == FICHE_FR  # beside each field, and a link to it in the summary
     assert "diagnosis_label" not in read(await refused.text()).summary_text
 
     speak(w.client, "en")
     refused = await w.client.post("/rcp/cases", data=form)
     page = await refused.text()
-    assert shown(page) == (FICHE_ALERT_EN, FICHE_EN, FICHE_EN)
+    assert shown(page) == ("the fiche RCP has errors", FICHE_EN, FICHE_EN)
     assert "diagnosis_label" not in read(page).summary_text
+    assert read(page).link_texts["ecog"] == (  # each link names its field by the form's label
+        "WHO/ECOG performance status (0-4): a WHO/ECOG performance status from 0 to 4"
+    )
 
     # The JSON API answers the same English whatever the browser's language.
     speak(w.client, "fr")

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from konsil import appkeys as K
 from tests.conftest import AiohttpClient, Person, web_login
+from tests.error_summary import read
 from tests.workflow import helpers, samples
 from tests.workflow.test_document_views import World, make_world, token_for
 from tests.workflow.test_rcp_report import BREAST
@@ -377,7 +378,11 @@ async def test_prescription_corrected_through_the_form(
     assert 'name="lines.0.remove" value="1" checked' in text  # the submitted form, as it was
     world.client.session.cookie_jar.update_cookies({"konsil_lang": "en"})
     text = await (await world.client.post(path, data=fields)).text()
-    assert "the prescription is not valid — lines.2.medication.atc: " in text  # the form's name
+    alert = read(text)  # the English page leaves the key list out; the summary names the field
+    assert alert.message == "the prescription is not valid"
+    assert alert.link_texts["lines.2.medication.atc"] == (
+        "ATC code: 'B01AB5' is not an ATC code (e.g. J01CA04)"
+    )
     assert await rows(world) == before
 
     fields[p + "medication.atc"] = "B01AB05"

@@ -48,10 +48,13 @@ def test_every_refusal_of_the_builders_and_corrections_has_french(tmp_path: Path
 
 def shown(page: str) -> tuple[str, dict[str, str]]:
     """A refused form's alert and each field's reason, as the reader sees them: beside the
-    field, and again in the alert's summary as a link to it (never under its raw key)."""
+    field, and again in the alert's summary as a link to it, named by its label (never by its
+    raw key, neither in the summary nor in the alert's message)."""
     refused = read(page)
     assert refused.linked == refused.beside
     refused.assert_no_keys(refused.beside)
+    keys = [k for k in refused.beside if ("_" in k or "." in k) and k in refused.message]
+    assert keys == [], refused.message
     return refused.message, refused.beside
 
 
@@ -96,8 +99,17 @@ async def test_sick_leave_correction_refused_in_french_and_english(
 
     refused = await world.client.post(path, data={"csrf_token": csrf, **wrong})
     assert refused.status == 400
-    alert, fields = shown(await refused.text())
+    page = await refused.text()
+    alert, fields = shown(page)
     assert alert == "le certificat d'incapacité de travail n'est pas valide"
+    assert read(page).link_texts == {  # each link names its field by the form's label
+        "end": "Fin : l'incapacité se termine avant de commencer",
+        "diagnosis.code": "Diagnostic (CIM-10) : 'grippe' n'est pas un code CIM-10 (p. ex. J06.9)",
+        "child.matricule": (
+            "Matricule de l'enfant : "
+            "le chiffre de contrôle Verhoeff du matricule (13e chiffre) est erroné"
+        ),
+    }
     assert fields == {
         "end": "l'incapacité se termine avant de commencer",
         "diagnosis.code": "'grippe' n'est pas un code CIM-10 (p. ex. J06.9)",
@@ -108,19 +120,22 @@ async def test_sick_leave_correction_refused_in_french_and_english(
 
     speak(world.client, "en")
     refused = await world.client.post(path, data={"csrf_token": csrf, **wrong})
-    alert, fields = shown(await refused.text())
+    page = await refused.text()
+    alert, fields = shown(page)
     english = {
         "end": "the incapacity ends before it starts",
         "diagnosis.code": "'grippe' is not an ICD-10 code (e.g. J06.9)",
         "child.matricule": "the matricule's Verhoeff check digit (13th digit) is wrong",
     }
     assert fields == english
-    detail = (
+    assert read(page).link_texts["end"] == "End: the incapacity ends before it starts"
+    # the page's English leaves the keys out, like its French: the summary lists the fields
+    assert alert == "the sick-leave certificate is not valid"
+    detail = (  # the JSON's English lists them
         "the sick-leave certificate is not valid — end: the incapacity ends before it starts; "
         "diagnosis.code: 'grippe' is not an ICD-10 code (e.g. J06.9); "
         "child.matricule: the matricule's Verhoeff check digit (13th digit) is wrong"
     )
-    assert alert == detail
 
     # The JSON API answers the same English whatever the browser's language.
     speak(world.client, "fr")
@@ -145,6 +160,48 @@ async def test_sick_leave_correction_refused_in_french_and_english(
     summary = read(await refused.text())
     assert (summary.linked, summary.unlinked) == ({}, ["un diagnostic (CIM-10) est obligatoire"])
     assert (await world.document(cert.id)).status == "final"
+
+
+@needs_schema
+async def test_a_conflict_shows_its_message_not_its_values(
+    world: World, create_user: CreateUser
+) -> None:
+    """A conflict's fields hold values, not reasons (``status: amended``): the page says what
+    went wrong in its message and shows no bare value; the JSON keeps them."""
+    dr_a = await create_user("dra")
+    cert = await world.issue(dr_a, world.anne)
+    await world.deliver_all()
+    csrf = await web_login(world.client, dr_a)
+    path = f"/documents/{cert.id}/correct"
+    fine = {
+        "csrf_token": csrf,
+        "kind": "illness",
+        "start": "2026-11-27",
+        "end": "2026-11-30",
+        "diagnosis.code": "J06.9",
+        "diagnosis.label": "Rhinopharyngite",
+    }
+    corrected = await world.client.post(path, data=fine, allow_redirects=False)
+    assert corrected.status == 303
+
+    for lang, message in (
+        ("fr", "seule la version en vigueur d'un document définitif peut être corrigée"),
+        ("en", "only the current version of a final document can be corrected"),
+    ):
+        speak(world.client, lang)
+        again = await world.client.post(path, data=fine)  # the old version, corrected already
+        assert again.status == 409
+        refused = read(await again.text())
+        assert refused.message == message
+        assert (refused.linked, refused.unlinked, refused.summary_text) == ({}, [], "")
+
+    api = await world.client.post(
+        f"/api/v1/documents/{cert.id}/corrections",
+        json={k: v for k, v in fine.items() if "." not in k and k != "csrf_token"}
+        | {"diagnosis": {"code": "J06.9", "label": "Rhinopharyngite"}},
+        headers=await token_for(world, dr_a),
+    )
+    assert api.status == 409 and (await api.json())["errors"] == {"status": "amended"}
 
 
 @needs_schema
@@ -182,7 +239,7 @@ async def test_prescription_correction_refused_in_french_and_english(
 
     speak(world.client, "en")
     alert, fields = shown(await (await world.client.post(path, data=refused_values)).text())
-    assert alert.startswith("the prescription is not valid — lines.0.medication.atc: ")
+    assert alert == "the prescription is not valid"
     assert fields["lines.0.medication.atc"] == "'N02BE1' is not an ATC code (e.g. J01CA04)"
     assert fields["lines.1.route"].startswith("unknown code 'sc' (one of: 20053000, ")
     assert fields["lines.1.duration_days"] == "1 to 366 days"

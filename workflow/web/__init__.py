@@ -18,7 +18,7 @@ from workflow.outbox import DeliveryWorker, Outbox
 from workflow.signing import KeyRing
 from workflow.views import DocumentViews, Filters, delivery_label
 from workflow.web import documents, pages
-from workflow.web.i18n import REFUSALS_FR
+from workflow.web.i18n import PAGES_EN, REFUSALS_FR
 from workflow.web.keys import CORRECTIONS, DOCUMENTS, KEYS, OUTBOX, VIEWS, WORKER
 
 FRENCH = {
@@ -151,6 +151,7 @@ def secret_of(app: web.Application) -> str:
 def setup(app: web.Application) -> None:
     app[K.TRANSLATOR].add(FRENCH)
     app[K.TRANSLATOR].add(REFUSALS_FR)
+    app[K.TRANSLATOR].add_english(PAGES_EN)
     app.router.add_routes(pages.routes)  # first: /documents/rejected before /documents/{id}
     app.router.add_routes(documents.routes)
     app[ops.OPENAPI]["paths"].update(documents.openapi_paths())

@@ -9,6 +9,12 @@ test_refusals_in_french.py); the JSON API keeps the English.
 
 from __future__ import annotations
 
+# The English a page shows where the JSON's lists every problem by field key: the page's error
+# summary lists them, by label (konsil.i18n.Translator.add_english).
+PAGES_EN: dict[str, str] = {
+    "{what} is not valid — {problems}": "{what} is not valid",
+}
+
 REFUSALS_FR: dict[str, str] = {
     # the refusal as a whole: the page lists every field under it, so the French leaves the
     # English list ({problems}) out
