@@ -529,22 +529,23 @@ class DeviceService:
             return UiaResult(None, sid)
         if auth.get("type") != LOGIN_PW_STAGE:
             return UiaResult(self._unrecognized(PASSWORD_FLOWS, sid, completed, auth), sid)
+        not_yourself = UiaResult(
+            challenge(
+                PASSWORD_FLOWS,
+                sid,
+                completed,
+                errcode="M_FORBIDDEN",
+                error="you can only authenticate as yourself",
+            ),
+            sid,
+        )
         if (
             self._username_from_login(auth).lower()
             != (localpart_of(req.user_id, self.server_name) or "").lower()
         ):
             # Refused before any password check: another user's password is never verified
             # here (no login audited for them, their failed-login count untouched).
-            return UiaResult(
-                challenge(
-                    PASSWORD_FLOWS,
-                    sid,
-                    completed,
-                    errcode="M_FORBIDDEN",
-                    error="you can only authenticate as yourself",
-                ),
-                sid,
-            )
+            return not_yourself
         try:
             _, principal = await self.check_password_auth(auth, ip=ip)
         except Unauthorized as e:  # a wrong password: the client may try again in the session
@@ -553,16 +554,7 @@ class DeviceService:
                 sid,
             )
         if principal.account_id != req.account_id:
-            return UiaResult(
-                challenge(
-                    PASSWORD_FLOWS,
-                    sid,
-                    completed,
-                    errcode="M_FORBIDDEN",
-                    error="you can only authenticate as yourself",
-                ),
-                sid,
-            )
+            return not_yourself
         self.uia.complete(sid, LOGIN_PW_STAGE)
         return UiaResult(None, sid)
 
