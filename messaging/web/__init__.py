@@ -16,7 +16,6 @@ from konsil.errors import BadRequest, Forbidden, TooLarge, Unauthorized, Validat
 from konsil.ratelimit import RateLimiter
 from konsil.web.request import client_ip, json_response, read_json
 from messaging.common import JsonDict, Requester, parse_token
-from messaging.devices import DeviceService
 from messaging.key_backup import require_version
 from messaging.notifier import InProcessNotifier
 from messaging.pushrules import PushRuleService
@@ -745,27 +744,25 @@ async def sync(request: web.Request) -> web.Response:
 
 
 def _keys_endpoint(
-    path: str, call: Callable[[DeviceService, Requester, JsonDict], Awaitable[JsonDict]]
+    path: str, call: Callable[[Homeserver, Requester, JsonDict], Awaitable[JsonDict]]
 ) -> None:
-    """POST a JSON body to the key service as the caller, answer its JSON."""
+    """POST a JSON body to a key service as the caller, answer its JSON."""
 
     async def handler(request: web.Request) -> web.Response:
         req = await requester(request)
         body = await read_json(request)
-        return json_response(await call(hs(request).devices, req, body))
+        return json_response(await call(hs(request), req, body))
 
     routes.post(V3 + path)(handler)
 
 
-_keys_endpoint("/keys/upload", DeviceService.do_upload_keys)
-_keys_endpoint("/keys/claim", DeviceService.do_claim_keys)
-
-
-@routes.post(V3 + "/keys/query")
-async def keys_query(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).cross_signing.query_keys(req, body))
+_keys_endpoint("/keys/upload", lambda h, req, body: h.devices.do_upload_keys(req, body))
+_keys_endpoint("/keys/claim", lambda h, req, body: h.devices.do_claim_keys(req, body))
+_keys_endpoint("/keys/query", lambda h, req, body: h.cross_signing.query_keys(req, body))
+_keys_endpoint(
+    "/keys/signatures/upload",
+    lambda h, req, body: h.cross_signing.do_upload_signatures(req, body),
+)
 
 
 @routes.post(V3 + "/keys/device_signing/upload")
@@ -779,13 +776,6 @@ async def upload_signing_keys(request: web.Request) -> web.Response:
     if challenge is not None:
         return json_response(challenge, status=401)
     return json_response(EMPTY)
-
-
-@routes.post(V3 + "/keys/signatures/upload")
-async def upload_signatures(request: web.Request) -> web.Response:
-    req = await requester(request)
-    body = await read_json(request)
-    return json_response(await hs(request).cross_signing.do_upload_signatures(req, body))
 
 
 @routes.get(V3 + "/keys/changes")

@@ -63,6 +63,26 @@ class JsClient:
         self.changed = asyncio.Event()
         self.reader = asyncio.create_task(self._read())
 
+    @classmethod
+    async def start(cls, node: str, base: str, user: Person, *args: str) -> JsClient:
+        """interop.mjs logged in as ``user`` on the server at ``base``."""
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            str(SCRIPT),
+            "--url",
+            base,
+            "--user",
+            user.username,
+            "--password",
+            user.password,
+            *args,
+            cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
+
     async def _read(self) -> None:
         assert self.proc.stdout is not None
         async for raw in self.proc.stdout:
@@ -130,25 +150,7 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
     assert isinstance(created, RoomCreateResponse), created
     room_id = created.room_id
 
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        str(SCRIPT),
-        "--url",
-        base,
-        "--user",
-        bob_p.username,
-        "--password",
-        bob_p.password,
-        "--room",
-        room_id,
-        "--peer",
-        alice.client.user_id,
-        cwd=JS_DIR,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    js = JsClient(proc)
+    js = await JsClient.start(node, base, bob_p, "--room", room_id, "--peer", alice.client.user_id)
     stderr = ""
     try:
         await until(alice, js, lambda: js.seen(event="ready"), "js client ready")
@@ -293,21 +295,7 @@ async def test_js_sdk_bootstraps_cross_signing(
     alice = await login(client, await create_user("alice"))
     bob_id = alice.user_id.replace("@alice:", "@bob:")
     await alice.create_room(invite=[bob_id])
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        str(SCRIPT),
-        "--url",
-        base,
-        "--user",
-        bob_p.username,
-        "--password",
-        bob_p.password,
-        cwd=JS_DIR,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    js = JsClient(proc)
+    js = await JsClient.start(node, base, bob_p)
 
     def outcomes() -> list[dict[str, Any]]:
         return [line for line in js.lines if line["event"] == "cross_signing"]
