@@ -61,16 +61,6 @@ ENOXAPARIN = PrescriptionLine(
 
 
 @pytest.fixture
-async def world(
-    make_app: Callable[..., web.Application],  # first: its database outlives the app
-    aiohttp_client: AiohttpClient,
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    tmp_path: Path,
-) -> World:
-    return await make_world(aiohttp_client, aiohttp_server, make_app, tmp_path)
-
-
-@pytest.fixture
 async def outage_world(
     make_app: Callable[..., web.Application],
     aiohttp_client: AiohttpClient,

@@ -192,16 +192,6 @@ async def make_world(
     return World(client, tmp_path / "store", org, anne, jean)
 
 
-@pytest.fixture
-async def world(
-    make_app: Callable[..., web.Application],  # first: its database outlives the app
-    aiohttp_client: AiohttpClient,
-    aiohttp_server: ServerFactory,
-    tmp_path: Path,
-) -> World:
-    return await make_world(aiohttp_client, aiohttp_server, make_app, tmp_path)
-
-
 async def token_for(world: World, person: Person) -> dict[str, str]:
     token = await world.app[K.AUTH].do_issue_api_token(SYSTEM, person.username, "tests", 30)
     return {"Authorization": f"Bearer {token}"}

@@ -7,18 +7,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from konsil import appkeys as K
 from konsil.app import create_app
 from konsil.config import Config
 from konsil.identity.matricule import make_matricule
-from tests.conftest import TEST_SECRET, AiohttpClient, Client, Person, web_login
+from tests.conftest import TEST_SECRET, Client, Person, web_login
 from tests.error_summary import read
 from tests.messages import ROOT, messages_in, without_french
 from tests.workflow import helpers
-from tests.workflow.test_document_views import World, make_world, token_for
+from tests.workflow.test_document_views import World, token_for
 from workflow.cda.xsd import schema_available
 from workflow.corrections import prescription_fields
 
@@ -61,16 +59,6 @@ def shown(page: str) -> tuple[str, dict[str, str]]:
 needs_schema = pytest.mark.skipif(
     not schema_available(), reason="CDA schema not found: set KONSIL_CDA_SCHEMA_DIR"
 )
-
-
-@pytest.fixture
-async def world(
-    make_app: Callable[..., web.Application],  # first: its database outlives the app
-    aiohttp_client: AiohttpClient,
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    tmp_path: Path,
-) -> World:
-    return await make_world(aiohttp_client, aiohttp_server, make_app, tmp_path)
 
 
 def speak(client: Client, lang: str) -> None:
